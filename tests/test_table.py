@@ -1,0 +1,167 @@
+"""`wcnorm table` on fabricated run directories (no training)."""
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+try:
+    from tests.fabricate import make_fc_grid, make_run, make_wc_grid
+except ImportError:  # tests/ is not a package: pytest puts it on sys.path
+    from fabricate import make_fc_grid, make_run, make_wc_grid
+
+from wcnorm.runs import find_runs, load_conditioning, load_curves, load_runs
+from wcnorm.table import BEST_METRIC, build_table, main, write_table
+
+GOLDEN = Path(__file__).parent / "golden"
+FC_METHODS = ("none", "bn", "enorm", "bn_enorm")
+
+
+def _load(root):
+    with pytest.warns(UserWarning, match="unreadable run directory"):
+        return load_runs(root)
+
+
+@pytest.fixture
+def wc_root(tmp_path):
+    return make_wc_grid(tmp_path / "runs")
+
+
+@pytest.fixture
+def wc_df(wc_root):
+    return _load(wc_root)
+
+
+def _check_golden(produced: Path, name: str):
+    golden = GOLDEN / name
+    if os.environ.get("WCNORM_UPDATE_GOLDEN"):
+        golden.write_text(produced.read_text())
+    assert produced.read_text() == golden.read_text(), f"{name} differs from its golden file"
+
+
+def test_load_runs_counts_unfinished_and_skips_junk(wc_root, wc_df):
+    assert len(find_runs(wc_root)) == 15  # 13 finished + 1 unfinished + 1 junk
+    assert len(wc_df) == 14 and wc_df["finished"].sum() == 13
+    assert wc_df.attrs["skipped"] and "junk" in wc_df.attrs["skipped"][0]
+    unfinished = wc_df[~wc_df["finished"]].iloc[0]
+    assert pd.isna(unfinished["final_test_acc"]) and unfinished["epochs_done"] == 2
+    assert wc_df["depth"].isna().all() and wc_df["seed"].dtype == "Int64"
+
+
+def test_load_curves_and_conditioning_keep_extra_columns(wc_root):
+    with pytest.warns(UserWarning):
+        curves, cond = load_curves(wc_root), load_conditioning(wc_root)
+    assert {"enorm_objective", "model", "norm", "seed", "finished"} <= set(curves.columns)
+    assert len(curves) == 13 * 4 + 2  # 4 epochs per finished run, 2 for the unfinished one
+    assert set(cond["norm"]) == {"bn_wc"} and cond["epoch"].min() == 0
+
+
+def test_wc_table_matches_golden(wc_df, tmp_path):
+    result = build_table(wc_df)
+    files = write_table(result, tmp_path / "out")
+    assert [f.name for f in files] == ["table.csv", "table_best_epoch.csv", "table_long.csv",
+                                       "table.md", "provenance.json"]
+    for name in ("table.csv", "table_best_epoch.csv", "table_long.csv"):
+        _check_golden(tmp_path / "out" / name, f"wc_{name}")
+
+
+def test_missing_cell_and_missing_seed_are_shown(wc_df):
+    result = build_table(wc_df)
+    wide = result.wide.set_index(["model", "dataset"])
+    assert wide.loc[("googlenet", "cifar100"), "BN + WC"] == "missing"
+    assert wide.loc[("resnet18", "cifar10"), "BN + WS"] == "89.50 ± 0.71 (n=2/3)"
+    assert wide.loc[("resnet18", "cifar10"), "BN + WC"] == "93.00 ± 1.00 (n=3)"
+    missing = result.provenance["missing"]
+    assert missing == result.missing
+    assert "googlenet/cifar100/bn_wc: missing, no finished run" in missing
+    assert "seeds found 2/3 for resnet18/cifar10/bn_ws (missing seed 2)" in missing
+    assert result.provenance["cells"] == {"expected": 6, "ok": 3, "incomplete": 2, "missing": 1}
+
+
+def test_unfinished_runs_counted_not_averaged(wc_df):
+    result = build_table(wc_df)
+    row = result.long.set_index(["model", "dataset", "norm"]).loc[
+        ("googlenet", "cifar100", "bn_ws")]
+    # The unfinished seed-2 run logged 0 % accuracies; the mean must not see them.
+    assert (row["n"], row["n_unfinished"], row["mean"], row["seeds"]) == (2, 1, 61.0, "0 1")
+    assert result.provenance["runs"] == {"dirs": 14, "finished": 13, "unfinished": 1,
+                                         "skipped_unreadable": 1}
+    assert any("1 unfinished" in u for u in result.provenance["unfinished"])
+
+
+def test_expected_seeds_option(wc_df):
+    result = build_table(wc_df, expected_seeds=4)
+    assert "seeds found 3/4 for resnet18/cifar10/bn" in result.missing
+    assert (result.long["status"] != "ok").all()
+
+
+def test_best_epoch_table_is_labelled(wc_df):
+    best = build_table(wc_df).best
+    assert (best["metric"] == BEST_METRIC).all()
+    assert "not used for selection" in BEST_METRIC
+    assert best.set_index(["model", "dataset"]).loc[("resnet18", "cifar10"), "BN"] \
+        == "91.50 ± 1.00 (n=3)"
+
+
+def test_enorm_fc_layout_rows_are_depths(tmp_path):
+    accs = {(d, m): 50 + 2 * i for d in (1, 3, 5) for i, m in enumerate(FC_METHODS)}
+    del accs[(5, "enorm")]
+    df = load_runs(make_fc_grid(tmp_path, accs))
+    result = build_table(df)
+    assert result.layout == "enorm_fc"
+    assert list(result.wide.columns) == ["metric", "depth", "Baseline", "BN", "ENorm",
+                                         "ENorm + BN"]
+    assert list(result.wide["depth"]) == [1, 3, 5]
+    wide = result.wide.set_index("depth")
+    assert wide.loc[1, "ENorm + BN"] == "56.00 ± 0.71 (n=2)"
+    assert wide.loc[5, "ENorm"] == "missing"
+    assert "depth=5/enorm: missing, no finished run" in result.missing
+
+
+def test_long_layout_and_split_by(tmp_path):
+    for bs, acc in ((2, 60.0), (64, 70.0)):
+        for seed in (0, 1):
+            make_run(tmp_path, norm="gn", seed=seed, batch_size=bs, final_acc=acc + seed,
+                     experiment="small_batch", tag=f"_bs{bs}")
+    df = load_runs(tmp_path)
+    pooled = build_table(df)
+    assert "pools runs with batch_size 128" not in str(pooled.provenance["mixed_settings"])
+    assert "batch_size 2, 64" in pooled.provenance["mixed_settings"][0]
+    split = build_table(df, layout="long", split_by=["batch_size"])
+    assert list(split.long["mean"]) == [60.5, 70.5]
+    assert list(split.wide["batch_size"]) == [2, 64]
+    assert list(split.wide["n"]) == [2, 2]
+
+
+def test_adhoc_runs_expect_only_their_cells(tmp_path):
+    make_run(tmp_path, model="resnet18", norm="bn", experiment=None)
+    make_run(tmp_path, model="vit", norm="ln", experiment=None)
+    result = build_table(load_runs(tmp_path))
+    assert result.missing == []
+    assert result.wide.set_index("model").loc["vit", "BN"] == ""
+
+
+def test_cli_writes_table_provenance_and_claims(wc_root, tmp_path):
+    out = tmp_path / "table"
+    with pytest.warns(UserWarning):
+        assert main([str(wc_root), "--out", str(out), "--expected-seeds", "3"]) == 0
+    for name in ("table.csv", "table_best_epoch.csv", "table_long.csv", "table.md",
+                 "provenance.json", "claims.csv"):
+        assert (out / name).stat().st_size > 0, name
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["command"].startswith("wcnorm table ") and prov["seeds_expected"] == 3
+    assert prov["budgets"] == ["short"] and prov["device_names"] == ["Fake GPU"]
+    assert prov["git_commits"] == ["abc1234"] and prov["date_range"][0].startswith("2024-10-01")
+    md = (out / "table.md").read_text()
+    assert "best epoch (not used for selection)" in md
+    assert "- googlenet/cifar100/bn_wc: missing" in md and "| resnet18 | cifar10 |" in md
+    claims = pd.read_csv(out / "claims.csv")
+    assert claims.set_index("claim_id").loc["wc2_resnet18_cifar10", "verdict"] == "supported"
+
+
+def test_cli_unknown_preset_fails(wc_root, tmp_path, capsys):
+    with pytest.warns(UserWarning):
+        assert main([str(wc_root), "--out", str(tmp_path), "--preset", "nope"]) == 1
+    assert "no run directories" in capsys.readouterr().err

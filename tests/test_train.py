@@ -1,0 +1,95 @@
+"""The runner end to end, in process: outputs, resume, skip, divergence."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from wcnorm.errors import DivergedError
+from wcnorm.outputs import METRIC_COLUMNS, load_checkpoint, run_dir_for
+from wcnorm.train import train
+from wcnorm.trainer import Trainer
+
+FAST = ["model=enorm_fc", "norm=bn", "dataset.train_size=96", "dataset.test_size=32"]
+
+
+def test_a_run_writes_the_output_contract(cfg_factory):
+    cfg = cfg_factory(*FAST, "trainer.epochs=2")
+    result = train(cfg)
+    run = run_dir_for(cfg)
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.csv", "result.json", "last.pt", "conditioning.csv"}
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert list(metrics.columns[: len(METRIC_COLUMNS)]) == METRIC_COLUMNS
+    assert metrics.epoch.tolist() == [1, 2]
+    on_disk = json.loads((run / "result.json").read_text())
+    for key in ("final_test_acc", "best_test_acc", "best_epoch", "best_note", "wall_time_s", "num_params",
+                "torch_version", "cuda_version", "device_name", "git_commit", "config"):
+        assert key in on_disk, key
+    assert on_disk["final_test_acc"] == pytest.approx(metrics.test_acc.iloc[-1])
+    assert on_disk["best_test_acc"] == metrics.test_acc.max()
+    assert on_disk["config"]["model"]["name"] == "enorm_fc" and result["status"] == "finished"
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
+def test_run_directories_are_readable_and_distinct(cfg_factory):
+    a, b = cfg_factory(*FAST, "seed=1"), cfg_factory(*FAST, "seed=1", "optim.lr=0.05")
+    pa, pb = run_dir_for(a), run_dir_for(b)
+    assert pa != pb and pa.parent == pb.parent
+    assert pa.parts[-4:-1] == ("synthetic", "enorm_fc-d1", "bn") and pa.name.startswith("seed1-")
+    # Where and how visibly a run happens is not part of its identity.
+    assert run_dir_for(cfg_factory(*FAST, "seed=1", "trainer.stop_after=1", "trainer.progress=true")) == pa
+
+
+def _history(run):
+    return pd.read_csv(run / "metrics.csv")[["train_loss", "train_acc", "test_loss", "test_acc"]]
+
+
+@pytest.mark.parametrize("model", ["enorm_fc", "resnet18"])
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(cfg_factory, tmp_path, model):
+    common = [f"model={model}", "dataset.train_size=64", "dataset.test_size=32", "dataset.augment=true",
+              "trainer.epochs=2", "trainer.deterministic=true", "trainer.limit_batches=3"]
+    whole = cfg_factory(*common, f"run_dir={tmp_path / 'whole'}")
+    train(whole)
+    part = cfg_factory(*common, f"run_dir={tmp_path / 'part'}", "trainer.stop_after=1")
+    assert train(part)["status"] == "interrupted"
+    assert not (tmp_path / "part" / "result.json").exists()
+    assert load_checkpoint(tmp_path / "part" / "last.pt")["epoch"] == 1
+    train(cfg_factory(*common, f"run_dir={tmp_path / 'part'}"))  # the same command, resumed
+    pd.testing.assert_frame_equal(_history(tmp_path / "whole"), _history(tmp_path / "part"), rtol=1e-6)
+    a = load_checkpoint(tmp_path / "whole" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "part" / "last.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_a_finished_run_is_not_retrained(cfg_factory, monkeypatch):
+    cfg = cfg_factory(*FAST)
+    first = train(cfg)
+    import wcnorm.train as runner
+
+    monkeypatch.setattr(runner, "_train", lambda *a: pytest.fail("retrained a finished run"))
+    assert train(cfg)["final_test_acc"] == first["final_test_acc"]
+
+
+def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(cfg_factory, monkeypatch):
+    cfg = cfg_factory(*FAST, "trainer.epochs=3")
+    original = Trainer.train_step
+
+    def nan_from_epoch_2(self, x, y):  # the loss turns NaN once epoch 1 is done
+        loss, correct = original(self, x, y)
+        return (loss * float("nan") if self.epoch >= 1 else loss), correct
+
+    monkeypatch.setattr(Trainer, "train_step", nan_from_epoch_2)
+    with pytest.raises(DivergedError, match=r"nan in epoch 2.*Last good checkpoint: .*last.pt.*\(epoch 1\)"):
+        train(cfg)
+    run = run_dir_for(cfg)
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    assert len(pd.read_csv(run / "metrics.csv")) == 1 and not (run / "result.json").exists()
+
+
+def test_weight_method_and_enorm_runs_record_what_ran(cfg_factory):
+    wc = train(cfg_factory(*FAST, "norm=bn_wc"))
+    assert wc["weight_method"]["method"] == "wc" and wc["conditioning"]["end"]
+    en = train(cfg_factory(*FAST, "norm=enorm"))
+    assert en["enorm"] and en["config"]["norm"]["enorm"]["enabled"]

@@ -1,0 +1,293 @@
+"""Weight conditioning: the definition, Van der Sluis numerically, invariances, layers."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import weight_norm
+
+from wcnorm.wc import (
+    WeightConditioning,
+    column_equilibrate,
+    row_equilibrate,
+    ruiz_equilibrate,
+    weight_conditioning,
+)
+from wcnorm.weight_methods import remove_weight_methods
+
+P = [1, 2, math.inf]
+
+
+def badly_scaled(n, m, gen, spread=4.0):
+    """Random n x m matrix whose rows are scaled by 10**U(-spread, spread)."""
+    A = torch.randn(n, m, generator=gen, dtype=torch.float64)
+    return A * 10 ** (spread * (2 * torch.rand(n, 1, generator=gen, dtype=torch.float64) - 1))
+
+
+def kappa_2(A):
+    s = torch.linalg.svdvals(A)
+    return (s[0] / s[-1]).item()
+
+
+def kappa_inf(A):
+    inf = torch.linalg.matrix_norm
+    return (inf(A, ord=math.inf) * inf(torch.linalg.inv(A), ord=math.inf)).item()
+
+
+def mlp():
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def cnn():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+
+# ------------------------------------------------------------------ the definition
+@pytest.mark.parametrize("p", P)
+@pytest.mark.parametrize("shape", [(5, 7), (6, 3, 3, 3)])
+def test_row_and_column_unit_norm(p, shape):
+    W = torch.randn(*shape, dtype=torch.float64) * 3
+    rows = torch.linalg.vector_norm(row_equilibrate(W, p=p).reshape(shape[0], -1), ord=p, dim=1)
+    cols = torch.linalg.vector_norm(column_equilibrate(W, p=p).reshape(shape[0], -1), ord=p, dim=0)
+    torch.testing.assert_close(rows, torch.ones_like(rows))
+    torch.testing.assert_close(cols, torch.ones_like(cols))
+
+
+def test_zero_row_stays_finite():
+    W = torch.randn(4, 5)
+    W[1] = 0
+    out = row_equilibrate(W)
+    assert torch.isfinite(out).all() and (out[1] == 0).all()
+
+
+def spreads(W):
+    r = torch.linalg.vector_norm(W, dim=1)
+    c = torch.linalg.vector_norm(W, dim=0)
+    return (r.max() / r.min()).item(), (c.max() / c.min()).item()
+
+
+@pytest.mark.parametrize("shape", [(12, 12), (16, 40)])
+def test_both_balances_rows_and_columns(shape):
+    gen = torch.Generator().manual_seed(0)
+    W = badly_scaled(*shape, gen) * 10 ** (2 * torch.rand(1, shape[1], generator=gen, dtype=torch.float64))
+    r1, c1 = spreads(ruiz_equilibrate(W, iters=1))
+    r10, c10 = spreads(ruiz_equilibrate(W, iters=10))
+    assert c1 == pytest.approx(1) and c10 == pytest.approx(1)  # ends on a column step
+    assert r10 < r1 and r10 < 1.05  # rows near-balanced, better with more iterations
+    assert spreads(W)[0] > 1e3
+
+
+def test_validation():
+    for bad in (3, 0, "two", None):
+        with pytest.raises(ValueError, match="p must be"):
+            WeightConditioning(p=bad)
+    with pytest.raises(ValueError, match="side must be"):
+        WeightConditioning(side="left")
+    assert WeightConditioning(p="inf").p == math.inf
+    with pytest.raises(ValueError, match="p must be"):
+        weight_conditioning(mlp(), p=4)
+
+
+# ------------------------------------------------------------- Van der Sluis, numerically
+@pytest.mark.parametrize("scaled", [False, True])
+def test_van_der_sluis(scaled):
+    gen = torch.Generator().manual_seed(1)
+    n, trials = 8, 2000
+    for _ in range(5):
+        A = badly_scaled(n, n, gen) if scaled else torch.randn(n, n, generator=gen, dtype=torch.float64)
+        D = 10 ** (4 * torch.rand(trials, n, 1, generator=gen, dtype=torch.float64) - 2)
+        DA = D * A
+        # p = 1 row equilibration is optimal for kappa_inf among all diagonal left scalings
+        best_inf = min(kappa_inf(M) for M in DA)
+        assert kappa_inf(row_equilibrate(A, p=1)) <= best_inf * (1 + 1e-9)
+        # p = 2 row equilibration is within sqrt(n) of the best diagonal scaling for kappa_2
+        s = torch.linalg.svdvals(DA)
+        best_2 = (s[:, 0] / s[:, -1]).min().item()
+        k2 = kappa_2(row_equilibrate(A, p=2))
+        assert k2 <= math.sqrt(n) * best_2
+        if scaled:
+            assert k2 < 1e-2 * kappa_2(A)
+
+
+# ------------------------------------------------------------------ as a layer
+@pytest.mark.parametrize("layer", [nn.Linear(6, 5), nn.Conv2d(3, 5, 3, padding=1)])
+@pytest.mark.parametrize("side", ["row", "both"])
+def test_forward_invariant_to_row_scaling(layer, side):
+    layer = layer.double()
+    x = torch.randn(2, 6) if isinstance(layer, nn.Linear) else torch.randn(2, 3, 6, 6)
+    x = x.double()
+    parametrize.register_parametrization(layer, "weight", WeightConditioning(side=side))
+    y = layer(x)
+    with torch.no_grad():
+        layer.parametrizations.weight.original[2] *= 37.0
+        layer.parametrizations.weight.original[0] *= 0.01
+    torch.testing.assert_close(layer(x), y)
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (4, 3, 3, 3)])
+def test_gradient_orthogonal_to_row(shape):
+    torch.manual_seed(0)
+    V = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    G = torch.randn(*shape, dtype=torch.float64)
+    (WeightConditioning()(V) * G).sum().backward()
+    g, v = V.grad.reshape(shape[0], -1), V.detach().reshape(shape[0], -1)
+    assert g.abs().max() > 1e-3  # gradients do flow to the raw weight
+    torch.testing.assert_close((g * v).sum(1), torch.zeros(shape[0], dtype=torch.float64), atol=1e-12, rtol=0)
+    # with E detached, the radial component is not removed
+    V.grad = None
+    (WeightConditioning(detach=True)(V) * G).sum().backward()
+    assert (V.grad.reshape(shape[0], -1) * v).sum(1).abs().max() > 1e-3
+
+
+def test_row_p2_equals_weight_norm_with_unit_gain():
+    torch.manual_seed(0)
+    a, b = nn.Linear(6, 4).double(), nn.Conv2d(3, 4, 3).double()
+    for layer, x in ((a, torch.randn(3, 6)), (b, torch.randn(2, 3, 5, 5))):
+        wn = weight_norm(type(layer)(*_args(layer)).double(), dim=0)
+        wc = type(layer)(*_args(layer)).double()
+        with torch.no_grad():
+            wn.parametrizations.weight.original1.copy_(layer.weight)
+            wn.parametrizations.weight.original0.fill_(1.0)
+            wc.weight.copy_(layer.weight)
+            wn.bias.copy_(layer.bias)
+            wc.bias.copy_(layer.bias)
+        parametrize.register_parametrization(wc, "weight", WeightConditioning(p=2))
+        torch.testing.assert_close(wc(x.double()), wn(x.double()))
+
+
+def _args(layer):
+    if isinstance(layer, nn.Linear):
+        return layer.in_features, layer.out_features
+    return layer.in_channels, layer.out_channels, layer.kernel_size
+
+
+def test_grouped_conv_columns_per_group():
+    conv = nn.Conv2d(4, 6, 3, groups=2).double()
+    weight_conditioning(conv, side="column", include_classifier=True)
+    W = conv.weight.reshape(2, 3, -1)
+    cols = torch.linalg.vector_norm(W, dim=1)
+    torch.testing.assert_close(cols, torch.ones_like(cols))
+
+
+# ------------------------------------------------------------------ which layers
+def test_classifier_and_stem():
+    m = weight_conditioning(cnn())
+    assert parametrize.is_parametrized(m[0]) and parametrize.is_parametrized(m[2])
+    assert not parametrize.is_parametrized(m[6])
+    m = weight_conditioning(cnn(), include_classifier=True, skip_stem=True)
+    assert not parametrize.is_parametrized(m[0]) and parametrize.is_parametrized(m[6])
+    with pytest.raises(ValueError, match="already has a weight method"):
+        weight_conditioning(m)
+
+
+class Attention(nn.Module):
+    def __init__(self, d=8):
+        super().__init__()
+        self.q, self.k, self.v, self.proj = (nn.Linear(d, d) for _ in range(4))
+
+    def forward(self, x):
+        a = torch.softmax(self.q(x) @ self.k(x).transpose(1, 2) / 8**0.5, -1)
+        return self.proj(a @ self.v(x))
+
+
+class TinyViT(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 4, stride=4)
+        self.attn = Attention()
+        self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = t + self.attn(t)
+        t = t + self.mha(t, t, t, need_weights=False)[0]
+        return self.head(t.mean(1))
+
+
+def test_attention_projections_included():
+    m = weight_conditioning(TinyViT())
+    for layer in (m.attn.q, m.attn.k, m.attn.v, m.attn.proj, m.patch, m.mha.out_proj):
+        assert parametrize.is_parametrized(layer, "weight")
+    assert parametrize.is_parametrized(m.mha, "in_proj_weight")
+    assert not parametrize.is_parametrized(m.head)
+    n = torch.linalg.vector_norm(m.mha.in_proj_weight, dim=1)
+    torch.testing.assert_close(n, torch.ones_like(n))
+    assert m(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
+def test_torchvision_resnet18():
+    torchvision = pytest.importorskip("torchvision")
+    m = weight_conditioning(torchvision.models.resnet18(weights=None, num_classes=10))
+    convs = [mod for mod in m.modules() if isinstance(mod, nn.Conv2d)]
+    assert all(parametrize.is_parametrized(c) for c in convs) and len(convs) == 20
+    assert not parametrize.is_parametrized(m.fc)
+    m.eval()
+    assert m(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+# ------------------------------------------------------------------ save, export
+def test_state_dict_and_export_round_trip():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 8, 8)
+    a = weight_conditioning(cnn(), side="both", p=1)
+    b = weight_conditioning(cnn(), side="both", p=1)
+    b.load_state_dict(a.state_dict())
+    torch.testing.assert_close(b(x), a(x))
+    y = a(x)
+    remove_weight_methods(a)
+    assert not any(parametrize.is_parametrized(mod) for mod in a.modules())
+    assert all(type(p) is nn.Parameter for p in a.parameters())
+    torch.testing.assert_close(a(x), y)
+    cnn().load_state_dict(a.state_dict())  # plain keys again
+
+
+# ------------------------------------------------------------------ precision, compile
+def test_autocast_bfloat16_close_to_fp32():
+    torch.manual_seed(0)
+    m = weight_conditioning(cnn())
+    x = torch.randn(2, 3, 8, 8)
+    y = m(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        yb = m(x)
+    assert torch.isfinite(yb).all()
+    torch.testing.assert_close(yb.float(), y, atol=5e-2, rtol=5e-2)
+
+
+def test_torch_compile_matches_eager():
+    torch.manual_seed(0)
+    m = weight_conditioning(mlp(), side="both")
+    x = torch.randn(4, 6)
+    try:
+        y = torch.compile(m)(x)
+    except Exception as e:  # no C compiler / inductor unavailable here
+        pytest.skip(f"torch.compile unavailable: {type(e).__name__}: {str(e)[:200]}")
+    torch.testing.assert_close(y, m(x), atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ the model zoo
+ZOO = [("resnet18", "bn"), ("resnet50", "bn"), ("densenet121", "bn"), ("googlenet", "bn"),
+       ("vit", "ln"), ("enorm_fc", "none"), ("enorm_fullconv", "bn")]
+
+
+@pytest.mark.parametrize("name,act_norm", ZOO)
+def test_model_zoo(name, act_norm):
+    models = pytest.importorskip("wcnorm.models")
+    torch.manual_seed(0)
+    model = models.build_model(name, num_classes=10, image_size=32, act_norm=act_norm)
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
+    weight_conditioning(model).eval()
+    touched = [m for m in layers if parametrize.is_parametrized(m, "weight")]
+    assert len(touched) == len(layers) - 1 and not parametrize.is_parametrized(layers[-1])
+    if name == "vit":
+        attn = next(m for m in model.modules() if type(m).__name__ == "Attention")
+        assert all(parametrize.is_parametrized(getattr(attn, n)) for n in ("q", "k", "v", "proj"))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        y = model(x)
+        assert y.shape == (1, 10) and torch.isfinite(y).all()
+        remove_weight_methods(model)
+        torch.testing.assert_close(model(x), y, atol=1e-5, rtol=1e-4)

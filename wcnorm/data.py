@@ -1,0 +1,333 @@
+"""Datasets and loaders.
+
+Two kinds of data, two loaders:
+
+* array datasets (CIFAR-10/100, npz, digits, synthetic) are small enough to live in
+  memory as one uint8 NCHW tensor. `ArrayLoader` keeps that tensor on the training
+  device and does shuffling, padded random crop, flip and normalisation per batch
+  there: no DataLoader workers, no host round trips (the airbench recipe).
+* image folders (ImageNet, any ImageFolder tree) stream through torchvision's
+  `ImageFolder` and a `DataLoader` with workers and pinned memory.
+
+Every random choice of an epoch (order, crops, flips) is drawn from a generator
+seeded by (seed, epoch), so a resumed run sees exactly the batches an uninterrupted
+run would have seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, RandomSampler
+
+from .errors import ConfigError, DatasetUnavailable
+
+ARRAY_DATASETS = ("cifar10", "cifar100", "npz", "digits", "synthetic")
+FOLDER_DATASETS = ("imagenet", "imagefolder")
+DATASETS = ARRAY_DATASETS + FOLDER_DATASETS
+
+OFFLINE_HINT = "To run offline right now, use `dataset=digits` (bundled, no download)."
+
+
+@dataclass
+class ArraySplit:
+    x: torch.Tensor  # uint8, N x C x H x W
+    y: torch.Tensor  # int64, N
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class DataBundle:
+    name: str
+    num_classes: int
+    image_size: int
+    in_channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train: ArraySplit | torch.utils.data.Dataset
+    test: ArraySplit | torch.utils.data.Dataset
+    classes: list[str] | None = None
+
+    @property
+    def is_array(self) -> bool:
+        return isinstance(self.train, ArraySplit)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_dataset(cfg) -> DataBundle:
+    """Build the `DataBundle` described by a `dataset` config node."""
+    name = cfg.name
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset '{name}'; valid: {', '.join(DATASETS)}")
+    loader = {
+        "cifar10": _load_cifar,
+        "cifar100": _load_cifar,
+        "npz": _load_npz,
+        "digits": _load_digits,
+        "synthetic": _load_synthetic,
+        "imagenet": _load_folder,
+        "imagefolder": _load_folder,
+    }[name]
+    return loader(cfg)
+
+
+def _bundle(cfg, train: ArraySplit, test: ArraySplit, classes=None) -> DataBundle:
+    """Finish an array dataset: check shapes, fill in class count and channel stats."""
+    c, h, w = train.x.shape[1:]
+    if h != w or h != cfg.image_size or c != cfg.in_channels:
+        raise ConfigError(
+            f"dataset '{cfg.name}' has images of shape {c}x{h}x{w}, but the config says "
+            f"in_channels={cfg.in_channels}, image_size={cfg.image_size}: set "
+            f"dataset.image_size={h} dataset.in_channels={c}"
+        )
+    num_classes = cfg.get("num_classes") or (len(classes) if classes is not None else None)
+    num_classes = num_classes or int(max(train.y.max(), test.y.max())) + 1
+    if int(max(train.y.max(), test.y.max())) >= num_classes or int(min(train.y.min(), test.y.min())) < 0:
+        raise ConfigError(f"dataset '{cfg.name}': labels must lie in [0, {num_classes})")
+    xf = train.x.float().div_(255)
+    mean = cfg.get("mean") or xf.mean(dim=(0, 2, 3)).tolist()
+    std = cfg.get("std") or xf.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    return DataBundle(
+        cfg.name, int(num_classes), h, c, tuple(mean), tuple(std), train, test,
+        list(classes) if classes is not None else None,
+    )
+
+
+def _nhwc_split(x, y) -> ArraySplit:
+    x = torch.as_tensor(np.ascontiguousarray(x))
+    if x.dtype != torch.uint8 or x.ndim != 4:
+        raise ConfigError(f"images must be uint8 N x H x W x C, got {x.dtype} {tuple(x.shape)}")
+    return ArraySplit(x.permute(0, 3, 1, 2).contiguous(), torch.as_tensor(np.asarray(y), dtype=torch.long))
+
+
+def _load_cifar(cfg) -> DataBundle:
+    import torchvision
+
+    cls = torchvision.datasets.CIFAR10 if cfg.name == "cifar10" else torchvision.datasets.CIFAR100
+    root = Path(cfg.root).expanduser()
+    try:
+        # torchvision verifies the archive's md5 and every batch file's md5.
+        train = cls(str(root), train=True, download=bool(cfg.download))
+        test = cls(str(root), train=False, download=bool(cfg.download))
+    except Exception as err:  # offline download, missing or corrupt files
+        archive = cls.filename
+        raise DatasetUnavailable(
+            f"{cfg.name.upper()} is not in '{root.resolve()}' (looked for {cls.base_folder}/, "
+            f"md5-checked) and could not be {'downloaded' if cfg.download else 'loaded (download=false)'}: "
+            f"{type(err).__name__}: {err}\n"
+            f"Provide it: put {archive} from {cls.url.rsplit('/', 1)[0]}/ (or its extracted "
+            f"{cls.base_folder}/ folder) into that directory, or point `dataset.root=/path` "
+            f"(or the WCNORM_DATA variable) at a folder that has it.\n{OFFLINE_HINT}"
+        ) from err
+    return _bundle(cfg, _nhwc_split(train.data, train.targets), _nhwc_split(test.data, test.targets), train.classes)
+
+
+def _load_npz(cfg) -> DataBundle:
+    path = Path(cfg.path).expanduser()
+    if not path.is_file():
+        raise DatasetUnavailable(f"npz dataset: no file '{path.resolve()}' (set dataset.path=...). {OFFLINE_HINT}")
+    with np.load(path, allow_pickle=False) as z:
+        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z]
+        if missing:
+            raise ConfigError(f"npz dataset '{path}': missing arrays {missing}; it has {list(z.keys())}")
+        classes = [str(c) for c in z["classes"]] if "classes" in z else None
+        train, test = _nhwc_split(z["x_train"], z["y_train"]), _nhwc_split(z["x_test"], z["y_test"])
+    return _bundle(cfg, train, test, classes)
+
+
+def _load_digits(cfg) -> DataBundle:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()  # 1797 real 8x8 images, shipped with scikit-learn
+    x = torch.as_tensor(d.images, dtype=torch.float32)[:, None] / 16.0
+    x = F.interpolate(x, size=cfg.image_size, mode="bilinear", align_corners=False)
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, cfg.in_channels, -1, -1).contiguous()
+    y = torch.as_tensor(d.target, dtype=torch.long)
+    # A fixed stratified split, independent of the run's seed: the test set never moves.
+    g = torch.Generator().manual_seed(0)
+    test_mask = torch.zeros(len(y), dtype=torch.bool)
+    for k in range(10):
+        idx = (y == k).nonzero().squeeze(1)
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        test_mask[idx[: round(len(idx) * cfg.test_fraction)]] = True
+    return _bundle(cfg, ArraySplit(x[~test_mask], y[~test_mask]), ArraySplit(x[test_mask], y[test_mask]),
+                   [str(k) for k in range(10)])
+
+
+def _load_synthetic(cfg) -> DataBundle:
+    g = torch.Generator().manual_seed(0)
+    shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+
+    def split(n):
+        return ArraySplit(torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8),
+                          torch.randint(0, cfg.num_classes, (n,), generator=g))
+
+    return _bundle(cfg, split(cfg.train_size), split(cfg.test_size))
+
+
+def _folder_split(root: Path, names: tuple[str, ...]) -> Path | None:
+    return next((root / n for n in names if (root / n).is_dir()), None)
+
+
+def _load_folder(cfg) -> DataBundle:
+    from torchvision import datasets, transforms
+
+    root = Path(cfg.root).expanduser()
+    train_dir, test_dir = _folder_split(root, ("train",)), _folder_split(root, ("val", "test"))
+    if train_dir is None or test_dir is None:
+        raise DatasetUnavailable(
+            f"{cfg.name}: expected an ImageFolder tree at '{root.resolve()}' with train/<class>/* "
+            f"and val/<class>/* (or test/); {'it does not exist' if not root.exists() else 'a split is missing'}. "
+            f"ImageNet cannot be downloaded automatically: get it from image-net.org, arrange "
+            f"it in that layout and set `dataset.root=/path` (or WCNORM_IMAGENET). {OFFLINE_HINT}"
+        )
+    size = int(cfg.image_size)
+    norm = transforms.Normalize(cfg.mean, cfg.std)
+    aug = [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()] if cfg.augment else [
+        transforms.Resize(size), transforms.CenterCrop(size)]
+    train = datasets.ImageFolder(str(train_dir), transforms.Compose([*aug, transforms.ToTensor(), norm]))
+    # The classic eval transform: resize to 256/224 of the size, centre crop.
+    test = datasets.ImageFolder(str(test_dir), transforms.Compose([
+        transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size), transforms.ToTensor(), norm]))
+    if train.classes != test.classes:
+        raise ConfigError(f"{cfg.name}: train/ and {test_dir.name}/ have different class folders")
+    n = cfg.get("num_classes") or len(train.classes)
+    if n != len(train.classes):
+        raise ConfigError(f"{cfg.name}: dataset.num_classes={n} but '{train_dir}' has {len(train.classes)} class folders")
+    return DataBundle(cfg.name, n, size, 3, tuple(cfg.mean), tuple(cfg.std), train, test, train.classes)
+
+
+# ----------------------------------------------------------------------------- loaders
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator all of one epoch's randomness comes from."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+
+
+def random_crop(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Zero-pad a batch by `pad` and crop each image at its own offset (dy, dx) in [0, 2 pad]."""
+    n, c, h, w = x.shape
+    x = F.pad(x, (pad, pad, pad, pad))
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    return x[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+
+
+class ArrayLoader:
+    """Batches of an in-memory uint8 dataset, augmented and normalised on `device`.
+
+    With `world_size > 1` each rank takes every world_size-th example of the same
+    permutation (all ranks draw the same permutation from the same generator).
+    """
+
+    def __init__(self, split: ArraySplit, batch_size: int, *, mean, std, device, seed: int = 0,
+                 train: bool = True, augment: bool = False, pad: int = 4, limit: int | None = None,
+                 channels_last: bool = False, rank: int = 0, world_size: int = 1):
+        self.x, self.y = split.x.to(device), split.y.to(device)
+        self.batch_size, self.train, self.augment, self.pad = batch_size, train, augment and train, pad
+        self.seed, self.epoch, self.limit, self.channels_last = seed, 0, limit, channels_last
+        self.rank, self.world_size = rank, world_size
+        shape = (1, -1, 1, 1)
+        self.mean = torch.tensor(mean, device=device).view(shape) * 255
+        self.std = torch.tensor(std, device=device).view(shape) * 255
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _num_examples(self) -> int:
+        return len(range(self.rank, len(self.y), self.world_size))
+
+    def __len__(self) -> int:
+        n = self._num_examples()
+        # Training drops a last batch of one, which BatchNorm cannot normalise.
+        batches = n // self.batch_size + (n % self.batch_size > (1 if self.train else 0))
+        return min(batches, self.limit) if self.limit else batches
+
+    def __iter__(self):
+        g = epoch_generator(self.seed, self.epoch)
+        n = len(self.y)
+        order = torch.randperm(n, generator=g) if self.train else torch.arange(n)
+        if self.augment:  # one draw for the whole epoch, moved to the device once
+            dy, dx = torch.randint(0, 2 * self.pad + 1, (2, n), generator=g)
+            flip = torch.rand(n, generator=g) < 0.5
+            # Drawn before sharding, so every rank's share is what one process would see.
+            shard = slice(self.rank, None, self.world_size)
+            dy, dx, flip = (t[shard].to(self.x.device) for t in (dy, dx, flip))
+        order = order[self.rank :: self.world_size].to(self.x.device)
+        for b in range(len(self)):
+            sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            idx = order[sl]
+            x = self.x[idx]
+            if self.augment:
+                x = random_crop(x, self.pad, dy[sl], dx[sl])
+                x = torch.where(flip[sl, None, None, None], x.flip(3), x)
+            x = (x.float() - self.mean) / self.std
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.y[idx]
+
+
+class FolderLoader:
+    """A DataLoader over an ImageFolder with per-epoch seeding and non-blocking copies."""
+
+    def __init__(self, dataset, batch_size: int, *, device, seed: int = 0, train: bool = True,
+                 num_workers: int = 4, limit: int | None = None, channels_last: bool = False,
+                 rank: int = 0, world_size: int = 1):
+        self.device, self.seed, self.limit, self.channels_last = torch.device(device), seed, limit, channels_last
+        self.generator = torch.Generator()
+        if world_size > 1:
+            sampler = torch.utils.data.DistributedSampler(dataset, world_size, rank, shuffle=train, seed=seed)
+        else:
+            sampler = RandomSampler(dataset, generator=self.generator) if train else None
+        self.loader = DataLoader(
+            dataset, batch_size, sampler=sampler, num_workers=num_workers, drop_last=train and len(dataset) > batch_size,
+            pin_memory=self.device.type == "cuda", persistent_workers=False, generator=self.generator,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(int(self.seed) * 1_000_003 + int(epoch))
+        if hasattr(self.loader.sampler, "set_epoch"):
+            self.loader.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return min(len(self.loader), self.limit) if self.limit else len(self.loader)
+
+    def __iter__(self):
+        for b, (x, y) in enumerate(self.loader):
+            if b >= len(self):
+                break
+            x = x.to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y.to(self.device, non_blocking=True)
+
+
+def make_loaders(data: DataBundle, dataset_cfg, trainer_cfg, *, device, seed: int, data_on_device: bool,
+                 channels_last: bool = False, rank: int = 0, world_size: int = 1):
+    """The (train, test) loaders for a bundle, following the dataset and trainer configs."""
+    # batch sizes are global: each of `world_size` ranks takes an even share
+    bs = int(trainer_cfg.batch_size) // world_size
+    ebs = max(1, int(trainer_cfg.eval_batch_size or 2 * trainer_cfg.batch_size) // world_size)
+    common = dict(device=device if data_on_device else "cpu", seed=seed, channels_last=channels_last,
+                  rank=rank, world_size=world_size)
+    if data.is_array:
+        stats = dict(mean=data.mean, std=data.std)
+        train = ArrayLoader(data.train, bs, train=True, augment=bool(dataset_cfg.augment),
+                            pad=int(dataset_cfg.get("crop_padding", 4)),
+                            limit=trainer_cfg.limit_batches, **stats, **common)
+        test = ArrayLoader(data.test, ebs, train=False, limit=trainer_cfg.limit_eval_batches, **stats, **common)
+        return train, test
+    common["device"] = device
+    workers = int(trainer_cfg.num_workers)
+    train = FolderLoader(data.train, bs, train=True, num_workers=workers, limit=trainer_cfg.limit_batches, **common)
+    test = FolderLoader(data.test, ebs, train=False, num_workers=workers, limit=trainer_cfg.limit_eval_batches, **common)
+    return train, test

@@ -1,0 +1,17 @@
+"""The errors wcnorm reports to users: each says what is wrong and what to do."""
+
+
+class WcnormError(Exception):
+    """Base class: the CLI prints these as one clear message, without a traceback."""
+
+
+class ConfigError(WcnormError, ValueError):
+    """A config value that cannot work (found before anything is built)."""
+
+
+class DatasetUnavailable(WcnormError):
+    """The dataset is not on disk and cannot be downloaded."""
+
+
+class DivergedError(WcnormError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""

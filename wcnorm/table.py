@@ -1,0 +1,365 @@
+"""`wcnorm table`: result tables in the papers' layouts, with their provenance.
+
+Every cell is the final-epoch test accuracy, mean ± sample std over seeds, with the
+number of finished runs it rests on. The best-epoch accuracy is reported in a separate
+table, labelled as such, and never used to pick anything. Cells that the grid expects
+but no finished run fills are written as "missing" and listed by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from wcnorm.runs import load_runs
+
+NORM_LABELS = {
+    "none": "Baseline", "bn": "BN", "bn_ws": "BN + WS", "bn_wn": "BN + WN",
+    "bn_wc": "BN + WC", "bn_e": "BN + E", "gn": "GN", "gn_wc": "GN + WC", "ln": "LN",
+    "ln_wc": "LN + WC", "wc": "WC", "enorm": "ENorm", "bn_enorm": "ENorm + BN",
+}
+# Column order of the tables: known norms in this order, unknown ones after, sorted.
+NORM_ORDER = list(NORM_LABELS)
+
+FINAL_METRIC = "final-epoch test accuracy (%)"
+BEST_METRIC = "best-epoch test accuracy (%), best epoch (not used for selection)"
+NO_EXPERIMENT = "(none)"
+LAYOUTS = ("auto", "wc", "enorm_fc", "long")
+
+
+@dataclass
+class TableResult:
+    wide: pd.DataFrame  # paper layout, final-epoch accuracy
+    best: pd.DataFrame  # same layout, best-epoch accuracy (information only)
+    long: pd.DataFrame  # one row per cell, machine-readable
+    provenance: dict
+    missing: list[str] = field(default_factory=list)
+    layout: str = "wc"
+
+
+def norm_label(norm) -> str:
+    return NORM_LABELS.get(norm, str(norm))
+
+
+def _fmt(mean: float, std: float, n: int, n_expected) -> str:
+    count = f"n={n}" if n_expected is None or n >= n_expected else f"n={n}/{n_expected}"
+    if n == 0:
+        return "missing"
+    if n == 1 or pd.isna(std):
+        return f"{mean:.2f} ({count})"
+    return f"{mean:.2f} ± {std:.2f} ({count})"
+
+
+def _values(s: pd.Series) -> str:
+    """Distinct non-null values of a column as "a;b" (a cell that pools settings shows it)."""
+    vals = sorted({str(v) for v in s.dropna()})
+    return ";".join(vals)
+
+
+def _cell_id(keys: list[str], row: tuple, norm) -> str:
+    parts = [f"{k}={v}" if k not in ("model", "dataset", "experiment") else str(v)
+             for k, v in zip(keys, row)]
+    return "/".join(parts + [str(norm)])
+
+
+def _resolve_layout(df: pd.DataFrame, layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout != "auto":
+        return layout
+    fc = (df["model"] == "enorm_fc").all() and df["depth"].notna().all()
+    return "enorm_fc" if fc else "wc"
+
+
+def _row_keys(df: pd.DataFrame, layout: str, split_by) -> list[str]:
+    if layout == "enorm_fc":
+        # The paper's FC table: one row per depth p. Name the model/dataset only when
+        # several are mixed, so rows never silently pool different set-ups.
+        keys = [k for k in ("model", "dataset") if df[k].nunique() > 1] + ["depth"]
+    else:
+        keys = ["model", "dataset"]
+        if df["depth"].notna().any():
+            keys.append("depth")
+    if df["experiment"].nunique() > 1:
+        keys.insert(0, "experiment")
+    return keys + [k for k in split_by if k not in keys]
+
+
+def _cell_stats(g: pd.DataFrame) -> dict:
+    done = g[g["finished"] & g["final_test_acc"].notna()]
+    acc, best = done["final_test_acc"], done["best_test_acc"]
+    return {
+        "n": len(done), "n_unfinished": int((~g["finished"]).sum()),
+        "mean": acc.mean(), "std": acc.std(), "min": acc.min(), "max": acc.max(),
+        "seeds": " ".join(str(s) for s in sorted(done["seed"].dropna())),
+        "best_epoch_mean": best.mean(), "best_epoch_std": best.std(),
+        "budget": _values(g["budget"]), "epochs": _values(g["epochs"]),
+        "lr": _values(g["lr"]), "batch_size": _values(g["batch_size"]),
+        "_all_seeds": set(g["seed"].dropna()), "_found": set(done["seed"].dropna()),
+    }
+
+
+def _key(cell: tuple) -> tuple:
+    """Cell tuple with every null (None, NaN, pd.NA) as None, so lookups agree."""
+    return tuple(None if pd.isna(v) else v for v in cell)
+
+
+def _expected_cells(df, keys) -> set[tuple]:
+    """Cells the grid expects: per preset, every seen row x every seen column.
+
+    Runs without a preset (ad-hoc runs) expect only the cells they fill.
+    """
+    cells = set()
+    for exp, g in df.groupby("experiment", dropna=False):
+        rows = {_key(r) for r in g[keys].itertuples(index=False, name=None)}
+        if exp == NO_EXPERIMENT:
+            cells |= {_key(c) for c in g[keys + ["norm"]].itertuples(index=False, name=None)}
+        else:
+            cells |= {(*r, n) for r, n in itertools.product(rows, g["norm"].unique())}
+    return cells
+
+
+def _norm_sort_key(norm):
+    return (NORM_ORDER.index(norm), "") if norm in NORM_ORDER else (len(NORM_ORDER), str(norm))
+
+
+def _sort_long(long: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    order = long["norm"].map(lambda n: _norm_sort_key(n)[0])
+    return (long.assign(_o=order).sort_values(keys + ["_o", "norm"], kind="stable")
+            .drop(columns="_o").reset_index(drop=True))
+
+
+def _pivot(long: pd.DataFrame, keys: list[str], value: str, metric: str) -> pd.DataFrame:
+    wide = long.pivot(index=keys, columns="norm", values=value)
+    norms = sorted(wide.columns, key=_norm_sort_key)
+    # A blank cell is one the grid never expected (e.g. ad-hoc runs); expected but
+    # empty cells already read "missing".
+    wide = wide[norms].fillna("").rename(columns=norm_label).reset_index()
+    wide.columns.name = None
+    if "depth" in wide:  # a null depth in the index turns the column to float
+        wide["depth"] = wide["depth"].astype("Int64")
+    wide.insert(0, "metric", metric)
+    return wide
+
+
+def _seed_expectation(df, expected_seeds) -> dict:
+    """Expected seed set per preset: the union of seeds seen in that preset (counted
+    to ``expected_seeds`` when given); ad-hoc runs expect nothing beyond themselves."""
+    out = {}
+    for exp, g in df.groupby("experiment", dropna=False):
+        seen = set(g["seed"].dropna())
+        out[exp] = None if exp == NO_EXPERIMENT and expected_seeds is None else seen
+    return out
+
+
+def build_table(df: pd.DataFrame, layout: str = "auto", expected_seeds: int | None = None,
+                split_by: tuple[str, ...] | list[str] = (), command: str | None = None
+                ) -> TableResult:
+    """Aggregate a ``load_runs`` frame into the paper-layout tables.
+
+    ``split_by``: extra run columns that become row keys (e.g. ``batch_size``, or any
+    config key as ``cfg.<dotted.key>``), for studies that vary them.
+    """
+    if df.empty:
+        raise ValueError("no runs to tabulate")
+    df = df.copy()
+    df["experiment"] = df["experiment"].fillna(NO_EXPERIMENT)
+    split_by = [k if k in df.columns else f"cfg.{k}" for k in split_by]
+    for k in split_by:
+        if k not in df.columns:
+            raise ValueError(f"--split-by {k}: no such run column or config key")
+    layout = _resolve_layout(df, layout)
+    keys = _row_keys(df, layout, split_by)
+
+    stats = {_key(cell): _cell_stats(g)
+             for cell, g in df.groupby(keys + ["norm"], dropna=False, sort=False)}
+    seed_sets = _seed_expectation(df, expected_seeds)
+    exp_pos = keys.index("experiment") if "experiment" in keys else None
+    only_exp = df["experiment"].iloc[0]
+
+    rows, missing, unfinished = [], [], []
+    for cell in sorted(_expected_cells(df, keys) | set(stats), key=str):
+        s = stats.get(cell) or _cell_stats(df.iloc[0:0])
+        exp = cell[exp_pos] if exp_pos is not None else only_exp
+        seen = seed_sets[exp]
+        n_exp = expected_seeds if expected_seeds is not None else (len(seen) if seen else None)
+        cid = _cell_id(keys, cell[:-1], cell[-1])
+        lost = sorted(seen - s["_found"]) if seen and (expected_seeds is None
+                                                         or len(seen) == expected_seeds) else []
+        lost_txt = f" (missing seed {' '.join(map(str, lost))})" if lost else ""
+        if s["n"] == 0:
+            status = "missing"
+            extra = f" ({s['n_unfinished']} unfinished)" if s["n_unfinished"] else ""
+            missing.append(f"{cid}: missing, no finished run{extra}")
+        elif n_exp is not None and s["n"] < n_exp:
+            status = "incomplete"
+            missing.append(f"seeds found {s['n']}/{n_exp} for {cid}{lost_txt}")
+        else:
+            status = "ok"
+        if s["n_unfinished"]:
+            unfinished.append(f"{cid}: {s['n_unfinished']} unfinished run(s), "
+                              "counted, not in the mean")
+        row = {k: v for k, v in s.items() if not k.startswith("_")}
+        row.update(dict(zip(keys + ["norm"], cell)))  # a split key wins over its summary
+        row.update(status=status, n_expected=n_exp,
+                   cell=_fmt(s["mean"], s["std"], s["n"], n_exp),
+                   best_cell=_fmt(s["best_epoch_mean"], s["best_epoch_std"], s["n"], n_exp))
+        if s["n_unfinished"] and s["n"] == 0:
+            row["cell"] = row["best_cell"] = f"missing ({s['n_unfinished']} unfinished)"
+        rows.append(row)
+
+    long = _sort_long(pd.DataFrame(rows), keys)
+    stat_cols = ["status", "n", "n_expected", "n_unfinished", "mean", "std", "min", "max",
+                 "seeds", "best_epoch_mean", "best_epoch_std", "budget", "epochs", "lr",
+                 "batch_size", "cell", "best_cell"]
+    long = long[keys + ["norm"] + [c for c in stat_cols if c not in keys]]
+    long["n_expected"] = long["n_expected"].astype("Int64")
+    if layout == "long":
+        # One row per cell, readable: the numbers themselves are in the long CSV.
+        base = keys + ["norm", "status", "n", "n_expected", "n_unfinished"]
+        wide = long[base + ["cell"]].rename(columns={"cell": FINAL_METRIC})
+        best = long[base + ["best_cell"]].rename(columns={"best_cell": BEST_METRIC})
+    else:
+        wide = _pivot(long, keys, "cell", FINAL_METRIC)
+        best = _pivot(long, keys, "best_cell", BEST_METRIC)
+    prov = _provenance(df, long, layout, keys, expected_seeds, missing, unfinished, command)
+    return TableResult(wide=wide, best=best, long=long.drop(columns=["cell", "best_cell"]),
+                       provenance=prov, missing=missing, layout=layout)
+
+
+def _distinct(s: pd.Series) -> list:
+    return sorted({v.item() if hasattr(v, "item") else v for v in s.dropna()}, key=str)
+
+
+def _provenance(df, long, layout, keys, expected_seeds, missing, unfinished, command) -> dict:
+    mixed = []
+    for _, r in long.iterrows():
+        many = [f"{k} {r[k].replace(';', ', ')}" for k in ("budget", "epochs", "batch_size")
+                if ";" in str(r[k])]
+        if many:
+            mixed.append(f"{_cell_id(keys, tuple(r[k] for k in keys), r['norm'])} pools runs "
+                         f"with {'; '.join(many)}")
+    dates = pd.to_datetime(df["date"], errors="coerce", utc=True, format="ISO8601").dropna()
+    counts = long["status"].value_counts()
+    return {
+        "command": command,
+        "metric": FINAL_METRIC + ": mean ± sample std over seeds of finished runs; "
+                  "best-epoch accuracy is reported for information only (not used for selection)",
+        "layout": layout, "row_keys": keys, "column_key": "norm",
+        "experiments": _distinct(df["experiment"]),
+        "budgets": _distinct(df["budget"]), "epochs": _distinct(df["epochs"]),
+        "seeds_expected": expected_seeds if expected_seeds is not None
+        else "union of seeds seen per preset",
+        "seeds_found": _distinct(df.loc[df["finished"], "seed"]),
+        "runs": {"dirs": len(df), "finished": int(df["finished"].sum()),
+                 "unfinished": int((~df["finished"]).sum()),
+                 "skipped_unreadable": len(df.attrs.get("skipped", []))},
+        "cells": {"expected": len(long), **{k: int(counts.get(k, 0))
+                                            for k in ("ok", "incomplete", "missing")}},
+        "missing": missing, "unfinished": unfinished, "mixed_settings": mixed,
+        "device_names": _distinct(df["device_name"]),
+        "git_commits": _distinct(df["git_commit"]),
+        "torch_versions": _distinct(df["torch_version"]),
+        "date_range": [dates.min().isoformat(), dates.max().isoformat()] if len(dates) else None,
+    }
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    df = df.drop(columns=["metric"], errors="ignore").astype(object).where(df.notna(), "")
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    sep = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, sep, *body])
+
+
+def to_markdown(result: TableResult) -> str:
+    p = result.provenance
+    join = lambda xs: ", ".join(map(str, xs)) or "unknown"  # noqa: E731
+    runs = p["runs"]
+    lines = [
+        f"## Final-epoch test accuracy (%), {result.layout} layout", "",
+        f"- budget: {join(p['budgets'])}; epochs: {join(p['epochs'])}; "
+        f"preset: {join(p['experiments'])}",
+        f"- seeds expected: {p['seeds_expected']}; seeds found: {join(p['seeds_found'])}",
+        f"- runs: {runs['dirs']} directories ({runs['finished']} finished, "
+        f"{runs['unfinished']} unfinished, not in the means"
+        + (f"; {runs['skipped_unreadable']} unreadable folders skipped)"
+           if runs["skipped_unreadable"] else ")"),
+        f"- cells: {p['cells']['ok']} complete, {p['cells']['incomplete']} incomplete, "
+        f"{p['cells']['missing']} missing",
+        f"- devices: {join(p['device_names'])}; commits: {join(p['git_commits'])}; "
+        f"dates: {' to '.join(p['date_range'] or ['unknown'])}",
+    ]
+    if p["command"]:
+        lines.append(f"- command: `{p['command']}`")
+    lines += ["", "Cells: mean ± sample std over seeds (n = finished runs, "
+              "n=found/expected where seeds are missing).", "", _md_table(result.wide), "",
+              "### Best-epoch test accuracy (%), best epoch (not used for selection)", "",
+              _md_table(result.best), ""]
+    for title, items in (("Incomplete grid", p["missing"]), ("Unfinished runs", p["unfinished"]),
+                         ("Cells pooling different settings", p["mixed_settings"])):
+        if items:
+            lines += [f"### {title}", "", *[f"- {m}" for m in items], ""]
+    return "\n".join(lines)
+
+
+def write_table(result: TableResult, out_dir) -> list[Path]:
+    """Write table.csv, table_best_epoch.csv, table_long.csv, table.md, provenance.json."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"table.csv": result.wide, "table_best_epoch.csv": result.best,
+             "table_long.csv": result.long}
+    for name, frame in files.items():
+        frame.to_csv(out / name, index=False, float_format="%.4g")
+    (out / "table.md").write_text(to_markdown(result))
+    (out / "provenance.json").write_text(json.dumps(result.provenance, indent=2, default=str)
+                                         + "\n")
+    return [out / n for n in [*files, "table.md", "provenance.json"]]
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="wcnorm table", description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", help="run directories or folders holding them")
+    ap.add_argument("--layout", choices=LAYOUTS, default="auto",
+                    help="wc: rows model/dataset, columns norms; enorm_fc: rows depth p; "
+                         "long: one row per cell (default: auto)")
+    ap.add_argument("--out", default="results/table", help="output folder")
+    ap.add_argument("--expected-seeds", type=int, default=None,
+                    help="seeds each cell should have (default: the union seen per preset)")
+    ap.add_argument("--preset", default=None, help="only runs of this experiment preset")
+    ap.add_argument("--split-by", default="",
+                    help="comma-separated extra row keys, e.g. batch_size or cfg keys")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    from wcnorm.claims import evaluate_claims, write_claims
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    df = load_runs(args.runs)
+    if args.preset is not None and not df.empty:
+        df = df[df["experiment"] == args.preset]
+    if df.empty:
+        print("wcnorm table: no run directories found"
+              + (f" for preset {args.preset}" if args.preset else ""), file=sys.stderr)
+        return 1
+    split = tuple(k for k in args.split_by.split(",") if k)
+    result = build_table(df, layout=args.layout, expected_seeds=args.expected_seeds,
+                         split_by=split, command=shlex.join(["wcnorm", "table", *argv]))
+    files = write_table(result, args.out)
+    files.append(write_claims(evaluate_claims(df), Path(args.out) / "claims.csv"))
+    print(to_markdown(result))
+    print("wrote: " + ", ".join(str(f) for f in files))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""The training loop: epochs of SGD steps, evaluation after each epoch, an atomic
+checkpoint after each epoch, and two hook points the methods plug into:
+
+* `Callback.on_step_end` runs right after every optimizer step (ENorm's cycle);
+* `Callback.on_epoch_end` returns extra metric columns (ENorm's objective, WC's
+  conditioning diagnostics) and may write files of its own.
+
+Loss and accuracy are summed on the device and read once per `sync_every` steps,
+so the step loop does not wait on the host.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .errors import DivergedError
+from .outputs import load_checkpoint, save_checkpoint, write_metrics
+
+log = logging.getLogger("wcnorm")
+
+
+class Callback:
+    """Hooks into the loop; every method is optional."""
+
+    def on_fit_start(self, trainer: Trainer) -> None: ...
+
+    def on_step_end(self, trainer: Trainer) -> None: ...
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int) -> dict:
+        return {}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP and torch.compile wrappers (for clean state dicts)."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    def __init__(self, model, optimizer, scheduler, train_loader, test_loader, *, device: torch.device,
+                 epochs: int, run_dir: Path | None = None, amp_dtype: torch.dtype | None = None,
+                 label_smoothing: float = 0.0, grad_clip: float | None = None, callbacks=(),
+                 progress: bool = False, stop_after: int | None = None, is_main: bool = True,
+                 all_reduce=None, sync_every: int = 50):
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.train_loader, self.test_loader = train_loader, test_loader
+        self.device, self.epochs, self.run_dir = torch.device(device), int(epochs), run_dir
+        self.amp_dtype, self.label_smoothing, self.grad_clip = amp_dtype, float(label_smoothing), grad_clip
+        self.callbacks, self.progress, self.stop_after = list(callbacks), progress, stop_after
+        self.is_main, self.all_reduce, self.sync_every = is_main, all_reduce, max(1, int(sync_every))
+        # fp16 needs loss scaling; bf16 (the default on CUDA) does not.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
+        self.epoch, self.step, self.history = 0, 0, []
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def ckpt_path(self) -> Path | None:
+        return self.run_dir / "last.pt" if self.run_dir else None
+
+    def state_dict(self) -> dict:
+        return {
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
+
+    def maybe_resume(self) -> bool:
+        if self.ckpt_path and self.ckpt_path.exists():
+            self.load_state_dict(load_checkpoint(self.ckpt_path))
+            log.info("resumed from %s at epoch %d", self.ckpt_path, self.epoch)
+            return True
+        return False
+
+    def save(self) -> None:
+        if self.is_main and self.run_dir:
+            # The checkpoint first, then the metrics rebuilt from its history: after a
+            # crash anywhere, metrics.csv never runs ahead of last.pt.
+            save_checkpoint(self.ckpt_path, self.state_dict())
+            write_metrics(self.run_dir, self.history)
+
+    # ------------------------------------------------------------------ steps
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def train_step(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.autocast():
+            logits = self.model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        for cb in self.callbacks:
+            cb.on_step_end(self)
+        return loss.detach(), (logits.argmax(1) == y).sum()
+
+    def _reduce(self, t: torch.Tensor) -> torch.Tensor:
+        if self.all_reduce is not None:
+            self.all_reduce(t)
+        return t
+
+    def _check_finite(self, loss_sum: torch.Tensor, epoch: int) -> None:
+        if not torch.isfinite(loss_sum).item():
+            where = f"'{self.ckpt_path}' (epoch {self.epoch})" if self.ckpt_path and self.epoch else "none (diverged in the first epoch)"
+            raise DivergedError(
+                f"the training loss became {loss_sum.item()} in epoch {epoch} (step {self.step}); "
+                f"stopped. Last good checkpoint: {where}. Try a lower optim.lr, a warmup "
+                f"(sched.warmup_epochs=...), or trainer.grad_clip=1.0.")
+
+    def train_epoch(self, epoch: int) -> dict:
+        self.model.train()
+        self.train_loader.set_epoch(epoch)
+        sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss, correct, count
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False, disable=not self.progress,
+                   dynamic_ncols=True)
+        t0 = time.perf_counter()
+        for i, (x, y) in enumerate(bar):
+            loss, correct = self.train_step(x, y)
+            sums[0] += loss.double() * len(y)
+            sums[1] += correct
+            sums[2] += len(y)
+            if (i + 1) % self.sync_every == 0:
+                self._check_finite(sums[0], epoch)
+                if self.progress:
+                    bar.set_postfix(loss=f"{(sums[0] / sums[2]).item():.3f}")
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - t0
+        sums = self._reduce(sums)
+        self._check_finite(sums[0], epoch)
+        n = sums[2].item()
+        return {"train_loss": sums[0].item() / n, "train_acc": 100 * sums[1].item() / n,
+                "images_per_s": n / seconds, "train_time_s": seconds}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        self.model.eval()
+        self.test_loader.set_epoch(0)
+        sums = torch.zeros(3, device=self.device, dtype=torch.float64)
+        for x, y in self.test_loader:
+            with self.autocast():
+                logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), y, reduction="sum")
+            sums[0] += loss.double()
+            sums[1] += (logits.argmax(1) == y).sum()
+            sums[2] += len(y)
+        sums = self._reduce(sums)
+        n = max(sums[2].item(), 1)
+        return {"test_loss": sums[0].item() / n, "test_acc": 100 * sums[1].item() / n}
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> list[dict]:
+        self.maybe_resume()
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        epochs = tqdm(range(self.epoch + 1, self.epochs + 1), desc="epochs", initial=self.epoch,
+                      total=self.epochs, disable=not self.progress, dynamic_ncols=True)
+        for epoch in epochs:
+            t0 = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]
+            row = {"epoch": epoch, "lr": lr, **self.train_epoch(epoch), **self.evaluate()}
+            self.epoch = epoch
+            for cb in self.callbacks:
+                row.update(cb.on_epoch_end(self, epoch))
+            row["epoch_time_s"] = time.perf_counter() - t0
+            self.history.append(row)
+            self.save()
+            msg = (f"epoch {epoch}/{self.epochs} train_loss {row['train_loss']:.4f} "
+                   f"train_acc {row['train_acc']:.2f} test_loss {row['test_loss']:.4f} "
+                   f"test_acc {row['test_acc']:.2f} ({row['epoch_time_s']:.1f}s)")
+            if self.progress:
+                epochs.set_postfix(test_acc=f"{row['test_acc']:.2f}")
+                tqdm.write(msg)
+            elif self.is_main:
+                log.info(msg)
+            if self.stop_after and epoch >= self.stop_after and epoch < self.epochs:
+                log.info("stopping after epoch %d as asked (trainer.stop_after); rerun to resume", epoch)
+                break
+        return self.history
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.epochs

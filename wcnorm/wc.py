@@ -1,0 +1,185 @@
+"""Weight conditioning (WC): W_eff = E(W) W, recomputed on every forward pass.
+
+Saratchandran, Wang & Lucey, "Weight Conditioning for Smooth Optimization of Neural
+Networks" (ECCV 2024). The preconditioner E is the row-equilibration matrix
+
+    E(W) = diag(1 / max(||W_i||_p, eps)),
+
+which by Van der Sluis' theorem is (near) optimal among diagonal left scalings for the
+condition number of W: exactly optimal for kappa_inf with p = 1, within sqrt(n) of
+optimal for kappa_2 with p = 2. A Linear weight (out x in) is used as is; a Conv
+weight (C_out, C_in, *kernel) is viewed as the C_out x (C_in * prod(kernel)) matrix,
+so a "row" is one output unit and a "column" one (input channel, kernel tap) pair.
+
+Decisions of the project (docs/methods.md, section 1):
+
+* WC is a ``torch.nn.utils.parametrize`` parametrization, so E is recomputed from the
+  current raw weight on every forward and gradients flow *through* E (``detach=False``,
+  the default). ``detach=True`` treats E as a constant in backward.
+* There is **no learnable gain**: the paper's preconditioner is a pure scaling. Row WC
+  with p = 2 is therefore weight normalization with its gain fixed at 1.
+* When a BatchNorm follows the layer, the forward function equals BN alone (BN cancels
+  any per-channel scale); WC then acts only through the optimization dynamics. That
+  is the method as specified and is deliberately not "fixed".
+* The final classifier is left alone by default: the paper's schematic puts a
+  preconditioner after each hidden layer's weights and none after the output layer.
+
+The functions below are vectorised (norms along whole dimensions, ``clamp_min`` for
+dead rows) and never synchronise with the host, since they run on every forward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .weight_methods import _record, _register, weight_layers, weight_tensor_names
+
+__all__ = [
+    "row_equilibrate",
+    "column_equilibrate",
+    "ruiz_equilibrate",
+    "WeightConditioning",
+    "weight_conditioning",
+    "SIDES",
+]
+
+SIDES = ("row", "column", "both")
+
+
+def _check_p(p) -> float:
+    """Return p as a float in {1, 2, inf}; accepts "inf" (as written in a YAML config)."""
+    if isinstance(p, str):
+        p = p.strip().lower()
+        p = math.inf if p in ("inf", "infinity", ".inf") else p
+    try:
+        p = float(p)
+    except (TypeError, ValueError):
+        p = None
+    if p not in (1.0, 2.0, math.inf):
+        raise ValueError(f"weight conditioning: p must be 1, 2 or inf, got {p!r}")
+    return p
+
+
+def _check_side(side: str) -> str:
+    if side not in SIDES:
+        raise ValueError(f"weight conditioning: side must be one of {SIDES}, got {side!r}")
+    return side
+
+
+def _grouped(W: Tensor, groups: int) -> Tensor:
+    """View W (C_out, ...) as (groups, C_out // groups, fan_in): the diagonal blocks of
+    the layer's true (block-diagonal) matrix. groups == 1 for Linear and ordinary convs."""
+    if W.dim() < 2:
+        raise ValueError(f"weight conditioning needs a weight with >= 2 dims, got shape {tuple(W.shape)}")
+    return W.reshape(groups, W.shape[0] // groups, -1)
+
+
+def _scalings(W: Tensor, side: str, p: float, eps: float, iters: int, groups: int = 1):
+    """Diagonal factors (left, right), shaped to broadcast against the grouped view
+    (groups, rows, cols), such that W_eff = left * W * right.
+
+    ``both`` alternates a full row step and a full column step ``iters`` times
+    (Sinkhorn-Knopp / Ruiz style). The row step comes first, so the result keeps the
+    row method's invariance to any positive rescaling of the raw rows; the last step
+    is a column step, so columns end exactly unit-norm and rows near-balanced. For a
+    non-square matrix the row and column norms cannot all be 1 (sum of squares), but
+    their max/min ratios converge to 1.
+    """
+    A = _grouped(W, groups)
+    if side == "row":
+        return 1.0 / torch.linalg.vector_norm(A, ord=p, dim=2, keepdim=True).clamp_min(eps), None
+    if side == "column":
+        return None, 1.0 / torch.linalg.vector_norm(A, ord=p, dim=1, keepdim=True).clamp_min(eps)
+    left = 1.0 / torch.linalg.vector_norm(A, ord=p, dim=2, keepdim=True).clamp_min(eps)
+    right = 1.0 / torch.linalg.vector_norm(left * A, ord=p, dim=1, keepdim=True).clamp_min(eps)
+    for _ in range(iters - 1):
+        left = left / torch.linalg.vector_norm(left * A * right, ord=p, dim=2, keepdim=True).clamp_min(eps)
+        right = right / torch.linalg.vector_norm(left * A * right, ord=p, dim=1, keepdim=True).clamp_min(eps)
+    return left, right
+
+
+def _condition(W: Tensor, side: str, p: float, eps: float, iters: int, groups: int, detach: bool) -> Tensor:
+    left, right = _scalings(W.detach() if detach else W, side, p, eps, iters, groups)
+    A = _grouped(W, groups)
+    A = A if left is None else A * left
+    A = A if right is None else A * right
+    return A.reshape(W.shape)
+
+
+def row_equilibrate(W: Tensor, p=2, eps: float = 1e-8) -> Tensor:
+    """E(W) W with E = diag(1 / max(||W_i||_p, eps)): every row (output unit) unit-norm.
+
+    W is out x in; a tensor with more dims (a conv kernel) is treated as the matrix
+    with dims 1.. flattened. A zero row stays zero (the eps clamp).
+    """
+    return _condition(W, "row", _check_p(p), eps, 0, 1, detach=False)
+
+
+def column_equilibrate(W: Tensor, p=2, eps: float = 1e-8, *, groups: int = 1) -> Tensor:
+    """W diag(1 / max(||W^j||_p, eps)): every column unit-norm (right scaling).
+
+    ``groups``: for a grouped conv, columns are equilibrated within each group's block.
+    """
+    return _condition(W, "column", _check_p(p), eps, 0, groups, detach=False)
+
+
+def ruiz_equilibrate(W: Tensor, p=2, eps: float = 1e-8, iters: int = 3, *, groups: int = 1) -> Tensor:
+    """Two-sided equilibration D_r W D_c by ``iters`` alternating row/column steps."""
+    if iters < 1:
+        raise ValueError(f"weight conditioning: iters must be >= 1, got {iters}")
+    return _condition(W, "both", _check_p(p), eps, iters, groups, detach=False)
+
+
+class WeightConditioning(nn.Module):
+    """Parametrization W -> E(W) W for ``torch.nn.utils.parametrize``.
+
+    Options: ``side`` ("row": the paper's left preconditioner; "column"; "both"),
+    ``p`` (1, 2 or inf), ``eps`` (floor on a norm, so a dead row gives no inf/NaN),
+    ``detach`` (E constant in backward), ``iters`` (side="both" only), ``groups``
+    (set from a grouped conv by :func:`weight_conditioning`). No parameters: WC has no
+    learnable gain.
+    """
+
+    def __init__(self, *, side: str = "row", p=2, eps: float = 1e-8, detach: bool = False,
+                 iters: int = 3, groups: int = 1):
+        super().__init__()
+        self.side = _check_side(side)
+        self.p = _check_p(p)
+        if not eps > 0:
+            raise ValueError(f"weight conditioning: eps must be > 0, got {eps}")
+        if side == "both" and int(iters) < 1:
+            raise ValueError(f"weight conditioning: iters must be >= 1, got {iters}")
+        self.eps, self.detach, self.iters, self.groups = float(eps), bool(detach), int(iters), int(groups)
+
+    def forward(self, W: Tensor) -> Tensor:
+        return _condition(W, self.side, self.p, self.eps, self.iters, self.groups, self.detach)
+
+    def extra_repr(self) -> str:
+        s = f"side={self.side}, p={self.p:g}, eps={self.eps:g}, detach={self.detach}"
+        s += f", iters={self.iters}" if self.side == "both" else ""
+        return s + (f", groups={self.groups}" if self.groups > 1 else "")
+
+
+def weight_conditioning(model: nn.Module, *, side: str = "row", p=2, eps: float = 1e-8,
+                        detach: bool = False, iters: int = 3, include_classifier: bool = False,
+                        skip_stem: bool = False) -> nn.Module:
+    """Register :class:`WeightConditioning` on every Conv1d/2d/3d and Linear weight of
+    ``model`` (attention projections included), in place; returns ``model``.
+
+    Which layers: see :func:`wcnorm.weight_methods.weight_layers` (the classifier, the
+    last Conv/Linear, is skipped unless ``include_classifier``; the stem, the first,
+    is skipped with ``skip_stem``). The model's function changes (rows are rescaled to
+    unit norm) unless a normalization layer follows; the raw weights are kept as the
+    trainable ``parametrizations.weight.original``.
+    """
+    opts = dict(side=_check_side(side), p=_check_p(p), eps=eps, detach=detach, iters=iters)
+    WeightConditioning(**opts)  # validate before touching the model
+    for _, module in weight_layers(model, include_classifier=include_classifier, skip_stem=skip_stem):
+        groups = getattr(module, "groups", 1)
+        for tensor in weight_tensor_names(module):
+            _register(module, tensor, WeightConditioning(**opts, groups=groups))
+    return _record(model, "wc", dict(opts, include_classifier=include_classifier, skip_stem=skip_stem))
+
