@@ -21,7 +21,7 @@ USAGE = "usage: wcnorm <command> [args]\n\ncommands:\n" + "\n".join(
     "\n\nexamples:\n"
     "  wcnorm train model=resnet18 norm=bn_wc\n"
     "  wcnorm train -m norm=bn,bn_wc,enorm seed=0,1,2\n"
-    "  wcnorm table runs/ --out results/tables\n")
+    "  wcnorm table runs/ --out results/table\n")
 
 
 def _train(argv: list[str]) -> int:

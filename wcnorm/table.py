@@ -102,7 +102,7 @@ def _cell_stats(g: pd.DataFrame) -> dict:
         "best_epoch_mean": best.mean(), "best_epoch_std": best.std(),
         "budget": _values(g["budget"]), "epochs": _values(g["epochs"]),
         "lr": _values(g["lr"]), "batch_size": _values(g["batch_size"]),
-        "_all_seeds": set(g["seed"].dropna()), "_found": set(done["seed"].dropna()),
+        "_found": set(done["seed"].dropna()),
     }
 
 
@@ -238,14 +238,30 @@ def _distinct(s: pd.Series) -> list:
     return sorted({v.item() if hasattr(v, "item") else v for v in s.dropna()}, key=str)
 
 
+# Config keys that legitimately differ between the seeds of one cell.
+_BOOKKEEPING = ("seed", "out_dir", "run_dir", "diagnostics.", "trainer.progress",
+                "trainer.num_workers", "hydra.")
+
+
+def _pooled_differences(df: pd.DataFrame, keys: list[str]) -> list[str]:
+    """Cells whose runs differ in some config value (e.g. epochs, norm.wc.p): said, not hidden."""
+    cfg_cols = [c for c in df.columns if c.startswith("cfg.")
+                and not c[4:].startswith(_BOOKKEEPING)
+                and not c.endswith(("root", "dir", "path"))]
+    notes = []
+    for cell, g in df.groupby(keys + ["norm"], dropna=False, sort=True):
+        if len(g) < 2:
+            continue
+        diff = [f"{c[4:]} ({', '.join(sorted(g[c].astype(str).unique()))})" for c in cfg_cols
+                if g[c].astype(str).nunique() > 1]
+        if diff:
+            notes.append(f"{_cell_id(keys, cell[:-1], cell[-1])} pools runs that differ in "
+                         + "; ".join(diff))
+    return notes
+
+
 def _provenance(df, long, layout, keys, expected_seeds, missing, unfinished, command) -> dict:
-    mixed = []
-    for _, r in long.iterrows():
-        many = [f"{k} {r[k].replace(';', ', ')}" for k in ("budget", "epochs", "batch_size")
-                if ";" in str(r[k])]
-        if many:
-            mixed.append(f"{_cell_id(keys, tuple(r[k] for k in keys), r['norm'])} pools runs "
-                         f"with {'; '.join(many)}")
+    mixed = _pooled_differences(df, keys)
     dates = pd.to_datetime(df["date"], errors="coerce", utc=True, format="ISO8601").dropna()
     counts = long["status"].value_counts()
     return {

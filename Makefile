@@ -1,0 +1,42 @@
+# wcnorm: `make help` lists the targets. Every target sets up the environment first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+RUNS   ?= runs
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test test-fast demo lint tables bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv and install wcnorm with its dev extras
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+test: setup ## run the whole test suite (CPU)
+	$(BIN)/pytest -q
+
+test-fast: setup ## the suite without the longer end-to-end runs
+	$(BIN)/pytest -q -m "not slow"
+
+demo: setup ## BN vs BN+WC vs ENorm on the bundled digits data (CPU, under a minute), then the table
+	$(BIN)/wcnorm train -m experiment=demo
+	$(BIN)/wcnorm table runs/demo --out runs/demo/table
+
+lint: setup ## ruff
+	$(BIN)/ruff check wcnorm tests scripts
+
+tables: setup ## regenerate every table, plot and claims file in results/ from $(RUNS)
+	$(BIN)/python scripts/make_tables.py --runs $(RUNS) --out results
+
+bench: setup ## throughput and overhead figures -> results/bench/
+	$(BIN)/wcnorm bench
+
+clean: ## remove caches (keeps .venv and runs/)
+	rm -rf .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -prune -exec rm -rf {} +

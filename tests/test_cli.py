@@ -1,0 +1,75 @@
+"""The installed console script, run from a temporary directory as a user would."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from wcnorm.outputs import METRIC_COLUMNS
+
+WCNORM = shutil.which("wcnorm") or str(Path(sys.executable).parent / "wcnorm")
+SMOKE = ["dataset=synthetic", "model=enorm_fc", "trainer.device=cpu", "trainer.epochs=1", "trainer.batch_size=16",
+         "trainer.limit_batches=2", "dataset.train_size=48", "dataset.test_size=16"]
+
+
+def wcnorm(*args, cwd, check=True):
+    proc = subprocess.run([WCNORM, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={"PATH": str(Path(WCNORM).parent) + ":/usr/bin:/bin", "CI": "1"})
+    if check and proc.returncode != 0:
+        pytest.fail(f"wcnorm {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_top_level_help_lists_the_commands(tmp_path):
+    out = wcnorm("--help", cwd=tmp_path).stdout
+    for cmd in ("train", "table", "plot", "bench"):
+        assert cmd in out
+
+
+def test_train_help_and_cfg_come_from_the_packaged_config(tmp_path):
+    out = wcnorm("train", "--help", cwd=tmp_path).stdout
+    assert "norm" in out and "bn_wc" in out and "model" in out
+    job = wcnorm("train", "norm=bn_wc", "--cfg", "job", cwd=tmp_path).stdout
+    assert "side: row" in job and "name: bn_wc" in job
+
+
+def test_a_one_epoch_run_from_any_directory_writes_the_four_files(tmp_path):
+    wcnorm("train", *SMOKE, "out_dir=out", cwd=tmp_path)
+    [result] = list((tmp_path / "out").rglob("result.json"))
+    run = result.parent
+    assert {"config.yaml", "metrics.csv", "result.json", "last.pt"} <= {p.name for p in run.iterdir()}
+    assert list(pd.read_csv(run / "metrics.csv").columns[:8]) == METRIC_COLUMNS
+    r = json.loads(result.read_text())
+    assert {"final_test_acc", "best_test_acc", "wall_time_s", "num_params", "git_commit", "config"} <= set(r)
+    assert not (tmp_path / "outputs").exists()  # Hydra leaves no stray folders behind
+
+
+def test_a_two_point_multirun(tmp_path):
+    wcnorm("train", "-m", *SMOKE, "seed=0,1", "out_dir=out", cwd=tmp_path)
+    runs = sorted(p.parent.name for p in (tmp_path / "out").rglob("result.json"))
+    assert len(runs) == 2 and runs[0].startswith("seed0-") and runs[1].startswith("seed1-")
+
+
+def test_an_unknown_model_lists_the_valid_ones(tmp_path):
+    proc = wcnorm("train", "model=resnet1000", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "resnet1000" in text and "resnet18" in text and "densenet121" in text
+
+
+def test_an_invalid_value_fails_before_any_work(tmp_path):
+    proc = wcnorm("train", *SMOKE, "trainer.epochs=0", "out_dir=out", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "trainer.epochs" in proc.stdout + proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_dataset_offline_says_where_and_what_to_do(tmp_path):
+    proc = wcnorm("train", "dataset=cifar10", f"dataset.root={tmp_path / 'nodata'}", "dataset.download=false",
+                  "trainer.device=cpu", "out_dir=out", cwd=tmp_path, check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1
+    assert str(tmp_path / "nodata") in text and "dataset=digits" in text and "dataset.root" in text
