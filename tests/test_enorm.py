@@ -1,0 +1,411 @@
+"""ENorm: graph analysis, function invariance, convergence, ties, optimizer state, numerics."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision.models.densenet import DenseNet
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from wcnorm.enorm import ENorm, find_unit_groups
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def strip_bn(model: nn.Module) -> nn.Module:
+    """BatchNorm2d -> Identity, and every conv gets a (random) bias: a BN-free ReLU net."""
+    for mod in list(model.modules()):
+        for name, child in list(mod.named_children()):
+            if isinstance(child, nn.BatchNorm2d):
+                setattr(mod, name, nn.Identity())
+            elif isinstance(child, nn.Conv2d) and child.bias is None:
+                child.bias = nn.Parameter(0.1 * torch.randn(child.out_channels))
+    return model
+
+
+def randomize_bn(model: nn.Module) -> nn.Module:
+    """Non-trivial BN parameters and running statistics (so that eval mode is not ~identity)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.weight.data = 0.5 + torch.rand(n)
+            m.bias.data = 0.3 * torch.randn(n)
+            m.running_mean = 0.2 * torch.randn(n)
+            m.running_var = 0.5 + torch.rand(n)
+    return model
+
+
+def mlp(bias=True):
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 16, bias=bias), nn.ReLU(), nn.Linear(16, 16, bias=bias),
+                         nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 12, bias=bias), nn.ReLU(),
+                         nn.Linear(12, 5, bias=bias))
+
+
+class SmallCNN(nn.Module):
+    """Functional ops, concatenation, a residual tie across a concatenation, flatten by view."""
+
+    def __init__(self, bn: bool = False):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv3 = nn.Conv2d(16, 12, 1)
+        self.conv4 = nn.Conv2d(12, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(12) if bn else nn.Identity()
+        self.fc1 = nn.Linear(16 * 4 * 4, 20)
+        self.fc2 = nn.Linear(20, 5)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        y = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = torch.cat([F.avg_pool2d(x, 2), y], 1)  # 8 channels of conv1, 8 of conv2
+        x = F.relu(x + self.conv4(torch.relu(self.bn(self.conv3(x)))))  # ties conv1, conv2, conv4
+        x = x.view(x.size(0), -1)  # 16 channels x 16 positions
+        return self.fc2(F.relu(self.fc1(x)) * 0.5)
+
+
+class GapNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3)
+        self.fc = nn.Linear(6, 4)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.out(F.leaky_relu(self.fc(F.relu(self.conv(x)).mean((2, 3))), 0.1))
+
+
+def tv_resnet18():
+    return strip_bn(torchvision.models.resnet18(weights=None, num_classes=10))
+
+
+def tv_bottleneck():  # bottleneck blocks, identity and projection shortcuts
+    return strip_bn(ResNet(Bottleneck, [2, 1, 1, 1], num_classes=10))
+
+
+def tv_densenet():
+    return strip_bn(DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, bn_size=2,
+                             num_classes=10))
+
+
+def tv_googlenet():
+    return strip_bn(torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True))
+
+
+MODELS = {
+    "mlp": (mlp, (2, 3, 2, 2)),
+    "small_cnn": (SmallCNN, (2, 3, 8, 8)),
+    "gapnet": (GapNet, (2, 3, 6, 6)),
+    "tv_resnet18": (tv_resnet18, (2, 3, 32, 32)),
+    "tv_bottleneck": (tv_bottleneck, (2, 3, 32, 32)),
+    "tv_densenet": (tv_densenet, (2, 3, 32, 32)),
+    "tv_googlenet": (tv_googlenet, (2, 3, 32, 32)),
+}
+
+
+def build(name, dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    make, shape = MODELS[name]
+    return make().to(dtype).eval(), torch.randn(shape, dtype=dtype)
+
+
+@pytest.mark.parametrize("order", ["sequential", "jacobi"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_function_invariance(name, order):
+    model, x = build(name)
+    enorm = ENorm(model, c=1.2, order=order, bias_in_norm=(name == "small_cnn"))
+    with torch.no_grad():
+        y0 = model(x)
+        w0 = [p.clone() for p in model.parameters()]
+        enorm.step()
+        assert rel(model(x), y0) <= 1e-10
+        enorm.step(cycles=9)
+        assert rel(model(x), y0) <= 1e-10
+    assert any((p - q).abs().max() > 1e-3 for p, q in zip(model.parameters(), w0))
+
+
+def test_function_invariance_float32():
+    model, x = build("small_cnn", dtype=torch.float32)
+    enorm = ENorm(model, c=1.1)
+    with torch.no_grad():
+        y0 = model(x)
+        enorm.step(10)
+        assert rel(model(x), y0) <= 1e-5
+
+
+def test_bn_fold_eval_invariance():
+    torch.manual_seed(0)
+    model = randomize_bn(torchvision.models.resnet18(weights=None, num_classes=10)).double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    conv_before_bn = model.layer1[0].conv1.weight.clone()
+    enorm = ENorm(model, bn="fold", c=1.1)
+    with torch.no_grad():
+        y0 = model(x)
+        enorm.step(10)
+        assert rel(model(x), y0) <= 1e-10
+    # the conv before a BN is not rescaled as a producer (its columns still are, as a consumer)
+    ratio = model.layer1[0].conv1.weight / conv_before_bn
+    assert torch.allclose(ratio, ratio[:1], rtol=1e-12)  # same factor per column for every row
+    assert "BatchNorm2d input (bn='fold')" in enorm.describe()
+
+
+def test_bn_ignore_leaves_bn_alone():
+    model, x = build("small_cnn")
+    model = SmallCNN(bn=True).double()
+    randomize_bn(model)
+    bn = [p.clone() for p in model.bn.parameters()]
+    stats = model.bn.running_mean.clone(), model.bn.running_var.clone()
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    ENorm(model, bn="ignore", c=1.2).step(3)
+    assert all(torch.equal(p, q) for p, q in zip(model.bn.parameters(), bn))
+    assert torch.equal(model.bn.running_mean, stats[0]) and torch.equal(model.bn.running_var, stats[1])
+    after = dict(model.named_parameters())
+    # conv3 (the producer before the BN) rows and conv4 (the consumer after it) columns changed
+    r3 = after["conv3.weight"] / before["conv3.weight"]
+    assert (r3 - 1).abs().max() > 1e-3
+    assert (after["conv4.weight"] - before["conv4.weight"]).abs().max() > 1e-3
+    groups, _, _ = find_unit_groups(model, bn="ignore")
+    assert any(p.name == "conv3" and p.incoming for g in groups for p in g.incoming)
+
+
+def _chain_ratios(model):
+    """r / l of every hidden unit of a Linear chain (bias not counted)."""
+    lins = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return [lins[k + 1].weight.norm(dim=0) / lins[k].weight.norm(dim=1) for k in range(len(lins) - 1)]
+
+
+@pytest.mark.parametrize("c", [1.0, 1.2])
+def test_sequential_monotone_and_fixed_point(c):
+    model, x = build("mlp")
+    enorm = ENorm(model, c=c)
+    objs = [enorm.objective()]
+    for _ in range(300):
+        enorm.step()
+        objs.append(enorm.objective())
+    objs = torch.stack(objs)
+    assert (objs[1:] <= objs[:-1] * (1 + 1e-12)).all()
+    assert objs[-1] < objs[0]
+    for ratio in _chain_ratios(model):
+        assert torch.allclose(ratio, torch.full_like(ratio, c), rtol=1e-7)
+    mean, worst = enorm.imbalance()
+    assert worst < 1e-7 and mean <= worst
+    # the objective at the fixed point is the c-weighted norm: sum_k c^(-2k) ||W_k||^2
+    lins = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    expect = sum(c ** (-2 * k) * m.weight.square().sum() for k, m in enumerate(lins))
+    assert torch.allclose(enorm.objective(), expect)
+
+
+def test_jacobi_reaches_the_same_fixed_point():
+    seq, _ = build("mlp")
+    jac = copy.deepcopy(seq)
+    ENorm(seq, c=1.2).step(300)
+    ENorm(jac, c=1.2, order="jacobi").step(600)
+    for p, q in zip(seq.parameters(), jac.parameters()):
+        assert torch.allclose(p, q, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["tv_resnet18", "tv_densenet"])
+def test_dag_monotone_and_balanced(name):
+    model, x = build(name)
+    enorm = ENorm(model, c=1.2)
+    with torch.no_grad():
+        y0 = model(x)
+    prev = enorm.objective()
+    for i in range(100):
+        enorm.step()
+        obj = enorm.objective()
+        assert obj <= prev * (1 + 1e-12)
+        prev = obj
+        if i == 9:
+            early = enorm.imbalance()[1]
+    # linear convergence to weighted r / l = c (slow along a long tied ResNet stream)
+    assert enorm.imbalance()[1] < min(5e-3, early / 10)
+    with torch.no_grad():
+        assert rel(model(x), y0) <= 1e-10
+
+
+@pytest.mark.parametrize("order", ["sequential", "jacobi"])
+def test_tied_units_share_one_factor(order):
+    model, _ = build("tv_resnet18")
+    biases = {n: p.clone() for n, p in model.named_parameters() if n.endswith("bias")}
+    enorm = ENorm(model, order=order)
+    enorm.step()
+    factor = {n: p / biases[n] for n, p in model.named_parameters() if n in biases}
+    stem = factor["conv1.bias"]
+    assert (stem - 1).abs().max() > 1e-3
+    for b in ("layer1.0.conv2", "layer1.1.conv2"):  # identity shortcuts: one stream
+        assert torch.allclose(factor[f"{b}.bias"], stem, rtol=1e-12)
+    for stage in ("layer2", "layer3", "layer4"):  # projection shortcut + identity block
+        f = factor[f"{stage}.0.conv2.bias"]
+        assert torch.allclose(factor[f"{stage}.0.downsample.0.bias"], f, rtol=1e-12)
+        assert torch.allclose(factor[f"{stage}.1.conv2.bias"], f, rtol=1e-12)
+    text = enorm.describe()
+    assert "tied: each unit has 3 producers" in text and "layer1.1.conv2 rows" in text
+
+
+def _run(model, opt, x, steps):
+    for _ in range(steps):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam", "adamw_amsgrad"])
+def test_optimizer_state_rescaled(kind):
+    model, x = build("small_cnn")
+
+    def make(m):
+        if kind == "sgd":
+            return torch.optim.SGD(m.parameters(), lr=0.0, momentum=0.9)
+        if kind == "adam":
+            return torch.optim.Adam(m.parameters(), lr=0.0)
+        return torch.optim.AdamW(m.parameters(), lr=0.0, weight_decay=0.0, amsgrad=True)
+
+    opt = make(model)
+    enorm = ENorm(model, opt, c=1.2)
+    _run(model, opt, x, 3)
+    enorm.step(2)
+    _run(model, opt, x, 2)
+    # reference: the same 5 steps, all with gradients taken at the rescaled weights
+    ref = copy.deepcopy(model)
+    ref_opt = make(ref)
+    _run(ref, ref_opt, x, 5)
+    keys = {"sgd": ["momentum_buffer"], "adam": ["exp_avg", "exp_avg_sq"],
+            "adamw_amsgrad": ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]}[kind]
+    for p, q in zip(model.parameters(), ref.parameters()):
+        for k in keys:
+            a, b = opt.state[p][k], ref_opt.state[q][k]
+            assert torch.allclose(a, b, rtol=1e-9, atol=1e-12 * b.abs().max()), (k, p.shape)
+
+
+def test_unsupported_optimizer_refused():
+    model, _ = build("mlp")
+    with pytest.raises(TypeError, match="Adagrad"):
+        ENorm(model, torch.optim.Adagrad(model.parameters()))
+    ENorm(model, None)  # no state handling
+
+
+def test_dead_unit_stays_finite():
+    model, x = build("mlp")
+    with torch.no_grad():
+        model[1].weight[3] = 0
+        model[1].bias[3] = 0
+        model[3].weight[:, 5] = 0  # a unit with no outgoing weights
+    enorm = ENorm(model, c=1.2)
+    with torch.no_grad():
+        y0 = model(x)
+        enorm.step(20)
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+        assert rel(model(x), y0) <= 1e-10
+    mean, worst = enorm.imbalance()
+    assert torch.isfinite(mean) and torch.isfinite(worst)
+    assert torch.isfinite(enorm.objective())
+
+
+def test_describe_and_nothing_balanceable():
+    model, _ = build("small_cnn")
+    text = ENorm(model).describe()
+    assert "4 unit groups" in text and "conv4 rows" in text and "fc1 columns" in text
+    assert "tied: each unit has 2 producers" in text and "model output" in text
+    with pytest.raises(ValueError, match="no balanceable hidden units.*GELU"):
+        ENorm(nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 2)))
+    with pytest.raises(ValueError, match="no balanceable"):
+        ENorm(nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2)))
+    with pytest.raises(ValueError, match="could not be traced"):
+        ENorm(_Untraceable())
+
+
+class _Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.fc(x) if x.sum() > 0 else x
+
+
+def test_graph_rules():
+    # balance_last=False leaves the classifier and the units feeding it alone
+    model, _ = build("mlp")
+    head = model[-1].weight.clone()
+    enorm = ENorm(model, balance_last=False)
+    enorm.step(3)
+    assert torch.equal(model[-1].weight, head)
+    assert enorm.num_units == 16 + 16
+    # an addition with something untracked (a parameter) stops its units; sigmoid stops too
+    groups, _, excluded = find_unit_groups(_Stops())
+    assert [g.n for g in groups] == [4]
+    assert any("add" in r for r in excluded) and any("sigmoid" in r for r in excluded)
+    # a conv applied twice both produces and consumes its channels: not balanced
+    groups, _, excluded = find_unit_groups(_Shared())
+    assert groups == [] and any("both produces and consumes" in r for r in excluded)
+
+
+class _Stops(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.d = nn.Linear(3, 4), nn.Linear(4, 5), nn.Linear(5, 6), nn.Linear(6, 2)
+        self.shift = nn.Parameter(torch.zeros(5))
+
+    def forward(self, x):
+        x = F.relu(self.b(F.relu(self.a(x))) + self.shift)
+        return self.d(torch.sigmoid(self.c(x)))
+
+
+class _Shared(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(F.relu(self.conv(F.relu(self.conv(x)))).mean((2, 3)))
+
+
+def test_wrappers_are_unwrapped():
+    model, x = build("small_cnn")
+    for wrapped in (nn.DataParallel(model), torch.compile(model)):
+        enorm = ENorm(wrapped)
+        assert {id(p.param) for g in enorm.groups for p in g.incoming} <= {id(p) for p in model.parameters()}
+
+
+def test_attention_check_refuses_non_invariant():
+    class QKNorm(nn.Module):  # a q/k LayerNorm breaks the q/k rescale
+        def __init__(self):
+            super().__init__()
+            self.num_heads, self.head_dim = 2, 4
+            self.q, self.k, self.v, self.proj = (nn.Linear(8, 8) for _ in range(4))
+            self.norm = nn.LayerNorm(4)
+
+        def forward(self, x):
+            B, N, _ = x.shape
+            q, k, v = (t(x).view(B, N, 2, 4).transpose(1, 2) for t in (self.q, self.k, self.v))
+            out = F.scaled_dot_product_attention(self.norm(q), self.norm(k), v)
+            return self.proj(out.transpose(1, 2).flatten(2))
+
+    with pytest.raises(ValueError, match="not invariant"):
+        ENorm(nn.Sequential(nn.Linear(8, 8), QKNorm()), attention=True)
+
+
+def test_training_smoke():
+    torch.manual_seed(0)
+    model = SmallCNN()
+    x, y = torch.randn(32, 3, 8, 8), torch.randint(0, 5, (32,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    enorm = ENorm(model, opt, c=1.1)
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        enorm.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < 0.7 * losses[0]
