@@ -73,3 +73,13 @@ def test_a_missing_dataset_offline_says_where_and_what_to_do(tmp_path):
     text = proc.stdout + proc.stderr
     assert proc.returncode == 1
     assert str(tmp_path / "nodata") in text and "dataset=digits" in text and "dataset.root" in text
+
+
+def test_tab_completion_completes_train_overrides(tmp_path):
+    install = wcnorm("train", "-sc", "install=bash", cwd=tmp_path).stdout
+    assert "-F hydra_bash_completion wcnorm" in install
+    line = "wcnorm train norm=bn_"
+    proc = subprocess.run([WCNORM, "-sc", "query=bash"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={"PATH": str(Path(WCNORM).parent) + ":/usr/bin:/bin", "COMP_LINE": line,
+                               "COMP_POINT": str(len(line))})
+    assert set(proc.stdout.split()) >= {"norm=bn_wc", "norm=bn_e", "norm=bn_enorm"}

@@ -24,7 +24,39 @@ USAGE = "usage: wcnorm <command> [args]\n\ncommands:\n" + "\n".join(
     "  wcnorm table runs/ --out results/table\n")
 
 
+# Launchers that need a Hydra plugin: `hydra/launcher=<name>` -> (plugin module, pip package).
+# Without the plugin Hydra only says "Could not find 'hydra/launcher/...'"; we say what to install.
+LAUNCHER_PLUGINS = {
+    name: ("hydra_submitit_launcher", "hydra-submitit-launcher") for name in ("slurm", "submitit_slurm", "submitit_local")
+} | {name: ("hydra_joblib_launcher", "hydra-joblib-launcher") for name in ("local_parallel", "joblib")}
+
+
+def missing_launcher_plugin(argv: list[str]) -> str | None:
+    """The message for a `hydra/launcher=...` override whose plugin is not installed, else None."""
+    import importlib.util
+
+    for arg in argv:
+        key, _, name = arg.partition("=")
+        if key.lstrip("+") != "hydra/launcher" or name not in LAUNCHER_PLUGINS:
+            continue
+        module, package = LAUNCHER_PLUGINS[name]
+        try:
+            found = importlib.util.find_spec(f"hydra_plugins.{module}") is not None
+        except ModuleNotFoundError:  # no Hydra plugin at all: no `hydra_plugins` namespace
+            found = False
+        if not found:
+            return (f"hydra/launcher={name} needs the Hydra launcher plugin '{package}', which is not "
+                    f"installed here. Install it with:\n  pip install 'wcnorm[cluster]'\n"
+                    f"or\n  pip install {package}")
+    return None
+
+
 def _train(argv: list[str]) -> int:
+    missing = missing_launcher_plugin(argv)
+    if missing:
+        print(f"wcnorm train: {missing}", file=sys.stderr)
+        return 2
+
     import hydra
     from omegaconf import DictConfig
 
@@ -40,9 +72,11 @@ def _train(argv: list[str]) -> int:
             logging.getLogger("wcnorm").error("%s", err)
             sys.exit(1)
 
-    # Hydra reads sys.argv; present the subcommand as the program name.
+    # Hydra reads sys.argv; present the subcommand as the program name, except to
+    # shell completion, which must register (and later call) the real program.
     saved = sys.argv
-    sys.argv = [f"{saved[0]} train" if saved else "wcnorm train", *argv]
+    prog = saved[0] if saved else "wcnorm"
+    sys.argv = [prog if "-sc" in argv else f"{prog} train", *argv]
     try:
         app()
     finally:
@@ -56,12 +90,28 @@ def _tool(module: str, argv: list[str]) -> int:
     return importlib.import_module(f"wcnorm.{module}").main(argv) or 0
 
 
+def _complete(argv: list[str]) -> int:
+    """Tab completion of `wcnorm train ...`: hand Hydra the line without `train`."""
+    import os
+
+    line, point = os.environ.get("COMP_LINE", ""), int(os.environ.get("COMP_POINT", "0") or 0)
+    words = line.split(" ")
+    if len(words) > 1 and words[1] == "train":
+        os.environ["COMP_LINE"] = " ".join(words[:1] + words[2:])
+        os.environ["COMP_POINT"] = str(max(0, point - len("train ")))
+    elif "query" in " ".join(argv):
+        return 0  # completing the subcommand itself, or another command: nothing from Hydra
+    return _train(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
     cmd, rest = argv[0], argv[1:]
+    if cmd == "-sc":  # Hydra's completion calls `wcnorm -sc query=bash` with the line typed so far
+        return _complete(argv)
     if cmd == "train":
         return _train(rest)
     if cmd in COMMANDS:
