@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torchvision.models.densenet import DenseNet
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from wcnorm.enorm import ENorm, find_unit_groups
 
@@ -81,12 +81,33 @@ class GapNet(nn.Module):
         return self.out(F.leaky_relu(self.fc(F.relu(self.conv(x)).mean((2, 3))), 0.1))
 
 
+class Repeat(nn.Module):
+    """A channel read twice by one consumer (its columns are not one contiguous block)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2, self.fc = nn.Conv2d(3, 4, 3), nn.Conv2d(8, 6, 1), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = F.relu(self.conv1(x))
+        return self.fc(2 * F.relu(self.conv2(torch.cat([h, h], 1))).mean((2, 3)))
+
+
 def tv_resnet18():
     return strip_bn(torchvision.models.resnet18(weights=None, num_classes=10))
 
 
-def tv_bottleneck():  # bottleneck blocks, identity and projection shortcuts
-    return strip_bn(ResNet(Bottleneck, [2, 1, 1, 1], num_classes=10))
+def tiny_resnet(block=BasicBlock):
+    """torchvision's blocks at width 8/16: identity and 1x1 projection shortcuts, no BN."""
+    layers, cin = [nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()], 8
+    for planes, stride in ((8, 1), (16, 2)):
+        for i in range(2):
+            s, cout = (stride if i == 0 else 1), planes * block.expansion
+            down = nn.Conv2d(cin, cout, 1, s) if (s != 1 or cin != cout) else None
+            layers.append(block(cin, planes, s, down, norm_layer=nn.Identity))
+            cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 5)]
+    return strip_bn(nn.Sequential(*layers))
 
 
 def tv_densenet():
@@ -102,8 +123,10 @@ MODELS = {
     "mlp": (mlp, (2, 3, 2, 2)),
     "small_cnn": (SmallCNN, (2, 3, 8, 8)),
     "gapnet": (GapNet, (2, 3, 6, 6)),
+    "repeat": (Repeat, (2, 3, 6, 6)),
+    "tiny_resnet_basic": (tiny_resnet, (2, 3, 8, 8)),
+    "tiny_resnet_bottleneck": (lambda: tiny_resnet(Bottleneck), (2, 3, 8, 8)),
     "tv_resnet18": (tv_resnet18, (2, 3, 32, 32)),
-    "tv_bottleneck": (tv_bottleneck, (2, 3, 32, 32)),
     "tv_densenet": (tv_densenet, (2, 3, 32, 32)),
     "tv_googlenet": (tv_googlenet, (2, 3, 32, 32)),
 }
@@ -115,8 +138,10 @@ def build(name, dtype=torch.float64, seed=0):
     return make().to(dtype).eval(), torch.randn(shape, dtype=dtype)
 
 
-@pytest.mark.parametrize("order", ["sequential", "jacobi"])
-@pytest.mark.parametrize("name", list(MODELS))
+CASES = [(n, "sequential") for n in MODELS] + [(n, "jacobi") for n in MODELS if not n.startswith("tv_")]
+
+
+@pytest.mark.parametrize("name, order", CASES)
 def test_function_invariance(name, order):
     model, x = build(name)
     enorm = ENorm(model, c=1.2, order=order, bias_in_norm=(name == "small_cnn"))
@@ -201,31 +226,33 @@ def test_sequential_monotone_and_fixed_point(c):
     assert torch.allclose(enorm.objective(), expect)
 
 
-def test_jacobi_reaches_the_same_fixed_point():
-    seq, _ = build("mlp")
+@pytest.mark.parametrize("name", ["mlp", "tiny_resnet_bottleneck"])
+def test_jacobi_reaches_the_same_fixed_point(name):
+    seq, _ = build(name)
     jac = copy.deepcopy(seq)
-    ENorm(seq, c=1.2).step(300)
-    ENorm(jac, c=1.2, order="jacobi").step(600)
+    ENorm(seq, c=1.2).step(200)
+    ENorm(jac, c=1.2, order="jacobi").step(400)
     for p, q in zip(seq.parameters(), jac.parameters()):
-        assert torch.allclose(p, q, rtol=1e-6, atol=1e-9)
+        assert torch.allclose(p, q, rtol=1e-8, atol=1e-10 * p.abs().max().item())
 
 
-@pytest.mark.parametrize("name", ["tv_resnet18", "tv_densenet"])
-def test_dag_monotone_and_balanced(name):
+@pytest.mark.parametrize("name, bias_in_norm", [("tiny_resnet_basic", False),
+                                                ("tiny_resnet_bottleneck", False),
+                                                ("tv_densenet", False), ("small_cnn", True)])
+def test_dag_monotone_and_balanced(name, bias_in_norm):
+    # ties and skips mix depths: each slice is c-weighted by its depth (see ENorm), so the
+    # update stays an exact minimiser and the fixed point has weighted r / l = c
     model, x = build(name)
-    enorm = ENorm(model, c=1.2)
+    enorm = ENorm(model, c=1.2, bias_in_norm=bias_in_norm)
     with torch.no_grad():
         y0 = model(x)
-    prev = enorm.objective()
-    for i in range(100):
+    objs = [enorm.objective()]
+    for _ in range(100):
         enorm.step()
-        obj = enorm.objective()
-        assert obj <= prev * (1 + 1e-12)
-        prev = obj
-        if i == 9:
-            early = enorm.imbalance()[1]
-    # linear convergence to weighted r / l = c (slow along a long tied ResNet stream)
-    assert enorm.imbalance()[1] < min(5e-3, early / 10)
+        objs.append(enorm.objective())
+    objs = torch.stack(objs)
+    assert (objs[1:] <= objs[:-1] * (1 + 1e-12)).all()
+    assert enorm.imbalance()[1] < 1e-6
     with torch.no_grad():
         assert rel(model(x), y0) <= 1e-10
 
@@ -397,7 +424,7 @@ def test_training_smoke():
     torch.manual_seed(0)
     model = SmallCNN()
     x, y = torch.randn(32, 3, 8, 8), torch.randint(0, 5, (32,))
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9, weight_decay=1e-4)
     enorm = ENorm(model, opt, c=1.1)
     losses = []
     for _ in range(20):
@@ -408,4 +435,57 @@ def test_training_smoke():
         enorm.step()
         losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses)))
-    assert losses[-1] < 0.7 * losses[0]
+    assert losses[-1] < 0.5 * losses[0] and enorm.imbalance()[1] < 0.5
+
+
+class _Broadcast(nn.Module):
+    """(N, C) + (N, C, H, W) aligns C with W: not a channel tie."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = F.relu(self.a(x))
+        return self.fc((self.b(h) + h.mean((2, 3))).mean((2, 3)))
+
+
+class _RawWeight(nn.Module):
+    """A weight also read directly (get_attr) cannot be rescaled."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = F.relu(self.b(F.relu(self.a(x))))
+        return self.c(h) + self.a.weight.sum()
+
+
+def test_index_path():
+    model, _ = build("repeat")
+    enorm = ENorm(model)
+    assert [p.index is not None for g in enorm.groups for p in g.outgoing] == [True, False]
+    assert enorm.num_units == 4 + 6
+
+
+def test_conservative_cases():
+    groups, _, excluded = find_unit_groups(_Broadcast())
+    assert not any(p.name == "b" for g in groups for p in g.incoming)
+    assert any("add" in r for r in excluded)
+    groups, _, excluded = find_unit_groups(_RawWeight())
+    assert [[p.name for p in g.incoming] for g in groups] == [["b"]]
+    assert any("used outside its layer" in r for r in excluded)
+    # a parametrized weight is recomputed on every forward: not rescalable in place
+    model = mlp()
+    torch.nn.utils.parametrize.register_parametrization(model[3], "weight", _Double())
+    groups, _, _ = find_unit_groups(model)
+    assert all(p.param is not model[3].parametrizations.weight.original for g in groups
+               for p in (*g.incoming, *g.outgoing))
+    assert [g.n for g in groups] == [12]
+
+
+class _Double(nn.Module):
+    def forward(self, w):
+        return 2 * w
