@@ -48,10 +48,12 @@ def test_a_one_epoch_run_from_any_directory_writes_the_four_files(tmp_path):
     assert not (tmp_path / "outputs").exists()  # Hydra leaves no stray folders behind
 
 
-def test_a_two_point_multirun(tmp_path):
-    wcnorm("train", "-m", *SMOKE, "seed=0,1", "out_dir=out", cwd=tmp_path)
-    runs = sorted(p.parent.name for p in (tmp_path / "out").rglob("result.json"))
-    assert len(runs) == 2 and runs[0].startswith("seed0-") and runs[1].startswith("seed1-")
+def test_a_two_point_multirun_of_the_two_methods(tmp_path):
+    wcnorm("train", "-m", *SMOKE, "norm=bn_wc,enorm", "seed=1", "out_dir=out", cwd=tmp_path)
+    runs = sorted(p.parent for p in (tmp_path / "out").rglob("result.json"))
+    assert [r.parent.name for r in runs] == ["bn_wc", "enorm"] and all(r.name.startswith("seed1-") for r in runs)
+    assert json.loads((runs[0] / "result.json").read_text())["weight_method"]["method"] == "wc"
+    assert "enorm_objective" in pd.read_csv(runs[1] / "metrics.csv").columns
 
 
 def test_an_unknown_model_lists_the_valid_ones(tmp_path):
