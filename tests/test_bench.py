@@ -1,0 +1,108 @@
+"""`wcnorm bench`: the tiny size end to end, the FLOP count, the overhead ratios.
+Nothing here asserts a speed: only that the figures exist and are sane."""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from wcnorm import bench
+
+# The smallest plan that still exercises every code path: fast nets, 1 warm-up, 2 repeats.
+MICRO = replace(bench.SIZES["tiny"], warmup=1, repeats=2, steps=1)
+MAY_BE_NAN = {"mfu"}  # no bf16 peak is known for a CPU
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: no figure here is checked for speed, and two OpenMP threads on a
+    machine whose other core is busy spin at every barrier (steps become 10-100x slower)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def test_tiny_end_to_end(tmp_path, capsys):
+    assert bench.main(["--size", "tiny", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("*.csv")
+    assert path.name == f"{bench.slug('cpu')}.csv"
+    with open(path) as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == bench.COLUMNS
+        rows = list(reader)
+    assert {r["part"] for r in rows} == set(bench.PARTS)
+    assert {r["torch_version"] for r in rows} == {torch.__version__}
+    assert {r["threads"] for r in rows} == {"1"}
+    assert all(r["device_name"] and r["date"] and r["shape"].startswith("3x") and int(r["batch"]) > 0 for r in rows)
+    for r in rows:
+        value = float(r["value"])
+        if r["metric"] in MAY_BE_NAN or r["metric"] == "peak_mem":
+            assert math.isnan(value) or value >= 0, r
+        else:
+            assert math.isfinite(value) and value > 0, r
+    metrics = {(r["part"], r["metric"]) for r in rows}
+    assert {("throughput", "images_per_s"), ("throughput", "speedup"), ("wc", "wc_over_bn"),
+            ("enorm", "cycle_over_step"), ("mfu", "achieved"), ("mfu", "mfu")} <= metrics
+    assert "wcnorm/reference" in capsys.readouterr().out  # the table was printed
+
+
+def test_only_and_bad_part(tmp_path):
+    assert bench.main(["--size", "tiny", "--device", "cpu", "--only", "nope", "--out", str(tmp_path)]) == 2
+    assert not list(tmp_path.glob("*.csv"))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_step_flops_closed_form(bias):
+    n, fan_in, fan_out = 16, 24, 10
+    model = nn.Linear(fan_in, fan_out, bias=bias)
+    x = torch.randn(n, fan_in, requires_grad=True)  # so backward computes the input gradient too
+    fwd, bwd = bench.step_flops(model, x, torch.randint(0, fan_out, (n,)))
+    assert fwd == 2 * n * fan_in * fan_out
+    assert bwd == 2 * fwd  # grad wrt input + grad wrt weight
+    assert model.weight.grad is None  # the count leaves no gradients behind
+
+
+def test_conv_step_flops_first_layer():
+    # A first layer: no input gradient, so backward is the weight gradient alone (= forward).
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.Flatten())
+    fwd, bwd = bench.step_flops(model, torch.randn(2, 3, 5, 5), torch.randint(0, 8, (2,)))
+    assert fwd == 2 * 2 * 8 * 5 * 5 * 3 * 9
+    assert bwd == fwd
+
+
+def test_wc_overhead_ratio():
+    plan = replace(MICRO, options={"enorm_fc": {"depth": 2, "width": 64}})
+    r = bench.wc_overhead("enorm_fc", plan, "cpu")
+    assert all(math.isfinite(r[k]) and r[k] > 0 for k in ("ratio", "bn_ms", "wc_ms"))
+
+
+@pytest.mark.parametrize("norm", ["enorm", "bn_enorm"])
+def test_enorm_overhead_ratio(norm):
+    r = bench.enorm_overhead("enorm_fc", MICRO, "cpu", norm=norm)
+    assert all(math.isfinite(r[k]) and r[k] > 0 for k in ("ratio", "loop_ratio", "step_ms", "cycle_ms"))
+    assert r["units"] > 0
+
+
+def test_time_step_interleaves_and_counts():
+    calls = []
+    t = bench.time_step({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                        warmup=1, repeats=3, steps=2, device="cpu")
+    assert [len(v) for v in t.values()] == [3, 3]
+    assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3
+    assert bench.median_ratio([2.0, 4.0, 9.0], [1.0, 2.0, 3.0]) == 2.0
+
+
+def test_peaks_and_slugs():
+    assert bench.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert bench.peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert bench.peak_flops("NVIDIA A100-SXM4-40GB") == 312e12
+    assert math.isnan(bench.peak_flops("AMD EPYC 7B13"))
+    assert bench.slug("cpu").startswith("cpu-")
+    assert bench.parse_spec("resnet18@224", 32) == ("resnet18", 224)
+    assert bench.parse_spec("vit", 32) == ("vit", 32)
