@@ -93,3 +93,20 @@ def test_weight_method_and_enorm_runs_record_what_ran(cfg_factory):
     assert wc["weight_method"]["method"] == "wc" and wc["conditioning"]["end"]
     en = train(cfg_factory(*FAST, "norm=enorm"))
     assert en["enorm"] and en["config"]["norm"]["enorm"]["enabled"]
+
+
+def test_bf16_autocast_and_label_smoothing_run_on_cpu(cfg_factory):
+    result = train(cfg_factory(*FAST, "trainer.amp=bf16", "trainer.label_smoothing=0.1", "optim=adamw",
+                               "sched=cosine", "sched.warmup_epochs=0.5"))
+    assert result["status"] == "finished" and result["final_train_loss"] > 0
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_with_wc_and_enorm(cfg_factory, tmp_path):
+    """torch.compile works with WC's parametrizations and ENorm's in-place updates."""
+    for norm in ("bn_wc", "enorm"):
+        common = [*FAST, f"norm={norm}", "trainer.limit_batches=3", "trainer.deterministic=true"]
+        eager = train(cfg_factory(*common, f"run_dir={tmp_path / norm / 'eager'}"))
+        compiled = train(cfg_factory(*common, "trainer.compile=true", f"run_dir={tmp_path / norm / 'compiled'}"))
+        assert compiled["final_train_loss"] == pytest.approx(eager["final_train_loss"], rel=1e-3)
+        assert compiled["final_test_loss"] == pytest.approx(eager["final_test_loss"], rel=1e-3)
