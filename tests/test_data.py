@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import compose_cfg
 from omegaconf import OmegaConf
 
 from wcnorm.data import ArrayLoader, ArraySplit, load_dataset, make_loaders, random_crop
 from wcnorm.errors import ConfigError, DatasetUnavailable
-
-from conftest import compose_cfg
 
 
 def dataset_cfg(name, **overrides):
@@ -76,7 +75,9 @@ def _fake_cifar10(root, monkeypatch, n=10):
         (folder / name).write_bytes(pickle.dumps(obj))
         return [name, hashlib.md5((folder / name).read_bytes()).hexdigest()]
 
-    batch = lambda: {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": list(range(n))}
+    def batch():
+        return {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": list(range(n))}
+
     monkeypatch.setattr(cls, "train_list", [dump(f"data_batch_{i}", batch()) for i in range(1, 6)])
     monkeypatch.setattr(cls, "test_list", [dump("test_batch", batch())])
     name, md5 = dump("batches.meta", {"label_names": [f"c{i}" for i in range(10)]})

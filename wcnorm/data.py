@@ -244,6 +244,8 @@ class ArrayLoader:
         self.epoch = epoch
 
     def _num_examples(self) -> int:
+        if self.train:  # every rank must take the same number of steps (DDP syncs each one)
+            return len(self.y) // self.world_size
         return len(range(self.rank, len(self.y), self.world_size))
 
     def __len__(self) -> int:

@@ -7,11 +7,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
 import sys
 import time
+from contextlib import ExitStack
 
 import numpy as np
 import torch
@@ -93,16 +95,29 @@ def _uses_convs(cfg) -> bool:
 def train(cfg: DictConfig) -> dict:
     """Train the run `cfg` describes; return its result (also in result.json)."""
     validate(cfg)
+    ctx = dist.init(cfg.trainer)
+    try:
+        # Rank 0 alone looks at the disk; every rank gets its run directory (the same one even
+        # if the config resolved differently per process) and its verdict on result.json.
+        run_dir, finished = ctx.on_main(lambda: _locate(cfg))
+        if finished is not None:
+            log.info("already finished: %s (delete it, or change the config, to train again)",
+                     run_dir / "result.json")
+            return finished
+        with ExitStack() as stack:
+            ctx.on_main(lambda: stack.enter_context(run_lock(run_dir)))  # rank 0 holds the lock
+            ctx.device = ctx.device or stack.enter_context(dist.job_gpu(cfg.trainer))
+            result = _train(cfg, run_dir, ctx)
+        ctx.barrier()  # no rank returns before rank 0's last.pt and result.json are written
+        return result
+    finally:
+        ctx.close()
+
+
+def _locate(cfg: DictConfig):
     run_dir = run_dir_for(cfg)
     done = run_dir / "result.json"
-    if done.exists():
-        log.info("already finished: %s (delete it, or change the config, to train again)", done)
-        import json
-
-        return json.loads(done.read_text())
-    ctx = dist.init(cfg.trainer)
-    with run_lock(run_dir) if ctx.is_main else dist.nullcontext():
-        return _train(cfg, run_dir, ctx)
+    return run_dir, json.loads(done.read_text()) if done.exists() else None
 
 
 def _train(cfg: DictConfig, run_dir, ctx) -> dict:
@@ -139,6 +154,8 @@ def _train(cfg: DictConfig, run_dir, ctx) -> dict:
             all_layers=cfg.norm.weight == "none", hessian_batch=batch, hessian_iters=cfg.diagnostics.hessian_iters)
         callbacks.append(conditioning)
 
+    if ctx.world_size > 1:
+        callbacks.append(dist.ReplicaCheck())  # same resume epoch, same weights on every rank
     model = ctx.wrap(model)
     if t.compile:
         model.compile()  # in place: state dicts keep their plain keys

@@ -168,7 +168,9 @@ class Trainer:
             sums[1] += correct
             sums[2] += len(y)
             if (i + 1) % self.sync_every == 0:
-                self._check_finite(sums[0], epoch)
+                # On the reduced sums: under DDP every rank must stop at the same step, or the
+                # others would wait forever in their next all-reduce.
+                self._check_finite(self._reduce(sums[:1].clone()), epoch)
                 if self.progress:
                     bar.set_postfix(loss=f"{(sums[0] / sums[2]).item():.3f}")
         if self.device.type == "cuda":
@@ -182,12 +184,15 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        self.model.eval()
+        # Under DDP, evaluate the local replica: no collectives, so ranks whose test
+        # shards differ by one batch cannot wait on each other.
+        model = self.model.module if isinstance(self.model, nn.parallel.DistributedDataParallel) else self.model
+        model.eval()
         self.test_loader.set_epoch(0)
         sums = torch.zeros(3, device=self.device, dtype=torch.float64)
         for x, y in self.test_loader:
             with self.autocast():
-                logits = self.model(x)
+                logits = model(x)
             loss = F.cross_entropy(logits.float(), y, reduction="sum")
             sums[0] += loss.double()
             sums[1] += (logits.argmax(1) == y).sum()
