@@ -1,0 +1,159 @@
+"""Regenerate every table, figure and claims file in results/ from run directories.
+
+    python scripts/make_tables.py --runs runs --out results        # `make tables`
+    python scripts/make_tables.py --runs runs --out results --presets enorm_fc
+
+One folder per experiment preset, ``<out>/<preset>/``, holding what `wcnorm table`
+and `wcnorm plot` write (table.md/.csv, table_best_epoch.csv, table_long.csv,
+provenance.json, claims.csv, curves.png, fc_depth.png, conditioning.png), plus
+runs.csv: one row per run directory the numbers come from. A hand-written
+README.md in that folder (how the runs were made) is never touched.
+
+Runs on `dataset=npz` are labelled with the npz file's name (e.g.
+``cifar10-partial``) in tables and figures. For the claims check, npz files named
+``cifar10*`` / ``cifar100*`` (real subsets of those datasets) count as CIFAR-10 /
+CIFAR-100, and every claim row that uses them says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from wcnorm.claims import evaluate_claims, write_claims
+from wcnorm.plot import plot_conditioning, plot_curves, plot_fc_depth
+from wcnorm.runs import load_conditioning, load_curves, load_runs
+from wcnorm.table import build_table, to_markdown, write_table
+
+SKIP_BY_DEFAULT = ("demo",)  # `make demo` writes its own table under runs/demo
+# Extra row keys of a table when a preset varies them (e.g. the small-batch studies).
+SPLIT_CANDIDATES = ("batch_size",)
+RUN_COLUMNS = ["run_dir", "experiment", "budget", "model", "dataset", "dataset_file", "depth", "norm", "seed",
+               "epochs", "batch_size", "lr", "status", "final_test_acc", "best_test_acc",
+               "best_epoch", "final_train_loss", "wall_time_s", "device_name", "torch_version",
+               "git_commit", "date"]
+
+
+def npz_label(path) -> str | None:
+    """`cifar10-partial` for `.../cifar10-partial.npz`."""
+    return Path(str(path)).stem if isinstance(path, str) and path else None
+
+
+def claim_dataset(label: str | None) -> str | None:
+    """The dataset a claim names, for an npz file that is a real subset of it."""
+    if not label:
+        return None
+    for name in ("cifar100", "cifar10"):  # cifar100 first: "cifar10" is its prefix
+        if label.startswith(name):
+            return name
+    return None
+
+
+def relabel(df: pd.DataFrame, for_claims: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """Name npz runs after their file (tables, figures) or their source dataset (claims)."""
+    if df.empty or "cfg.dataset.path" not in df:
+        return df, []
+    df = df.copy()
+    notes = []
+    npz = df["dataset"] == "npz"
+    for path, idx in df[npz].groupby("cfg.dataset.path").groups.items():
+        label = npz_label(path)
+        new = claim_dataset(label) if for_claims else label
+        if new:
+            df.loc[idx, "dataset"] = new
+            if for_claims:
+                notes.append(f"runs on dataset=npz ({label}.npz, real {new} images) counted as {new}")
+    return df, notes
+
+
+def rel(path, base: Path) -> str:
+    """A run directory relative to the runs folder: no machine paths in results/."""
+    try:
+        return os.path.relpath(path, base.resolve())
+    except ValueError:
+        return Path(path).name
+
+
+def write_runs_csv(df: pd.DataFrame, runs_root: Path, path: Path) -> Path:
+    df = df.assign(dataset_file=[Path(p).name if isinstance(p, str) and p else ""
+                                 for p in df.get("cfg.dataset.path", pd.Series("", index=df.index))])
+    out = df[[c for c in RUN_COLUMNS if c in df]].copy()
+    out["run_dir"] = [rel(p, runs_root) for p in out["run_dir"]]
+    out = out.sort_values(["dataset", "model", "depth", "norm", "seed", "run_dir"], na_position="first")
+    out.to_csv(path, index=False, float_format="%.4f")
+    return path
+
+
+def make_preset(preset: str, runs: pd.DataFrame, curves: pd.DataFrame, cond: pd.DataFrame,
+                runs_root: Path, out: Path, command: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    df, _ = relabel(runs)
+    split = tuple(k for k in SPLIT_CANDIDATES if df[k].nunique(dropna=True) > 1)
+    result = build_table(df, layout="auto", split_by=split, command=command)
+    files = write_table(result, out)
+
+    claims_df, notes = relabel(runs, for_claims=True)
+    claims = evaluate_claims(claims_df)
+    if notes:
+        used = claims["finished_runs"] > 0
+        claims.loc[used, "note"] = [("; ".join(notes) + ("; " + n if n else "")) for n in claims.loc[used, "note"]]
+    files.append(write_claims(claims, out / "claims.csv"))
+    files.append(write_runs_csv(runs, runs_root, out / "runs.csv"))
+
+    # Curves and condition numbers carry only id columns: label them through run_dir.
+    labels = dict(zip(df["run_dir"], df["dataset"]))
+    curves, cond = (f.assign(dataset=f["run_dir"].map(labels).fillna(f["dataset"])) if len(f) else f
+                    for f in (curves, cond))
+    files += plot_curves(curves, out)
+    files += plot_fc_depth(df, out)
+    files += plot_conditioning(cond, out)
+    print(to_markdown(result))
+    print(claims[["claim_id", "verdict", "numbers"]][claims["finished_runs"] > 0].to_string(index=False))
+    return files
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="make_tables.py", description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", default="runs", help="folder holding the run directories (default: runs)")
+    ap.add_argument("--out", default="results", help="results folder (default: results)")
+    ap.add_argument("--presets", default="",
+                    help="comma-separated presets to rebuild (default: every preset with runs, "
+                         f"except {', '.join(SKIP_BY_DEFAULT)})")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    runs_root, out_root = Path(args.runs), Path(args.out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unreadable folders are counted in provenance.json
+        runs = load_runs(runs_root)
+        curves, cond = load_curves(runs_root), load_conditioning(runs_root)
+    if runs.empty:
+        print(f"make_tables: no run directories under {runs_root}", file=sys.stderr)
+        return 1
+    found = sorted(runs["experiment"].dropna().unique())
+    wanted = [p for p in args.presets.split(",") if p] or [p for p in found if p not in SKIP_BY_DEFAULT]
+    missing = [p for p in wanted if p not in found]
+    if missing:
+        print(f"make_tables: no runs of preset(s) {', '.join(missing)} under {runs_root}", file=sys.stderr)
+        return 1
+    command = shlex.join(["python", "scripts/make_tables.py", *argv])
+    for preset in wanted:
+        print(f"\n==== {preset} -> {out_root / preset}")
+        runs_p, curves_p, cond_p = (df[df["experiment"] == preset] if len(df) else df
+                                    for df in (runs, curves, cond))
+        files = make_preset(preset, runs_p, curves_p, cond_p, runs_root, out_root / preset, command)
+        print("wrote: " + ", ".join(str(f) for f in files))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
