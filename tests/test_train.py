@@ -110,3 +110,10 @@ def test_compiled_training_matches_eager_with_wc_and_enorm(cfg_factory, tmp_path
         compiled = train(cfg_factory(*common, "trainer.compile=true", f"run_dir={tmp_path / norm / 'compiled'}"))
         assert compiled["final_train_loss"] == pytest.approx(eager["final_train_loss"], rel=1e-3)
         assert compiled["final_test_loss"] == pytest.approx(eager["final_test_loss"], rel=1e-3)
+
+
+def test_the_fast_path_switches_work_on_cpu_too(cfg_factory):
+    """channels_last, device-resident data and the no-sync step loop (sync every step)."""
+    result = train(cfg_factory("model=resnet18", "norm=bn_wc", "dataset.augment=true", "trainer.channels_last=true",
+                               "trainer.data_on_device=true", "dataset.train_size=48", "dataset.test_size=16"))
+    assert result["status"] == "finished" and result["images_per_s"] > 0
