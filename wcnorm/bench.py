@@ -24,7 +24,6 @@ import ctypes
 import gc
 import math
 import os
-import platform
 import re
 import statistics
 import threading
@@ -38,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
+
+from .outputs import device_name
 
 PARTS = ("throughput", "wc", "enorm", "mfu")
 NUM_CLASSES, PAD = 10, 4
@@ -319,18 +320,6 @@ def step_flops(model, x, y, *, amp_dtype=None) -> tuple[int, int]:
         loss.backward()
     model.zero_grad(set_to_none=True)
     return fwd.get_total_flops(), total.get_total_flops() - fwd.get_total_flops()
-
-
-def device_name(device) -> str:
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        model = ""
-    return model or platform.processor() or platform.machine() or "cpu"
 
 
 def peak_flops(name: str) -> float:

@@ -142,10 +142,17 @@ def git_commit() -> str | None:
         return None
 
 
-def device_name(device: torch.device) -> str:
+def device_name(device) -> str:
+    """The GPU's name, or the CPU's model name (e.g. 'AMD EPYC 7B13')."""
+    device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        model = ""
+    return model or platform.processor() or platform.machine() or "cpu"
 
 
 def environment(device: torch.device) -> dict:
