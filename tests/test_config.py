@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import compose_cfg
 from omegaconf import OmegaConf
 
@@ -64,6 +65,8 @@ def test_wc_options_override_from_the_command_line():
     ("norm.wc.side=diagonal", "norm.wc.side"),
     ("norm.enorm.c=0", "norm.enorm.c"),
     ("trainer.device=tpu", "trainer.device"),
+    pytest.param("trainer.device=cuda", "CUDA is not available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
 ])
 def test_invalid_values_are_rejected_with_the_key_named(override, message):
     extra = ["norm=enorm"] if "enorm" in override else []

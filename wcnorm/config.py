@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .data import DATASETS
@@ -61,6 +62,8 @@ def validate(cfg: DictConfig) -> None:
     dev = str(t.device)
     if dev not in ("auto", "cpu", "cuda") and not dev.startswith("cuda:"):
         p.append(f"trainer.device={dev!r}: valid: auto, cpu, cuda, cuda:N")
+    elif dev.startswith("cuda") and not torch.cuda.is_available():
+        p.append(f"trainer.device={dev}: CUDA is not available here; use trainer.device=cpu (or auto)")
     if t.label_smoothing < 0 or t.label_smoothing >= 1:
         p.append(f"trainer.label_smoothing={t.label_smoothing}: must lie in [0, 1)")
     if cfg.dataset.name not in DATASETS:
