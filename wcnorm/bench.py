@@ -524,6 +524,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts among {','.join(PARTS)}")
     p.add_argument("--models", help="throughput/MFU models, e.g. resnet18,vit,resnet18@224 (default: the size's)")
     p.add_argument("--batch", type=int, help="override the throughput batch")
+    p.add_argument("--overhead-batch", type=int, help="override the batch of the WC and ENorm ratios")
     p.add_argument("--repeats", type=int, help="override the number of timed blocks")
     p.add_argument("--compile", action="store_true", help="torch.compile wcnorm's model (never the reference)")
     p.add_argument("--workers", type=int, help="reference DataLoader workers (default: 8 on CUDA, 0 on CPU)")
@@ -559,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = SIZES[args.size or ("gpu" if device.type == "cuda" else "cpu")]
     if args.repeats:
         plan = replace(plan, repeats=args.repeats)
+    if args.overhead_batch:
+        plan = replace(plan, overhead_batch=args.overhead_batch)
     args.models = tuple(args.models.split(",")) if args.models else plan.models
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = sorted(set(parts) - set(PARTS))
