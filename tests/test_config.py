@@ -90,3 +90,9 @@ def test_all_problems_are_reported_at_once():
     with pytest.raises(ConfigError) as err:
         validate(compose_cfg(["trainer.epochs=0", "optim.lr=-1"]))
     assert "trainer.epochs" in str(err.value) and "optim.lr" in str(err.value)
+
+
+@pytest.mark.parametrize("dataset, key", [("npz", "dataset.path"), ("imagefolder", "dataset.root")])
+def test_a_required_setting_left_out_is_named(dataset, key):
+    with pytest.raises(ConfigError, match=rf"{key} \(set {key}=\.\.\.\)"):
+        validate(compose_cfg([f"dataset={dataset}"]))

@@ -205,15 +205,20 @@ def _chain_ratios(model):
     return [lins[k + 1].weight.norm(dim=0) / lins[k].weight.norm(dim=1) for k in range(len(lins) - 1)]
 
 
+def _objective_trace(enorm, cycles: int) -> torch.Tensor:
+    """The objective before and after each of `cycles` cycles."""
+    objs = [enorm.objective()]
+    for _ in range(cycles):
+        enorm.step()
+        objs.append(enorm.objective())
+    return torch.stack(objs)
+
+
 @pytest.mark.parametrize("c", [1.0, 1.2])
 def test_sequential_monotone_and_fixed_point(c):
     model, x = build("mlp")
     enorm = ENorm(model, c=c)
-    objs = [enorm.objective()]
-    for _ in range(300):
-        enorm.step()
-        objs.append(enorm.objective())
-    objs = torch.stack(objs)
+    objs = _objective_trace(enorm, 300)
     assert (objs[1:] <= objs[:-1] * (1 + 1e-12)).all()
     assert objs[-1] < objs[0]
     for ratio in _chain_ratios(model):
@@ -246,11 +251,7 @@ def test_dag_monotone_and_balanced(name, bias_in_norm):
     enorm = ENorm(model, c=1.2, bias_in_norm=bias_in_norm)
     with torch.no_grad():
         y0 = model(x)
-    objs = [enorm.objective()]
-    for _ in range(100):
-        enorm.step()
-        objs.append(enorm.objective())
-    objs = torch.stack(objs)
+    objs = _objective_trace(enorm, 100)
     assert (objs[1:] <= objs[:-1] * (1 + 1e-12)).all()
     assert enorm.imbalance()[1] < 1e-6
     with torch.no_grad():

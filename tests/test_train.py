@@ -117,3 +117,13 @@ def test_the_fast_path_switches_work_on_cpu_too(cfg_factory):
     result = train(cfg_factory("model=resnet18", "norm=bn_wc", "dataset.augment=true", "trainer.channels_last=true",
                                "trainer.data_on_device=true", "dataset.train_size=48", "dataset.test_size=16"))
     assert result["status"] == "finished" and result["images_per_s"] > 0
+
+
+def test_hessian_diagnostic_and_grad_clip_reach_the_outputs(cfg_factory):
+    cfg = cfg_factory(*FAST, "norm=bn_wc", "trainer.epochs=2", "trainer.grad_clip=1.0", "diagnostics.hessian=true",
+                      "diagnostics.hessian_iters=5", "diagnostics.hessian_batch=16", "diagnostics.every=2")
+    train(cfg)
+    metrics = pd.read_csv(run_dir_for(cfg) / "metrics.csv")
+    # snapshots at the `every` epochs and the last one only
+    assert metrics.hessian_top_eig.notna().tolist() == [False, True]
+    assert metrics.hessian_top_eig.iloc[-1] > 0

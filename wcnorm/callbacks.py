@@ -86,7 +86,7 @@ class ConditioningCallback(Callback):
         if epoch % self.every and epoch != trainer.epochs:
             return {}
         self.end = self._snapshot(trainer, epoch)
-        row = {f"{k}": v for k, v in self.end.items()}
+        row = dict(self.end)
         if self.hessian_batch is not None:
             row["hessian_top_eig"] = self._hessian(trainer)
         return {k: v for k, v in row.items() if isinstance(v, (int, float)) and math.isfinite(v)}

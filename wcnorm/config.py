@@ -36,6 +36,10 @@ def validate(cfg: DictConfig) -> None:
     """Raise a ConfigError listing every problem of `cfg`."""
     from .models import ModelConfigError, check_model
 
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
+    if missing:  # `???` in a config: a value only the user can give
+        raise ConfigError("required settings are missing: " + ", ".join(
+            f"{k} (set {k}=...)" for k in missing))
     p: list[str] = []
     for key in ("trainer.epochs", "trainer.batch_size"):
         _positive_int(p, cfg, key)
