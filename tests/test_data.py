@@ -196,3 +196,30 @@ def test_shared_imagenet_mini_loads_through_imagefolder(shared_data):
     assert d.num_classes == 10 and len(d.train) == 1000 and len(d.test) == 500
     x, y = d.test[0]
     assert x.shape == (3, 64, 64) and 0 <= y < 10
+
+
+def test_host_stored_data_is_delivered_on_the_training_device():
+    """data_on_device=false keeps the uint8 images in host memory; the batches must still
+    arrive on the training device (here the meta device stands in for a GPU)."""
+    kw = dict(mean=(0.5,) * 3, std=(0.25,) * 3, augment=True, pad=2, seed=1)
+    host = ArrayLoader(_split(), 4, device="meta", store_on_device=False, **kw)
+    assert host.x.device.type == "cpu"
+    batches = list(host)
+    assert len(batches) == 3
+    for x, y in batches:
+        assert x.device.type == "meta" and y.device.type == "meta"
+        assert x.dtype == torch.float32 and x.shape[1:] == (3, 6, 6)
+    # on one device the two storages give the same batches
+    same = [ArrayLoader(_split(), 4, device="cpu", store_on_device=s, **kw) for s in (True, False)]
+    for (xa, ya), (xb, yb) in zip(*same):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_make_loaders_passes_the_training_device_when_data_stays_on_the_host():
+    d = load_dataset(dataset_cfg("synthetic", train_size=8, test_size=4, image_size=8))
+    cfg = compose_cfg(["dataset=synthetic", "trainer.batch_size=4"])
+    train, test = make_loaders(d, cfg.dataset, cfg.trainer, device="meta", seed=0, data_on_device=False)
+    for loader in (train, test):
+        assert loader.x.device.type == "cpu"
+        x, y = next(iter(loader))
+        assert x.device.type == "meta" and y.device.type == "meta"

@@ -225,20 +225,27 @@ def random_crop(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor) -
 class ArrayLoader:
     """Batches of an in-memory uint8 dataset, augmented and normalised on `device`.
 
-    With `world_size > 1` each rank takes every world_size-th example of the same
-    permutation (all ranks draw the same permutation from the same generator).
+    The uint8 images live on `device` too (the fast path), or with `store_on_device=False`
+    in host memory: each batch is then gathered there and copied over as uint8 (a quarter
+    of the float bytes) before it is augmented. With `world_size > 1` each rank takes every
+    world_size-th example of the same permutation (all ranks draw the same permutation from
+    the same generator).
     """
 
     def __init__(self, split: ArraySplit, batch_size: int, *, mean, std, device, seed: int = 0,
                  train: bool = True, augment: bool = False, pad: int = 4, limit: int | None = None,
-                 channels_last: bool = False, rank: int = 0, world_size: int = 1):
-        self.x, self.y = split.x.to(device), split.y.to(device)
+                 channels_last: bool = False, rank: int = 0, world_size: int = 1,
+                 store_on_device: bool = True):
+        self.device = torch.device(device)
+        store = self.device if store_on_device else torch.device("cpu")
+        self.x, self.y = split.x.to(store), split.y.to(store)
+        self.pin = store.type == "cpu" and self.device.type == "cuda"  # page-locked batches copy async
         self.batch_size, self.train, self.augment, self.pad = batch_size, train, augment and train, pad
         self.seed, self.epoch, self.limit, self.channels_last = seed, 0, limit, channels_last
         self.rank, self.world_size = rank, world_size
         shape = (1, -1, 1, 1)
-        self.mean = torch.tensor(mean, device=device).view(shape) * 255
-        self.std = torch.tensor(std, device=device).view(shape) * 255
+        self.mean = torch.tensor(mean, device=self.device).view(shape) * 255
+        self.std = torch.tensor(std, device=self.device).view(shape) * 255
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -263,19 +270,22 @@ class ArrayLoader:
             flip = torch.rand(n, generator=g) < 0.5
             # Drawn before sharding, so every rank's share is what one process would see.
             shard = slice(self.rank, None, self.world_size)
-            dy, dx, flip = (t[shard].to(self.x.device) for t in (dy, dx, flip))
+            dy, dx, flip = (t[shard].to(self.device) for t in (dy, dx, flip))
         order = order[self.rank :: self.world_size].to(self.x.device)
         for b in range(len(self)):
             sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
             idx = order[sl]
-            x = self.x[idx]
+            x, y = self.x[idx], self.y[idx]
+            if self.pin:
+                x, y = x.pin_memory(), y.pin_memory()
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if self.augment:
                 x = random_crop(x, self.pad, dy[sl], dx[sl])
                 x = torch.where(flip[sl, None, None, None], x.flip(3), x)
             x = (x.float() - self.mean) / self.std
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.y[idx]
+            yield x, y
 
 
 class FolderLoader:
@@ -319,16 +329,14 @@ def make_loaders(data: DataBundle, dataset_cfg, trainer_cfg, *, device, seed: in
     # batch sizes are global: each of `world_size` ranks takes an even share
     bs = int(trainer_cfg.batch_size) // world_size
     ebs = max(1, int(trainer_cfg.eval_batch_size or 2 * trainer_cfg.batch_size) // world_size)
-    common = dict(device=device if data_on_device else "cpu", seed=seed, channels_last=channels_last,
-                  rank=rank, world_size=world_size)
+    common = dict(device=device, seed=seed, channels_last=channels_last, rank=rank, world_size=world_size)
     if data.is_array:
-        stats = dict(mean=data.mean, std=data.std)
+        stats = dict(mean=data.mean, std=data.std, store_on_device=data_on_device)
         train = ArrayLoader(data.train, bs, train=True, augment=bool(dataset_cfg.augment),
                             pad=int(dataset_cfg.get("crop_padding", 4)),
                             limit=trainer_cfg.limit_batches, **stats, **common)
         test = ArrayLoader(data.test, ebs, train=False, limit=trainer_cfg.limit_eval_batches, **stats, **common)
         return train, test
-    common["device"] = device
     workers = int(trainer_cfg.num_workers)
     train = FolderLoader(data.train, bs, train=True, num_workers=workers, limit=trainer_cfg.limit_batches, **common)
     test = FolderLoader(data.test, ebs, train=False, num_workers=workers, limit=trainer_cfg.limit_eval_batches, **common)
