@@ -64,6 +64,7 @@ def test_wc_options_override_from_the_command_line():
     ("trainer.limit_batches=-1", "limit_batches"),
     ("norm.wc.side=diagonal", "norm.wc.side"),
     ("norm.enorm.c=0", "norm.enorm.c"),
+    ("norm.enorm.cuda_graph=maybe", "norm.enorm.cuda_graph"),
     ("trainer.device=tpu", "trainer.device"),
     pytest.param("trainer.device=cuda", "CUDA is not available",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),

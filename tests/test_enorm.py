@@ -490,3 +490,102 @@ def test_conservative_cases():
 class _Double(nn.Module):
     def forward(self, w):
         return 2 * w
+
+
+# ----------------------------------------------------------------------------- the packed cycle
+
+
+def _indices(p):
+    """(index along the piece's dim, unit) pairs, written out one by one."""
+    if p.start is None:
+        return list(zip(p.index.tolist(), p.units.tolist()))
+    return [(p.start + i, p.u0 + i // p.rep) for i in range(p.n)]
+
+
+def _textbook_cycle(enorm, opt):
+    """One ENorm cycle the slow, obvious way: unit by unit, index by index, group by group
+    (sequential) or all factors first (jacobi); momentum divided by the weight's factor."""
+
+    def factors(g):
+        l2, r2 = [0.0] * g.n, [0.0] * g.n
+        for p in (*g.incoming, *g.outgoing):
+            for tensor in (p.param, p.bias if enorm.bias_in_norm else None):
+                if tensor is None:
+                    continue
+                dim = p.dim if tensor.ndim > 1 else 0
+                for j, u in _indices(p):
+                    sq = p.omega * tensor.select(dim, j).square().sum().item()
+                    (l2 if p.incoming else r2)[u] += sq
+        return [(r2u**0.5 / (enorm.c * l2u**0.5)) ** 0.5 for l2u, r2u in zip(l2, r2)]  # sqrt(r / (c l))
+
+    def apply(g, d):
+        for p in (*g.incoming, *g.outgoing):
+            for tensor in (p.param, p.bias):
+                if tensor is None:
+                    continue
+                dim = p.dim if tensor.ndim > 1 else 0
+                buf = opt.state[tensor]["momentum_buffer"]
+                for j, u in _indices(p):
+                    f = d[u] if p.incoming else 1 / d[u]
+                    tensor.select(dim, j).mul_(f)
+                    buf.select(dim, j).div_(f)
+
+    with torch.no_grad():
+        if enorm.order == "jacobi":
+            for g, d in [(g, factors(g)) for g in enorm.groups]:
+                apply(g, d)
+        else:
+            for g in enorm.groups:
+                apply(g, factors(g))
+
+
+@pytest.mark.parametrize("name, order, c, bias_in_norm", [
+    ("small_cnn", "sequential", 1.2, False), ("small_cnn", "jacobi", 1.0, True),
+    ("repeat", "sequential", 1.1, True), ("tiny_resnet_basic", "jacobi", 1.2, False),
+    ("tiny_resnet_bottleneck", "sequential", 1.0, False), ("tv_densenet", "sequential", 1.2, False)])
+def test_packed_cycle_equals_the_textbook_loop(name, order, c, bias_in_norm):
+    """The cycle's waves (one cat, one index_add_, one gather, _foreach_ updates) compute
+    exactly the per-unit update d = sqrt(r / (c l)), weights, biases and momentum alike."""
+    model, x = build(name)
+    for p in model.parameters():  # far from balanced, so that every factor matters
+        p.data.mul_(torch.exp(0.5 * torch.randn_like(p)))
+    ref = copy.deepcopy(model)
+    opts = [torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for m in (model, ref)]
+    for m, opt in zip((model, ref), opts):
+        m(x).square().mean().backward()
+        opt.step()
+    kw = dict(c=c, order=order, bias_in_norm=bias_in_norm)
+    packed, slow = ENorm(model, opts[0], **kw), ENorm(ref, opts[1], **kw)
+    for _ in range(2):
+        packed.step()
+        _textbook_cycle(slow, opts[1])
+    for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+        assert torch.allclose(p, q, rtol=1e-12, atol=1e-14), n
+        a, b = opts[0].state[p]["momentum_buffer"], opts[1].state[q]["momentum_buffer"]
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14 * b.abs().max()), n
+    if name == "repeat":  # the scattered-index path was taken
+        assert any(p.start is None for g in packed.groups for p in g.outgoing)
+
+
+def test_packed_cycle_follows_the_model_to_another_dtype():
+    """Index tensors are rebuilt when the weights change device or dtype."""
+    model, x = build("small_cnn", dtype=torch.float32)
+    enorm = ENorm(model)
+    enorm.step()
+    model.double()
+    enorm.step(50)
+    assert enorm.imbalance()[1] < 1e-6
+
+
+def test_cuda_graph_option_is_plain_eager_off_the_gpu():
+    """cuda_graph=True on CPU weights runs the same eager cycle (the graph is GPU only;
+    tests/test_cuda.py checks the replay against eager on a GPU)."""
+    model, _ = build("small_cnn")
+    ref = copy.deepcopy(model)
+    graphed, eager = ENorm(model, c=1.2, cuda_graph=True), ENorm(ref, c=1.2)
+    graphed.step(3)
+    eager.step(3)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert torch.equal(p, q)
+    assert graphed.graph is not None and graphed.graph.captures == 0
+    assert "cuda_graph=True" in graphed.describe()

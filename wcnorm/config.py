@@ -111,4 +111,6 @@ def _norm_problems(cfg: DictConfig) -> list[str]:
             p.append(f"norm.enorm.order={e.order!r}: valid: sequential, jacobi")
         if e.bn not in ("ignore", "fold"):
             p.append(f"norm.enorm.bn={e.bn!r}: valid: ignore, fold")
+        if not isinstance(e.cuda_graph, bool):
+            p.append(f"norm.enorm.cuda_graph={e.cuda_graph!r}: must be true or false")
     return p

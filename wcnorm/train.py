@@ -85,7 +85,8 @@ def build_enorm(cfg: DictConfig, model, optimizer):
 
     e = cfg.norm.enorm
     return ENorm(model, optimizer, c=float(e.c), order=e.order, balance_last=bool(e.balance_last),
-                 bn=e.bn, bias_in_norm=bool(e.bias_in_norm), attention=bool(e.attention))
+                 bn=e.bn, bias_in_norm=bool(e.bias_in_norm), attention=bool(e.attention),
+                 cuda_graph=bool(e.cuda_graph))
 
 
 def _uses_convs(cfg) -> bool:

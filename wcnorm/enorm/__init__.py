@@ -34,8 +34,8 @@ Units updated together form a `UnitGroup` (no weight is shared by two of its uni
 `ENorm.describe()` lists them.
 """
 
-from .balance import ENorm, balance_cycle, rescale_, unit_factors, unit_norms
+from .balance import ENorm, Wave, balance_cycle, unit_factors, unit_norms, waves
 from .graph import Piece, UnitGroup, describe_groups, find_unit_groups, unwrap
 
-__all__ = ["ENorm", "balance_cycle", "rescale_", "unit_factors", "unit_norms", "UnitGroup",
+__all__ = ["ENorm", "Wave", "balance_cycle", "waves", "unit_factors", "unit_norms", "UnitGroup",
            "Piece", "find_unit_groups", "describe_groups", "unwrap"]

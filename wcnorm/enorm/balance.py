@@ -1,4 +1,13 @@
-"""The ENorm cycle: per-unit factors d = sqrt(r / (c l)) applied to weights and optimizer state."""
+"""The ENorm cycle: per-unit factors d = sqrt(r / (c l)) applied to weights and optimizer state.
+
+A cycle is a sequence of *waves*: groups whose factors are computed together, from the same
+weights. `sequential` order has one wave per group (Gauss-Seidel), `jacobi` a single wave of
+all groups. A wave costs a fixed handful of tensor ops plus about two per piece: the squared
+norms of all its slices go into one vector, one `index_add_` sums them per unit, one gather
+hands every slice its factors, and one `_foreach_mul_` (and `_foreach_div_` for the optimizer
+state) rescales every slice. The cycle is launch-bound, not FLOP-bound (it reads each weight
+once), so the number of ops is what its time on a GPU follows.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +16,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .cudagraph import CycleGraph
 from .graph import Piece, UnitGroup, describe_groups, find_unit_groups, is_attention, unwrap
 
 ORDERS = ("sequential", "jacobi")
@@ -33,70 +43,134 @@ def _take(p: Piece, t: Tensor) -> Tensor:
     return t.index_select(_dim(p, t), p.index)
 
 
-def _accumulate_(p: Piece, out: Tensor, bias_in_norm: bool) -> None:
-    """out[unit] += omega * (squared norm of the piece's slice of each unit)."""
-    sq = None
-    for t in (p.param, p.bias if bias_in_norm else None):
-        if t is not None:
-            x = _take(p, t).to(out.dtype).square()
-            s = x.sum([i for i in range(x.ndim) if i != _dim(p, t)]) if x.ndim > 1 else x
-            sq = s if sq is None else sq + s
-    if p.start is not None:
-        out.narrow(0, p.u0, p.n // p.rep).add_(sq.view(-1, p.rep).sum(1), alpha=p.omega)
-    else:
-        out.index_add_(0, p.units, sq, alpha=p.omega)
+def _norms(x: Tensor, dim: int, dtype: torch.dtype) -> Tensor:
+    """L2 norm of a slice at each index along `dim` (one kernel; squared after the cat)."""
+    x = x if x.dtype == dtype else x.to(dtype)
+    if x.ndim == 1:
+        return x.abs()
+    return torch.linalg.vector_norm(x, dim=[i for i in range(x.ndim) if i != dim])
 
 
-def _expand(p: Piece, f: Tensor) -> Tensor:
-    """Per-unit factors -> one factor per index of the piece."""
-    if p.start is None:
-        return f.index_select(0, p.units)
-    f = f.narrow(0, p.u0, p.n // p.rep)
-    return f.repeat_interleave(p.rep) if p.rep > 1 else f
+def _broadcast(f: Tensor, t: Tensor, dim: int) -> Tensor:
+    f = f if f.dtype == t.dtype else f.to(t.dtype)
+    return f.view([-1 if i == dim else 1 for i in range(t.ndim)])
 
 
-def rescale_(p: Piece, t: Tensor, f: Tensor) -> None:
-    """t[piece] *= f, in place (f: one factor per index along the piece's dim)."""
+def _queue(p: Piece, t: Tensor, f: Tensor, batch, op, view: Tensor | None = None) -> None:
+    """Queue `t[piece] op= f` for a wave's _foreach_ call (`batch`: its slices and factors).
+    Scattered pieces have no view to write through: they are done at once."""
     dim = _dim(p, t)
-    f = f.to(t.dtype).view([-1 if i == dim else 1 for i in range(t.ndim)])
-    if p.start is not None:
-        t.narrow(dim, p.start, p.n).mul_(f)
+    f = _broadcast(f, t, dim)
+    if p.start is None:
+        t.index_copy_(dim, p.index, op(t.index_select(dim, p.index), f))
     else:
-        t.index_copy_(dim, p.index, t.index_select(dim, p.index).mul_(f))
-
-
-def unit_norms(g: UnitGroup, bias_in_norm: bool) -> tuple[Tensor, Tensor]:
-    """c-weighted squared norms of every unit's incoming (l^2) and outgoing (r^2) weights."""
-    w = g.incoming[0].param
-    l2 = torch.zeros(g.n, dtype=_acc(w), device=w.device)
-    r2 = torch.zeros_like(l2)
-    for p in g.incoming:
-        _accumulate_(p, l2, bias_in_norm)
-    for p in g.outgoing:
-        _accumulate_(p, r2, bias_in_norm)
-    return l2, r2
+        batch[0].append(view if view is not None else t.narrow(dim, p.start, p.n))
+        batch[1].append(f)
 
 
 def unit_factors(l2: Tensor, r2: Tensor, c: float, eps: float) -> Tensor:
-    """d = sqrt(r / (c l)); 1 for a dead unit (l or r below eps), so no inf/NaN ever."""
-    ok = (l2 > eps * eps) & (r2 > eps * eps)
-    d = (r2 / l2.clamp_min(eps * eps)).pow(0.25).mul_(c**-0.5)
-    return torch.where(ok, d, torch.ones_like(d))
+    """d = sqrt(r / (c l)); 1 for a dead unit (l or r below eps), so no inf/NaN ever
+    (a dead unit's 0/0 or x/0 is computed, then masked out)."""
+    ok = torch.minimum(l2, r2) > eps * eps
+    return torch.where(ok, torch.div(r2, l2).pow_(0.25).mul_(c**-0.5), 1.0)
 
 
-def rescale_group_(g: UnitGroup, d: Tensor, states) -> None:
-    """Incoming weights (and their biases) x d, outgoing x 1/d; optimizer state inversely."""
-    inv = d.reciprocal()
-    for p in (*g.incoming, *g.outgoing):
-        f = _expand(p, d if p.incoming else inv)
-        finv = None
-        for t in (p.param, p.bias):
-            if t is None:
-                continue
-            rescale_(p, t, f)
-            for s, power in states(t):
-                finv = 1 / f if finv is None else finv
-                rescale_(p, s, finv if power == 1 else finv.square())
+class Wave:
+    """Groups balanced together, from the same weights (one group, or all of them).
+
+    Index tensors are built on first use, on the weights' device, and again if the model
+    moves: `owner[j]` is the slot of index j of the concatenated pieces in the wave's
+    [l^2 | r^2] vector (incoming units first, outgoing units offset by n)."""
+
+    def __init__(self, groups: list[UnitGroup], bias_in_norm: bool):
+        self.groups, self.bias_in_norm = groups, bias_in_norm
+        self.n = sum(g.n for g in groups)
+        self.pieces, owners, omegas, u0 = [], [], [], 0
+        for g in groups:
+            for p in (*g.incoming, *g.outgoing):
+                units = (p.units.tolist() if p.start is None else
+                         [p.u0 + i // p.rep for i in range(p.n)])
+                self.pieces.append(p)
+                owners.append([u0 + u + (0 if p.incoming else self.n) for u in units])
+                omegas.append(p.omega)
+            u0 += g.n
+        # the norm terms: every piece's weights, and its bias where biases count in l
+        terms = [(k, p.param) for k, p in enumerate(self.pieces)]
+        if bias_in_norm:
+            terms += [(k, p.bias) for k, p in enumerate(self.pieces) if p.bias is not None]
+        self.terms = [(self.pieces[k], t) for k, t in terms]
+        self._owner = [i for k, _ in terms for i in owners[k]]
+        self._omega = [omegas[k] for k, _ in terms for _ in owners[k]]
+        self._piece_owner = [i for o in owners for i in o]
+        self.sizes = [p.n for p in self.pieces]
+        self._key = None
+
+    def _ready(self) -> None:
+        w = self.pieces[0].param
+        if (w.device, w.dtype) == self._key:
+            return
+        device, dtype = w.device, _acc(w)
+        self.owner = torch.tensor(self._owner, dtype=torch.long, device=device)
+        self.piece_owner = (self.owner if len(self._piece_owner) == len(self._owner)
+                            else torch.tensor(self._piece_owner, dtype=torch.long, device=device))
+        self.omega = (None if all(o == 1.0 for o in self._omega)
+                      else torch.tensor(self._omega, dtype=dtype, device=device))
+        for p in self.pieces:
+            if p.start is None and p.index.device != device:
+                p.index, p.units = p.index.to(device), p.units.to(device)
+        self.dtype, self._key = dtype, (w.device, w.dtype)
+
+    def slices(self) -> list[Tensor]:
+        """The norm terms' slices: views for contiguous pieces, copies for scattered ones."""
+        self._ready()
+        return [_take(p, t) for p, t in self.terms]
+
+    def norms(self, slices: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """c-weighted squared norms of every unit's incoming (l^2) and outgoing (r^2) weights."""
+        slices = self.slices() if slices is None else slices
+        dtype = self.dtype
+        sq = torch.cat([_norms(x, _dim(p, t), dtype) for x, (p, t) in zip(slices, self.terms)]).square_()
+        if self.omega is not None:
+            sq = sq.mul_(self.omega)
+        lr = torch.zeros(2 * self.n, dtype=dtype, device=sq.device).index_add_(0, self.owner, sq)
+        return lr[: self.n], lr[self.n :]
+
+    def rescale_(self, d: Tensor, states, slices: list[Tensor] | None = None) -> None:
+        """Incoming weights (and their biases) x d, outgoing x 1/d; optimizer state inversely.
+        `slices`: the weights' slices from `slices()` (the first len(pieces) terms), reused."""
+        self._ready()
+        f = torch.cat([d, d.reciprocal()]).index_select(0, self.piece_owner)
+        per_piece = {1: f.split(self.sizes)}  # factor powers: weights x f, state / f or / f^2
+        mul, div = ([], []), ([], [])  # (slices, factors) for one _foreach_ call each
+        for k, p in enumerate(self.pieces):
+            for t in (p.param, p.bias):
+                if t is None:
+                    continue
+                view = slices[k] if slices is not None and t is p.param else None
+                _queue(p, t, per_piece[1][k], mul, Tensor.mul_, view)
+                for s, power in states(t):
+                    if power not in per_piece:
+                        per_piece[power] = f.pow(power).split(self.sizes)
+                    _queue(p, s, per_piece[power][k], div, Tensor.div_)
+        for (ts, fs), op in ((mul, torch._foreach_mul_), (div, torch._foreach_div_)):
+            if ts:
+                op(ts, fs)
+
+    def step(self, c: float, eps: float, states) -> None:
+        slices = self.slices()
+        self.rescale_(unit_factors(*self.norms(slices), c, eps), states, slices)
+
+
+def waves(groups: list[UnitGroup], order: str, bias_in_norm: bool) -> list[Wave]:
+    """The cycle's waves: one per group in order (sequential), or one of all (jacobi)."""
+    if order not in ORDERS:
+        raise ValueError(f"ENorm: order={order!r}; choose one of {ORDERS}")
+    return [Wave(groups, bias_in_norm)] if order == "jacobi" else [Wave([g], bias_in_norm) for g in groups]
+
+
+def unit_norms(g: UnitGroup, bias_in_norm: bool) -> tuple[Tensor, Tensor]:
+    """c-weighted squared norms of one group's incoming (l^2) and outgoing (r^2) weights."""
+    return Wave([g], bias_in_norm).norms()
 
 
 def balance_cycle(groups: list[UnitGroup], *, c: float = 1.0, order: str = "sequential",
@@ -105,14 +179,10 @@ def balance_cycle(groups: list[UnitGroup], *, c: float = 1.0, order: str = "sequ
 
     sequential: Gauss-Seidel, groups input -> output, each from the already updated weights
     (exact block coordinate descent: the objective never increases). jacobi: every factor from
-    the weights at the start of the cycle (the official code). Same fixed point."""
-    if order == "jacobi":
-        ds = [unit_factors(*unit_norms(g, bias_in_norm), c, eps) for g in groups]
-        for g, d in zip(groups, ds):
-            rescale_group_(g, d, states)
-    else:
-        for g in groups:
-            rescale_group_(g, unit_factors(*unit_norms(g, bias_in_norm), c, eps), states)
+    the weights at the start of the cycle (the official code). Same fixed point.
+    `ENorm.step` does the same with its waves built once."""
+    for w in waves(groups, order, bias_in_norm):
+        w.step(c, eps, states)
 
 
 class ENorm:
@@ -127,6 +197,8 @@ class ENorm:
     `bias_in_norm` counts biases in l; `attention` balances q/k and v/proj; `eps`: a unit
     whose l or r is below it keeps d = 1. Optimizer state (SGD, Adam, AdamW) is rescaled
     with the weights: a weight x f has its momentum / exp_avg x 1/f, exp_avg_sq x 1/f^2.
+    `cuda_graph=True` replays the cycle as one CUDA graph when the weights are on a GPU
+    (see `wcnorm.enorm.cudagraph`; on CPU the option changes nothing).
 
     Depth, for `c`: the objective is sum_k c^(-2 k) ||W_k||^2, k the depth of a layer =
     the number of Conv/Linear (and, with bn="fold", norm) layers on the longest path from
@@ -142,14 +214,14 @@ class ENorm:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
                  c: float = 1.0, order: str = "sequential", balance_last: bool = True,
                  bn: str = "ignore", bias_in_norm: bool = False, attention: bool = False,
-                 eps: float = 1e-12):
+                 eps: float = 1e-12, cuda_graph: bool = False):
         if not c > 0:
             raise ValueError(f"ENorm: c must be > 0, got {c}")
         if order not in ORDERS:
             raise ValueError(f"ENorm: order={order!r}; choose one of {ORDERS}")
         self.c, self.order, self.bias_in_norm, self.eps = float(c), order, bias_in_norm, eps
         self.options = dict(c=c, order=order, balance_last=balance_last, bn=bn,
-                            bias_in_norm=bias_in_norm, attention=attention)
+                            bias_in_norm=bias_in_norm, attention=attention, cuda_graph=cuda_graph)
         self.optimizer, self._powers = optimizer, ()
         if optimizer is not None:
             kind = next((k for k in STATE_POWERS if type(optimizer) is k), None)
@@ -179,6 +251,12 @@ class ENorm:
                 if bias_in_norm and p.bias is not None:
                     terms[id(p.bias)] = (p.bias, w)
         self._terms = list(terms.values())
+        self.waves = waves(self.groups, order, bias_in_norm)  # built once: index tensors are reused
+        self._all = self.waves[0] if order == "jacobi" else Wave(self.groups, bias_in_norm)
+        touched = {id(t): t for g in self.groups for p in (*g.incoming, *g.outgoing)
+                   for t in (p.param, p.bias) if t is not None}
+        self._touched = list(touched.values())
+        self.graph = CycleGraph(self._cycle, self._tensors) if cuda_graph else None
 
     def _nothing_message(self, net: nn.Module) -> str:
         why = "; ".join(f"{n} x {r}" for r, n in self.excluded.most_common(6)) or "no Conv/Linear layers"
@@ -198,12 +276,20 @@ class ENorm:
         return [(st[k], pw) for k, pw in self._powers
                 if isinstance(st.get(k), Tensor) and st[k].shape == t.shape]
 
+    def _tensors(self) -> list[Tensor]:
+        """Every tensor a cycle reads or writes: the weights and their optimizer state."""
+        return [x for t in self._touched for x in (t, *(s for s, _ in self._states(t)))]
+
+    def _cycle(self) -> None:
+        for w in self.waves:
+            w.step(self.c, self.eps, self._states)
+
     @torch.no_grad()
     def step(self, cycles: int = 1) -> None:
         """Run `cycles` balancing cycles, in place, on the model's parameters."""
+        graphed = self.graph is not None and self._touched[0].is_cuda
         for _ in range(cycles):
-            balance_cycle(self.groups, c=self.c, order=self.order, bias_in_norm=self.bias_in_norm,
-                          eps=self.eps, states=self._states)
+            (self.graph if graphed else self._cycle)()
 
     @torch.no_grad()
     def objective(self) -> Tensor:
@@ -213,15 +299,11 @@ class ENorm:
     @torch.no_grad()
     def imbalance(self) -> tuple[Tensor, Tensor]:
         """Mean and max over balanced (non-dead) units of |log(r / (c l))| (0 when balanced)."""
-        logs, oks = [], []
-        for g in self.groups:
-            l2, r2 = unit_norms(g, self.bias_in_norm)
-            ok = (l2 > self.eps**2) & (r2 > self.eps**2)
-            x = (0.5 * (r2.clamp_min(self.eps**2).log() - l2.clamp_min(self.eps**2).log())
-                 - math.log(self.c)).abs()
-            logs.append(torch.where(ok, x, torch.zeros_like(x)))
-            oks.append(ok)
-        x, ok = torch.cat(logs), torch.cat(oks)
+        l2, r2 = self._all.norms()
+        ok = (l2 > self.eps**2) & (r2 > self.eps**2)
+        x = (0.5 * (r2.clamp_min(self.eps**2).log() - l2.clamp_min(self.eps**2).log())
+             - math.log(self.c)).abs()
+        x = torch.where(ok, x, torch.zeros_like(x))
         return x.sum() / ok.sum().clamp_min(1), x.max()
 
     @property
