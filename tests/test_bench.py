@@ -48,7 +48,8 @@ def test_tiny_end_to_end(tmp_path, capsys):
             assert math.isfinite(value) and value > 0, r
     metrics = {(r["part"], r["metric"]) for r in rows}
     assert {("throughput", "images_per_s"), ("throughput", "speedup"), ("wc", "wc_over_bn"),
-            ("enorm", "cycle_over_step"), ("mfu", "achieved"), ("mfu", "mfu")} <= metrics
+            ("enorm", "cycle_over_step"), ("enorm", "ops_per_cycle"), ("throughput", "epoch_s"),
+            ("mfu", "achieved"), ("mfu", "mfu")} <= metrics
     assert "wcnorm/reference" in capsys.readouterr().out  # the table was printed
 
 
@@ -106,3 +107,19 @@ def test_peaks_and_slugs():
     assert bench.slug("cpu").startswith("cpu-")
     assert bench.parse_spec("resnet18@224", 32) == ("resnet18", 224)
     assert bench.parse_spec("vit", 32) == ("vit", 32)
+
+
+def test_op_counter_counts_launches_not_views():
+    a, b = torch.ones(3, 4), torch.ones(5)
+    with bench.OpCounter() as counter:
+        c = a + 1                       # 1
+        c.view(-1).narrow(0, 0, 2)      # views: 0
+        torch._foreach_mul_([a, b], 2)  # one per tensor: 2
+        a.t().sum()                     # 1
+    assert counter.ops == 4
+
+
+def test_enorm_part_reports_ops_per_cycle():
+    r = bench.enorm_overhead("enorm_fc", MICRO, "cpu")
+    # a 3-layer chain: 2 waves, each a fixed handful of ops plus a few per piece
+    assert 0 < r["ops"] < 200

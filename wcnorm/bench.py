@@ -7,7 +7,9 @@ Four parts, all in one process, on synthetic uint8 images (nothing is downloaded
   fused optimizer on CUDA, optionally torch.compile) against a plain torchvision-style
   loop (DataLoader + per-sample CPU transforms, fp32, plain SGD), same model and batch;
 * wc: step time of BN+WC over step time of BN (ResNet-18), interleaved repeats;
-* enorm: time of one ENorm cycle over time of one training step (no BN, and BN+ENorm);
+* enorm: time of one ENorm cycle over time of one training step (no BN, and BN+ENorm), and
+  the number of tensor ops one cycle dispatches (device-independent: what its time on a
+  GPU follows, since the cycle reads each weight once and is launch-bound);
 * mfu: FLOPs of the training step (FlopCounterMode, forward + backward) per second of
   wcnorm's step, over the device's dense bf16 peak.
 
@@ -31,10 +33,12 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -42,6 +46,7 @@ from .outputs import device_name
 
 PARTS = ("throughput", "wc", "enorm", "mfu")
 NUM_CLASSES, PAD = 10, 4
+CIFAR_TRAIN = 50_000  # images in a CIFAR-10 training epoch (the epoch-time figure)
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 # The runner's SGD, except lr: no timing depends on it, and a small one keeps the no-BN
 # nets finite over hundreds of steps on random labels (inf/NaN or denormals skew CPU times).
@@ -164,6 +169,27 @@ def peak_memory(device):
         done.set()
         thread.join()
         out.update(mib=max(0.0, max(peak[0], _rss()) - base) / 2**20, how="CPU peak RSS delta (sampled)")
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the tensor ops dispatched inside the block, views excluded (they launch
+    nothing); a `_foreach_` call counts once per tensor of its list, as un-fused launches."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view:
+            name = func.overloadpacket.__name__
+            self.ops += len(args[0]) if name.startswith("_foreach_") else 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(fn) -> int:
+    with OpCounter() as counter:
+        fn()
+    return counter.ops
 
 
 # ----------------------------------------------------------------------------- data
@@ -415,16 +441,20 @@ def enorm_overhead(spec: str, plan: Plan, device, *, norm: str = "enorm", compil
                                options=plan.options.get(name))
     enorm = ENorm(trainer.model, trainer.optimizer, c=1.0)
     step = _fixed_step(trainer)
-
-    def both():
-        step()
-        enorm.step()
-
-    t = time_step({"step": step, "cycle": enorm.step, "both": both}, warmup=plan.warmup,
-                  repeats=plan.repeats, steps=plan.steps, device=device)
-    return {"ratio": median_ratio(t["cycle"], t["step"]), "loop_ratio": median_ratio(t["both"], t["step"]),
-            "step_ms": 1e3 * statistics.median(t["step"]), "cycle_ms": 1e3 * statistics.median(t["cycle"]),
-            "groups": len(enorm.groups), "units": enorm.num_units, "batch": plan.overhead_batch, "px": px}
+    fns = {"step": step, "cycle": enorm.step, "both": lambda: (step(), enorm.step())}
+    if torch.device(device).type == "cuda":  # the same cycle replayed as one CUDA graph
+        graphed = ENorm(trainer.model, trainer.optimizer, c=1.0, cuda_graph=True)
+        fns.update(cycle_graph=graphed.step, both_graph=lambda: (step(), graphed.step()))
+    t = time_step(fns, warmup=plan.warmup, repeats=plan.repeats, steps=plan.steps, device=device)
+    out = {"ratio": median_ratio(t["cycle"], t["step"]), "loop_ratio": median_ratio(t["both"], t["step"]),
+           "ops": count_ops(enorm.step),
+           "step_ms": 1e3 * statistics.median(t["step"]), "cycle_ms": 1e3 * statistics.median(t["cycle"]),
+           "groups": len(enorm.groups), "units": enorm.num_units, "batch": plan.overhead_batch, "px": px}
+    if "cycle_graph" in t:
+        out.update(graph_ratio=median_ratio(t["cycle_graph"], t["step"]),
+                   graph_loop_ratio=median_ratio(t["both_graph"], t["step"]),
+                   graph_ms=1e3 * statistics.median(t["cycle_graph"]))
+    return out
 
 
 # ----------------------------------------------------------------------------- the command
@@ -467,6 +497,10 @@ def run_throughput(args, plan, device, cache) -> list[dict]:
             rows += [_row("throughput", spec, r["setup"], r["px"], r["batch"], "images_per_s", r["images_per_s"], "img/s", note),
                      _row("throughput", spec, r["setup"], r["px"], r["batch"], "step_ms", 1e3 * r["step_s"], "ms", note),
                      _row("throughput", spec, r["setup"], r["px"], r["batch"], "peak_mem", r["mem_mib"], "MiB", r["mem_how"])]
+            if r["px"] <= 64:
+                rows.append(_row("throughput", spec, r["setup"], r["px"], r["batch"], "epoch_s",
+                                 CIFAR_TRAIN / r["images_per_s"], "s",
+                                 f"{CIFAR_TRAIN} training images at this rate (a CIFAR-10 epoch, no eval)"))
         if ref and ours:
             rows.append(_row("throughput", spec, "wcnorm/reference", ours["px"], ours["batch"], "speedup",
                              ours["images_per_s"] / ref["images_per_s"], "x"))
@@ -490,10 +524,16 @@ def run_enorm(args, plan, device, cache) -> list[dict]:
             r = enorm_overhead(spec, plan, device, norm=norm, compile=args.compile)
             _free(device)
             setup, note = f"norm={norm}, every step", f"{r['groups']} groups, {r['units']} units"
-            rows += [_row("enorm", spec, setup, r["px"], r["batch"], "step_ms", r["step_ms"], "ms"),
-                     _row("enorm", spec, setup, r["px"], r["batch"], "cycle_ms", r["cycle_ms"], "ms", note),
-                     _row("enorm", spec, setup, r["px"], r["batch"], "cycle_over_step", r["ratio"], "x"),
-                     _row("enorm", spec, setup, r["px"], r["batch"], "step_with_cycle_over_step", r["loop_ratio"], "x")]
+            row = partial(_row, "enorm", spec, setup, r["px"], r["batch"])
+            rows += [row("step_ms", r["step_ms"], "ms"),
+                     row("cycle_ms", r["cycle_ms"], "ms", note),
+                     row("cycle_over_step", r["ratio"], "x"),
+                     row("ops_per_cycle", r["ops"], "ops", "tensor ops dispatched, views excluded, _foreach_ per tensor"),
+                     row("step_with_cycle_over_step", r["loop_ratio"], "x")]
+            if "graph_ms" in r:
+                rows += [row("cycle_graph_ms", r["graph_ms"], "ms", "cuda_graph=True: the cycle as one graph"),
+                         row("cycle_graph_over_step", r["graph_ratio"], "x"),
+                         row("step_with_cycle_graph_over_step", r["graph_loop_ratio"], "x")]
     return rows
 
 
