@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 RUNS   ?= runs
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast demo lint tables bench clean
+.PHONY: help setup test test-fast demo lint tables bench wheels device-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,6 +36,18 @@ tables: setup ## regenerate every table, plot and claims file in results/ from $
 
 bench: setup ## throughput and overhead figures -> results/bench/
 	$(BIN)/wcnorm bench
+
+# Pure-Python wheels of what a GPU machine with PyTorch but no package index lacks,
+# at the versions .venv runs; scripts/device_check.sh installs them from .whl/.
+wheels: setup ## .whl/: Hydra and OmegaConf wheels for an offline GPU machine
+	rm -rf .whl && mkdir -p .whl
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: -d .whl \
+		"hydra-core==$$($(BIN)/python -c 'import hydra; print(hydra.__version__)')" \
+		"omegaconf==$$($(BIN)/python -c 'import omegaconf; print(omegaconf.__version__)')"
+	$(BIN)/python -m pip wheel -q --no-deps -w .whl "antlr4-python3-runtime==4.9.3"
+
+device-check: ## on a CUDA machine: GPU tests, `wcnorm bench --size gpu`, a real-size epoch -> results/device-check/
+	bash scripts/device_check.sh
 
 clean: ## remove caches (keeps .venv and runs/)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

@@ -589,3 +589,37 @@ def test_cuda_graph_option_is_plain_eager_off_the_gpu():
         assert torch.equal(p, q)
     assert graphed.graph is not None and graphed.graph.captures == 0
     assert "cuda_graph=True" in graphed.describe()
+
+
+def test_cycle_graph_warms_up_captures_replays_and_recaptures(monkeypatch):
+    """CycleGraph's bookkeeping with CUDA stubbed out: `warmup` eager cycles, one capture,
+    replays while the tensors stay put, and the same again after one is reallocated."""
+    import contextlib
+
+    from wcnorm.enorm.cudagraph import CycleGraph
+
+    log, ptr = [], [1000]
+
+    class FakeGraph:
+        def replay(self):
+            log.append("replay")
+
+    @contextlib.contextmanager
+    def capture(graph, **kw):
+        log.append("capture")
+        yield
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", capture)
+    monkeypatch.setattr(CycleGraph, "_on_side_stream", lambda self, fn: (log.append("eager"), fn()))
+    tensor = type("T", (), {"data_ptr": lambda self: ptr[0]})()
+    graph = CycleGraph(lambda: log.append("cycle"), lambda: [tensor], warmup=2)
+    for _ in range(4):
+        graph()
+    assert log == ["eager", "cycle", "eager", "cycle", "capture", "cycle", "replay", "replay"]
+    log.clear()
+    ptr[0] = 2000  # e.g. the optimizer state was loaded from a checkpoint
+    for _ in range(3):
+        graph()
+    assert log == ["eager", "cycle", "eager", "cycle", "capture", "cycle", "replay"]
+    assert graph.captures == 2

@@ -5,8 +5,8 @@ weights. `sequential` order has one wave per group (Gauss-Seidel), `jacobi` a si
 all groups. A wave costs a fixed handful of tensor ops plus about two per piece: the squared
 norms of all its slices go into one vector, one `index_add_` sums them per unit, one gather
 hands every slice its factors, and one `_foreach_mul_` (and `_foreach_div_` for the optimizer
-state) rescales every slice. The cycle is launch-bound, not FLOP-bound (it reads each weight
-once), so the number of ops is what its time on a GPU follows.
+state) rescales every slice. The cycle reads each weight once: on a GPU its many small
+kernels make it launch-bound, so the number of ops is what counts (`wcnorm bench` reports it).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The ENorm cycle replayed as one CUDA graph.
 
 A cycle is a few hundred (ResNet-18) to a few thousand (DenseNet-121) small kernels that
-read each weight once: on a GPU its time is the host's time to launch them, not the
-device's to run them. Captured once into a `torch.cuda.CUDAGraph`, the whole cycle is one
-launch. Capture records fixed addresses, so the graph is captured again whenever a weight
+read each weight once: on a GPU its time is expected to be the host's time to launch
+them rather than the device's to run them. Captured once into a `torch.cuda.CUDAGraph`,
+the whole cycle is one launch. Capture records fixed addresses, so the graph is captured again whenever a weight
 or optimizer-state tensor is reallocated (an optimizer's first step creates its momentum
 buffers, `load_state_dict` replaces them, `model.to()` moves the weights); the cycles
 before each capture run eagerly, on a side stream, as the warm-up CUDA graphs want.
