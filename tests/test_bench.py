@@ -49,6 +49,7 @@ def test_tiny_end_to_end(tmp_path, capsys):
     metrics = {(r["part"], r["metric"]) for r in rows}
     assert {("throughput", "images_per_s"), ("throughput", "speedup"), ("wc", "wc_over_bn"),
             ("enorm", "cycle_over_step"), ("enorm", "ops_per_cycle"), ("throughput", "epoch_s"),
+            ("wc", "bn_ops_per_step"), ("wc", "wc_ops_per_step"),
             ("mfu", "achieved"), ("mfu", "mfu")} <= metrics
     assert "wcnorm/reference" in capsys.readouterr().out  # the table was printed
 

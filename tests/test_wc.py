@@ -142,6 +142,54 @@ def test_gradient_orthogonal_to_row(shape):
     assert (V.grad.reshape(shape[0], -1) * v).sum(1).abs().max() > 1e-3
 
 
+def _row_reference(W, eps=1e-8):
+    """The definition through plain autograd: W_i / max(||W_i||_2, eps)."""
+    n = torch.linalg.vector_norm(W.reshape(W.shape[0], -1), dim=1).clamp_min(eps)
+    return W / n.view(-1, *[1] * (W.ndim - 1))
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (4, 3, 3, 3)])
+def test_fused_row_equilibration_matches_autograd_to_second_order(shape):
+    """The default (row, p = 2) runs a hand-written backward: its value, gradient and
+    Hessian-vector products equal autograd's through the definition, dead rows and rows
+    below the eps floor included (float64, gradcheck and gradgradcheck)."""
+    torch.manual_seed(0)
+    W = torch.randn(*shape, dtype=torch.float64)
+    W[1] = 0.0        # a dead row
+    W[2] *= 1e-10     # a row below eps: its scale is the constant 1 / eps
+    W.requires_grad_(True)
+    G, V = torch.randn_like(W), torch.randn_like(W)
+    fused = WeightConditioning()
+    torch.testing.assert_close(fused(W), _row_reference(W), rtol=1e-14, atol=0)
+    for f in (fused, _row_reference):
+        (g,) = torch.autograd.grad((f(W) * G).sum(), W, create_graph=True)
+        (hv,) = torch.autograd.grad((g * V).sum(), W)
+        if f is fused:
+            g_fused, hv_fused = g.detach(), hv
+    torch.testing.assert_close(g_fused, g.detach(), rtol=1e-12, atol=1e-300)
+    # autograd's second derivative of a norm at zero is 0/0; the fused one stays finite
+    assert torch.isfinite(hv_fused).all() and not torch.isfinite(hv[1]).all()
+    live = [i for i in range(shape[0]) if i != 1]
+    torch.testing.assert_close(hv_fused[live], hv[live], rtol=1e-10, atol=1e-12 * hv[live].abs().max().item())
+    # finite differences need every row away from the eps kink
+    W0 = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(fused, (W0,)) and torch.autograd.gradgradcheck(fused, (W0,))
+
+
+def test_fused_row_equilibration_keeps_channels_last_and_launches_fewer_ops():
+    from wcnorm.bench import OpCounter
+
+    W = torch.randn(8, 4, 3, 3).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    out = WeightConditioning()(W)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    counts = []
+    for f in (WeightConditioning(), _row_reference):
+        with OpCounter() as c:
+            f(W).square().sum().backward()
+        counts.append(c.ops)
+    assert counts[0] < counts[1]
+
+
 def test_row_p2_equals_weight_norm_with_unit_gain():
     torch.manual_seed(0)
     a, b = nn.Linear(6, 4).double(), nn.Conv2d(3, 4, 3).double()

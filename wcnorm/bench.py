@@ -6,7 +6,8 @@ Four parts, all in one process, on synthetic uint8 images (nothing is downloaded
   `Trainer.train_step` with the runner's settings: bf16 autocast, channels_last and a
   fused optimizer on CUDA, optionally torch.compile) against a plain torchvision-style
   loop (DataLoader + per-sample CPU transforms, fp32, plain SGD), same model and batch;
-* wc: step time of BN+WC over step time of BN (ResNet-18), interleaved repeats;
+* wc: step time of BN+WC over step time of BN (ResNet-18), interleaved repeats, and the
+  tensor ops each step dispatches;
 * enorm: time of one ENorm cycle over time of one training step (no BN, and BN+ENorm), and
   the number of tensor ops one cycle dispatches (device-independent: what its time on a
   GPU follows, since the cycle reads each weight once and is launch-bound);
@@ -47,6 +48,7 @@ from .outputs import device_name
 PARTS = ("throughput", "wc", "enorm", "mfu")
 NUM_CLASSES, PAD = 10, 4
 CIFAR_TRAIN = 50_000  # images in a CIFAR-10 training epoch (the epoch-time figure)
+OPS_NOTE = "tensor ops dispatched, views excluded, _foreach_ per tensor"
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 # The runner's SGD, except lr: no timing depends on it, and a small one keeps the no-BN
 # nets finite over hundreds of steps on random labels (inf/NaN or denormals skew CPU times).
@@ -425,7 +427,8 @@ def wc_overhead(spec: str, plan: Plan, device, *, compile: bool = False) -> dict
              for w in ("none", "wc")}
     t = time_step(steps, warmup=plan.warmup, repeats=plan.repeats, steps=plan.steps, device=device)
     return {"ratio": median_ratio(t["wc"], t["none"]), "bn_ms": 1e3 * statistics.median(t["none"]),
-            "wc_ms": 1e3 * statistics.median(t["wc"]), "batch": plan.overhead_batch, "px": px}
+            "wc_ms": 1e3 * statistics.median(t["wc"]), "batch": plan.overhead_batch, "px": px,
+            "bn_ops": count_ops(steps["none"]), "wc_ops": count_ops(steps["wc"])}
 
 
 def enorm_overhead(spec: str, plan: Plan, device, *, norm: str = "enorm", compile: bool = False) -> dict:
@@ -514,7 +517,9 @@ def run_wc(args, plan, device, cache) -> list[dict]:
     setup = "BN+WC vs BN, fixed batch, interleaved"
     return [_row("wc", spec, setup, r["px"], r["batch"], "bn_step_ms", r["bn_ms"], "ms"),
             _row("wc", spec, setup, r["px"], r["batch"], "wc_step_ms", r["wc_ms"], "ms"),
-            _row("wc", spec, setup, r["px"], r["batch"], "wc_over_bn", r["ratio"], "x")]
+            _row("wc", spec, setup, r["px"], r["batch"], "wc_over_bn", r["ratio"], "x"),
+            _row("wc", spec, setup, r["px"], r["batch"], "bn_ops_per_step", r["bn_ops"], "ops", OPS_NOTE),
+            _row("wc", spec, setup, r["px"], r["batch"], "wc_ops_per_step", r["wc_ops"], "ops", OPS_NOTE)]
 
 
 def run_enorm(args, plan, device, cache) -> list[dict]:
@@ -528,7 +533,7 @@ def run_enorm(args, plan, device, cache) -> list[dict]:
             rows += [row("step_ms", r["step_ms"], "ms"),
                      row("cycle_ms", r["cycle_ms"], "ms", note),
                      row("cycle_over_step", r["ratio"], "x"),
-                     row("ops_per_cycle", r["ops"], "ops", "tensor ops dispatched, views excluded, _foreach_ per tensor"),
+                     row("ops_per_cycle", r["ops"], "ops", OPS_NOTE),
                      row("step_with_cycle_over_step", r["loop_ratio"], "x")]
             if "graph_ms" in r:
                 rows += [row("cycle_graph_ms", r["graph_ms"], "ms", "cuda_graph=True: the cycle as one graph"),

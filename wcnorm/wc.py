@@ -101,7 +101,37 @@ def _scalings(W: Tensor, side: str, p: float, eps: float, iters: int, groups: in
     return left, right
 
 
+class _RowEquilibrate(torch.autograd.Function):
+    """W_i / max(||W_i||_2, eps) for every row i, with the backward written out.
+
+    The method's default runs on every forward of every layer, so its kernel count is
+    its cost on a GPU: 3 tensor ops forward and 9 backward, against 5 and 16 for autograd
+    through the generic formula. The gradient is the projection of G_i / n_i off the
+    unit row: (G_i - W_eff_i <G_i, W_eff_i>) / n_i; a row at the eps floor has a
+    constant scale, so there it is G_i / eps. Norms are taken over the weight's own dims,
+    so a channels_last kernel stays channels_last. The backward is built from tensor
+    ops on the input and output (the norm is recomputed, not saved), so double backward
+    (Hessian-vector products) is exact too."""
+
+    @staticmethod
+    def forward(ctx, W: Tensor, eps: float) -> Tensor:
+        out = W / torch.linalg.vector_norm(W, dim=tuple(range(1, W.ndim)), keepdim=True).clamp_min(eps)
+        ctx.save_for_backward(W, out)
+        ctx.eps = eps
+        return out
+
+    @staticmethod
+    def backward(ctx, G: Tensor):
+        W, out = ctx.saved_tensors
+        dims = tuple(range(1, W.ndim))
+        n = torch.linalg.vector_norm(W, dim=dims, keepdim=True)
+        s = torch.where(n > ctx.eps, (G * out).sum(dims, keepdim=True), 0.0)
+        return torch.addcmul(G, out, s, value=-1).div_(n.clamp_min(ctx.eps)), None
+
+
 def _condition(W: Tensor, side: str, p: float, eps: float, iters: int, groups: int, detach: bool) -> Tensor:
+    if side == "row" and p == 2.0 and not detach:  # the default: one fused function
+        return _RowEquilibrate.apply(W, eps)
     left, right = _scalings(W.detach() if detach else W, side, p, eps, iters, groups)
     A = _grouped(W, groups)
     A = A if left is None else A * left
