@@ -542,7 +542,8 @@ def _textbook_cycle(enorm, opt):
 @pytest.mark.parametrize("name, order, c, bias_in_norm", [
     ("small_cnn", "sequential", 1.2, False), ("small_cnn", "jacobi", 1.0, True),
     ("repeat", "sequential", 1.1, True), ("tiny_resnet_basic", "jacobi", 1.2, False),
-    ("tiny_resnet_bottleneck", "sequential", 1.0, False), ("tv_densenet", "sequential", 1.2, False)])
+    ("tiny_resnet_bottleneck", "sequential", 1.0, False), ("tiny_resnet_basic", "sequential", 1.2, True),
+    ("tv_densenet", "sequential", 1.2, False)])
 def test_packed_cycle_equals_the_textbook_loop(name, order, c, bias_in_norm):
     """The cycle's waves (one cat, one index_add_, one gather, _foreach_ updates) compute
     exactly the per-unit update d = sqrt(r / (c l)), weights, biases and momentum alike."""
@@ -623,3 +624,24 @@ def test_cycle_graph_warms_up_captures_replays_and_recaptures(monkeypatch):
         graph()
     assert log == ["eager", "cycle", "eager", "cycle", "capture", "cycle", "replay"]
     assert graph.captures == 2
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_levels_batch_only_groups_that_commute(name):
+    """Sequential waves: within a level no two groups share a weight, and two groups that
+    share one keep their order, so a cycle is Gauss-Seidel exactly (the textbook test
+    above checks the numbers); a ResNet's projection blocks put several groups in one."""
+    from wcnorm.enorm.balance import levels
+
+    model, _ = build(name)
+    groups = ENorm(model).groups
+    lv = levels(groups)
+    assert sorted(map(id, groups)) == sorted(id(g) for level in lv for g in level)  # each group once
+    where = {id(g): k for k, level in enumerate(lv) for g in level}
+    weights = [{id(p.param) for p in (*g.incoming, *g.outgoing)} for g in groups]
+    for i in range(len(groups)):
+        for j in range(i + 1, len(groups)):
+            if weights[i] & weights[j]:
+                assert where[id(groups[i])] < where[id(groups[j])]
+    if name == "tv_resnet18":
+        assert [len(level) for level in lv] == [1, 3, 1, 2, 1, 2, 1, 1]

@@ -1,8 +1,8 @@
 """The ENorm cycle: per-unit factors d = sqrt(r / (c l)) applied to weights and optimizer state.
 
 A cycle is a sequence of *waves*: groups whose factors are computed together, from the same
-weights. `sequential` order has one wave per group (Gauss-Seidel), `jacobi` a single wave of
-all groups. A wave costs a fixed handful of tensor ops plus about two per piece: the squared
+weights. `sequential` order (Gauss-Seidel) has one wave per level of groups that share no
+weight (see `levels`), `jacobi` a single wave of all groups. A wave costs a fixed handful of tensor ops plus about two per piece: the squared
 norms of all its slices go into one vector, one `index_add_` sums them per unit, one gather
 hands every slice its factors, and one `_foreach_mul_` (and `_foreach_div_` for the optimizer
 state) rescales every slice. The cycle reads each weight once: on a GPU its many small
@@ -161,11 +161,32 @@ class Wave:
         self.rescale_(unit_factors(*self.norms(slices), c, eps), states, slices)
 
 
+def levels(groups: list[UnitGroup]) -> list[list[UnitGroup]]:
+    """Groups in sequential order, batched without changing the result: two groups that
+    share no weight commute (neither changes the other's norms), so each group goes one
+    level after the last earlier group it shares a weight with, and a level's groups are
+    updated at once. Gauss-Seidel exactly, in fewer waves (ResNet-18: 12 groups, 8 levels;
+    in a DenseNet every group shares a weight with the one before)."""
+    level_of: dict[int, int] = {}  # weight -> level of the last group that touched it
+    out: list[list[UnitGroup]] = []
+    for g in groups:
+        touched = {id(p.param) for p in (*g.incoming, *g.outgoing)}
+        k = 1 + max((level_of.get(t, -1) for t in touched), default=-1)
+        for t in touched:
+            level_of[t] = k
+        if k == len(out):
+            out.append([])
+        out[k].append(g)
+    return out
+
+
 def waves(groups: list[UnitGroup], order: str, bias_in_norm: bool) -> list[Wave]:
-    """The cycle's waves: one per group in order (sequential), or one of all (jacobi)."""
+    """The cycle's waves: one per level of groups (sequential), or one of all (jacobi)."""
     if order not in ORDERS:
         raise ValueError(f"ENorm: order={order!r}; choose one of {ORDERS}")
-    return [Wave(groups, bias_in_norm)] if order == "jacobi" else [Wave([g], bias_in_norm) for g in groups]
+    if order == "jacobi":
+        return [Wave(groups, bias_in_norm)]
+    return [Wave(level, bias_in_norm) for level in levels(groups)]
 
 
 def unit_norms(g: UnitGroup, bias_in_norm: bool) -> tuple[Tensor, Tensor]:
