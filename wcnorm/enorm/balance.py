@@ -1,12 +1,14 @@
 """The ENorm cycle: per-unit factors d = sqrt(r / (c l)) applied to weights and optimizer state.
 
-A cycle is a sequence of *waves*: groups whose factors are computed together, from the same
-weights. `sequential` order (Gauss-Seidel) has one wave per level of groups that share no
-weight (see `levels`), `jacobi` a single wave of all groups. A wave costs a fixed handful of tensor ops plus about two per piece: the squared
-norms of all its slices go into one vector, one `index_add_` sums them per unit, one gather
-hands every slice its factors, and one `_foreach_mul_` (and `_foreach_div_` for the optimizer
-state) rescales every slice. The cycle reads each weight once: on a GPU its many small
-kernels make it launch-bound, so the number of ops is what counts (`wcnorm bench` reports it).
+A cycle is a sequence of *waves*: groups whose factors are computed together, from the
+same weights. `sequential` order (Gauss-Seidel) has one wave per level of groups that
+share no weight (see `levels`), `jacobi` a single wave of all groups. A wave costs a fixed
+handful of tensor ops plus about two per weight slice: the norms of all its slices go into
+one vector, one `index_add_` sums their squares per unit, one gather hands every slice its
+factors, and one `_foreach_mul_` (and `_foreach_div_` for the optimizer state) rescales
+every slice. The cycle reads each weight once, so on a GPU its many small kernels are
+expected to make it launch-bound: the number of ops is what counts (`wcnorm bench`
+reports it).
 """
 
 from __future__ import annotations
