@@ -124,3 +124,16 @@ def test_enorm_part_reports_ops_per_cycle():
     r = bench.enorm_overhead("enorm_fc", MICRO, "cpu")
     # a 3-layer chain: 2 waves, each a fixed handful of ops plus a few per piece
     assert 0 < r["ops"] < 200
+
+
+def test_a_run_cut_short_keeps_the_parts_it_measured(tmp_path, monkeypatch):
+    def killed(*args):
+        raise KeyboardInterrupt  # e.g. a time limit ends the run during the wc part
+
+    monkeypatch.setattr(bench, "run_wc", killed)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--size", "tiny", "--device", "cpu", "--only", "throughput,wc", "--out", str(tmp_path)])
+    (path,) = tmp_path.glob("*.csv")
+    with open(path) as f:
+        parts = {r["part"] for r in csv.DictReader(f)}
+    assert parts == {"throughput"}

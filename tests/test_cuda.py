@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 CUDA_RUN = ["trainer.device=cuda", "dataset.train_size=256", "dataset.test_size=64", "trainer.batch_size=64",
-            "trainer.limit_batches=null", "trainer.limit_eval_batches=null"]
+            "trainer.limit_batches=null", "trainer.limit_eval_batches=null", "optim.lr=0.01"]  # no-BN nets too
 
 
 def _sgd(model):

@@ -25,6 +25,7 @@ import argparse
 import csv
 import ctypes
 import gc
+import io
 import math
 import os
 import re
@@ -590,6 +591,17 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([line(cols), line(["-" * w for w in widths]), *map(line, cells)])
 
 
+def write_rows(path: Path, rows: list[dict]) -> None:
+    from .outputs import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, COLUMNS)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
 def main(argv: list[str] | None = None) -> int:
     from .errors import WcnormError
     from .train import resolve_device
@@ -621,18 +633,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{env['threads']} threads, size {env['size']}", flush=True)
     runners = {"throughput": run_throughput, "wc": run_wc, "enorm": run_enorm, "mfu": run_mfu}
     rows, cache = [], {}
+    out = Path(args.out) / f"{slug(device)}.csv"
     for part in (p for p in PARTS if p in parts):  # throughput before mfu: mfu reuses its timings
         t0 = time.perf_counter()
         new = runners[part](args, plan, device, cache)
-        rows += new
+        rows += [{**env, **r} for r in new]
+        write_rows(out, rows)  # after every part: a run cut short keeps what it measured
         print(f"{part}: {len(new)} figures in {time.perf_counter() - t0:.0f} s", flush=True)
-    rows = [{**env, **r} for r in rows]
     print(format_table(rows))
-    out = Path(args.out) / f"{slug(device)}.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        w = csv.DictWriter(f, COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
     print(f"wrote {out}")
     return 0
