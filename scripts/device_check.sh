@@ -4,22 +4,25 @@
 #   1. tests/test_cuda.py: the fast path (GPU data, bf16, channels_last, fused SGD, no host
 #      sync in the step loop, ENorm's CUDA graph, torch.compile) and the runner on the GPU;
 #   2. `wcnorm bench --size gpu`: throughput vs the plain loop, WC and ENorm overheads, MFU;
-#   3. a real-size epoch: ResNet-18, 50,000 CIFAR-size images, batch 512, through `wcnorm train`.
+#   3. a real-size epoch: ResNet-18, 50,000 CIFAR-size images, batch 512, through `wcnorm train`;
+#   (4. on request: the torch.compile tests, which compile cold.)
 #
 #     bash scripts/device_check.sh                 # all three, into $OUT (default results/device-check)
 #     bash scripts/device_check.sh bench epoch     # some of them
+#     bash scripts/device_check.sh compile         # the torch.compile tests (cold compiles: minutes)
 #
-# Each phase has its own time limit (seconds: TESTS_S, BENCH_S, EPOCH_S), so the whole
-# script ends within about nine minutes (under one 600 s device call). Python packages that the machine lacks (Hydra,
-# OmegaConf) are installed from .whl/ if present: `make wheels` fills it on a machine with
-# the package index. wcnorm itself is installed into a scratch folder, so its configs
-# resolve as they do for users.
+# Each phase has its own time limit (seconds: TESTS_S, BENCH_S, EPOCH_S, COMPILE_S); the
+# default three end within about eight minutes. Python packages that the machine lacks
+# (Hydra, OmegaConf) are installed from .whl/ (git-ignored: copy it along), which `make
+# wheels` fills on a machine with the package index. wcnorm itself is installed afresh
+# into a scratch folder, so its configs resolve as they do for users.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-results/device-check}
 SITE=${SITE:-/tmp/wcnorm-site}
 PHASES=${*:-tests bench epoch}
+rm -rf "$SITE"  # pip --target never replaces what is there: a rerun must not test old code
 mkdir -p "$OUT" "$SITE"
 
 if ! "$PY" -c "import hydra, omegaconf" 2>/dev/null; then
@@ -30,12 +33,16 @@ fi
 export PYTHONPATH="$SITE" PYTHONUNBUFFERED=1
 # -P: the installed copy, not the source folder (which has no wcnorm.conf package)
 run() { "$PY" -P "$@"; }
+run -c "import hydra, omegaconf, yaml, packaging, tqdm, numpy, pandas, torchvision, pytest, wcnorm.conf" || {
+  echo "a package wcnorm needs is missing on this machine (see the import error above)"; exit 2; }
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   run -c "import torch, wcnorm; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'wcnorm', wcnorm.__version__)"
 } 2>&1 | tee "$OUT/device.txt"
 
-tests() { timeout "${TESTS_S:-180}" "$PY" -P -m pytest -q -m cuda -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT/cuda-tests.log"; }
+cuda_tests() { timeout "$1" "$PY" -P -m pytest -q -rs -p no:cacheprovider -m "$2" tests/test_cuda.py 2>&1 | tee "$OUT/$3"; }
+tests() { cuda_tests "${TESTS_S:-150}" "cuda and not slow" cuda-tests.log; }
+compile() { cuda_tests "${COMPILE_S:-420}" "cuda and slow" cuda-compile-tests.log; }
 bench() { timeout "${BENCH_S:-270}" "$PY" -P -m wcnorm bench --size gpu --out "$OUT" 2>&1 | tee "$OUT/bench.log"; }
 epoch() {
   local runs rc
@@ -52,8 +59,8 @@ status=0
 for phase in $PHASES; do
   echo "== $phase"
   case "$phase" in
-    tests|bench|epoch) "$phase" ;;
-    *) echo "unknown phase '$phase' (tests, bench, epoch)"; false ;;
+    tests|bench|epoch|compile) "$phase" ;;
+    *) echo "unknown phase '$phase' (tests, bench, epoch, compile)"; false ;;
   esac || { echo "== $phase: failed (exit $?)"; status=1; }
 done
 exit $status

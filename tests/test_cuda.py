@@ -59,14 +59,23 @@ def test_cycle_graph_replays_the_eager_cycle():
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * b.abs().max()), n
 
 
-@pytest.mark.parametrize("weight, enorm", [("none", False), ("wc", False), ("none", True)])
-def test_the_step_loop_never_waits_on_the_host(weight, enorm):
-    """Batches, bf16 forward/backward, fused SGD, the schedule and the ENorm cycle: after
-    warm-up, no step synchronises with the host (torch's sync debug mode raises if one does)."""
+@pytest.mark.parametrize("weight, enorm, store_on_device", [
+    ("none", False, True), ("wc", False, True), ("none", True, True), ("none", False, False)])
+def test_the_step_loop_never_waits_on_the_host(weight, enorm, store_on_device):
+    """Batches (GPU-resident or copied from pinned host memory), bf16 forward/backward,
+    fused SGD, the schedule and the ENorm cycle (as a CUDA graph): after warm-up, no step
+    synchronises with the host (torch's sync debug mode raises if one does)."""
     act = "none" if enorm else "bn"
     trainer, _ = build_trainer("resnet18", 32, batch=32, device="cuda", act_norm=act, weight=weight)
-    if enorm:
-        trainer.callbacks.append(ENormCallback(ENorm(trainer.model, trainer.optimizer, cuda_graph=True)))
+    if not store_on_device:
+        loader = trainer.train_loader
+        trainer.train_loader = ArrayLoader(synthetic(8 * 32, 32), 32, mean=(0.5,) * 3, std=(0.25,) * 3,
+                                           device="cuda", augment=True, channels_last=True,
+                                           store_on_device=False)
+        assert loader.x.is_cuda and not trainer.train_loader.x.is_cuda
+    cycle = ENorm(trainer.model, trainer.optimizer, cuda_graph=True) if enorm else None
+    if cycle is not None:
+        trainer.callbacks.append(ENormCallback(cycle))
     batches = iter(trainer.train_loader)
     for _ in range(4):  # warm-up: cudnn autotuning, lazy index tensors, the graph's capture
         trainer.train_step(*next(batches))
@@ -77,6 +86,7 @@ def test_the_step_loop_never_waits_on_the_host(weight, enorm):
             trainer.train_step(*next(batches))
     finally:
         torch.cuda.set_sync_debug_mode("default")
+    assert cycle is None or cycle.graph.captures == 1  # the replay ran, not the eager cycle
     assert trainer.amp_dtype == torch.bfloat16
     convs = [p for p in trainer.model.parameters() if p.ndim == 4]
     assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
@@ -90,6 +100,7 @@ def test_gpu_batches_equal_cpu_batches():
     cpu = list(ArrayLoader(split, 16, device="cpu", **kw))
     for store in (True, False):
         gpu = list(ArrayLoader(split, 16, device="cuda", store_on_device=store, **kw))
+        assert len(gpu) == len(cpu)
         for (xc, yc), (xg, yg) in zip(cpu, gpu):
             assert xg.is_cuda and yg.is_cuda
             assert torch.equal(yc, yg.cpu()) and torch.allclose(xc, xg.cpu(), atol=1e-6)
@@ -103,10 +114,14 @@ def test_runner_trains_on_the_gpu(cfg_factory, norm, extra):
     assert result["cuda_version"] and math.isfinite(result["final_train_loss"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["bn_wc", "enorm"])
 def test_compiled_training_on_the_gpu(cfg_factory, tmp_path, norm):
-    common = ["model=resnet18", f"norm={norm}", *CUDA_RUN, "trainer.epochs=2"]
+    """torch.compile with WC's custom autograd Function and ENorm's in-place cycle: in fp32
+    with deterministic kernels, the compiled run follows the eager one."""
+    common = ["model=resnet18", f"norm={norm}", *CUDA_RUN, "trainer.epochs=2", "trainer.amp=false",
+              "trainer.deterministic=true"]
     eager = train(cfg_factory(*common, f"run_dir={tmp_path / 'eager'}"))
     compiled = train(cfg_factory(*common, "trainer.compile=true", f"run_dir={tmp_path / 'compiled'}"))
-    # bf16 and non-deterministic kernels: close, not equal
-    assert compiled["final_train_loss"] == pytest.approx(eager["final_train_loss"], rel=0.1)
+    for key in ("final_train_loss", "final_test_loss"):
+        assert compiled[key] == pytest.approx(eager[key], rel=1e-2), key

@@ -612,18 +612,23 @@ def test_cycle_graph_warms_up_captures_replays_and_recaptures(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
     monkeypatch.setattr(torch.cuda, "graph", capture)
-    monkeypatch.setattr(CycleGraph, "_on_side_stream", lambda self, fn: (log.append("eager"), fn()))
-    tensor = type("T", (), {"data_ptr": lambda self: ptr[0]})()
-    graph = CycleGraph(lambda: log.append("cycle"), lambda: [tensor], warmup=2)
+    devices = []  # the graph works on the weights' device, whatever the current one is
+    monkeypatch.setattr(torch.cuda, "device", lambda d: (devices.append(d), contextlib.nullcontext())[1])
+    monkeypatch.setattr(CycleGraph, "_on_side_stream", lambda self, fn, device: (log.append("eager"), fn()))
+    tensor = type("T", (), {"data_ptr": lambda self: ptr[0], "device": torch.device("cuda", 1)})()
+    graph = CycleGraph(lambda: log.append("cycle"), lambda: [tensor], warmup=2,
+                       prepare=lambda: log.append("prepare"))
     for _ in range(4):
         graph()
-    assert log == ["eager", "cycle", "eager", "cycle", "capture", "cycle", "replay", "replay"]
+    assert log == ["prepare", "eager", "cycle", "eager", "cycle", "capture", "cycle", "replay", "replay"]
     log.clear()
     ptr[0] = 2000  # e.g. the optimizer state was loaded from a checkpoint
     for _ in range(3):
         graph()
-    assert log == ["eager", "cycle", "eager", "cycle", "capture", "cycle", "replay"]
-    assert graph.captures == 2
+    assert log == ["prepare", "eager", "cycle", "eager", "cycle", "capture", "cycle", "replay"]
+    assert graph.captures == 2 and devices == [torch.device("cuda", 1)] * 7
+    with pytest.raises(ValueError, match="warmup"):
+        CycleGraph(lambda: None, lambda: [tensor], warmup=0)
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -125,6 +125,8 @@ def _train(cfg: DictConfig, run_dir, ctx) -> dict:
     t = cfg.trainer
     seed_everything(cfg.seed, bool(t.deterministic))
     device = ctx.device or resolve_device(str(t.device))
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # streams, graphs and bare "cuda" tensors follow it
     if ctx.is_main:
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         log.info("run directory: %s", run_dir)

@@ -279,7 +279,8 @@ class ENorm:
         touched = {id(t): t for g in self.groups for p in (*g.incoming, *g.outgoing)
                    for t in (p.param, p.bias) if t is not None}
         self._touched = list(touched.values())
-        self.graph = CycleGraph(self._cycle, self._tensors) if cuda_graph else None
+        self.graph = (CycleGraph(self._cycle, self._tensors, prepare=self._ready)
+                      if cuda_graph else None)
 
     def _nothing_message(self, net: nn.Module) -> str:
         why = "; ".join(f"{n} x {r}" for r, n in self.excluded.most_common(6)) or "no Conv/Linear layers"
@@ -302,6 +303,10 @@ class ENorm:
     def _tensors(self) -> list[Tensor]:
         """Every tensor a cycle reads or writes: the weights and their optimizer state."""
         return [x for t in self._touched for x in (t, *(s for s, _ in self._states(t)))]
+
+    def _ready(self) -> None:
+        for w in self.waves:
+            w._ready()
 
     def _cycle(self) -> None:
         for w in self.waves:
