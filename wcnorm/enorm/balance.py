@@ -58,12 +58,13 @@ def _broadcast(f: Tensor, t: Tensor, dim: int) -> Tensor:
     return f.view([-1 if i == dim else 1 for i in range(t.ndim)])
 
 
-def _queue(p: Piece, t: Tensor, f: Tensor, batch, op, view: Tensor | None = None) -> None:
-    """Queue `t[piece] op= f` for a wave's _foreach_ call (`batch`: its slices and factors).
-    Scattered pieces have no view to write through: they are done at once."""
+def _queue(p: Piece, t: Tensor, f: Tensor, batch, view: Tensor | None = None) -> None:
+    """Queue `t[piece] (x or /)= f` for one of a wave's _foreach_ calls (`batch`: its slices
+    and factors). Scattered pieces have no view to write through: they are done at once."""
     dim = _dim(p, t)
     f = _broadcast(f, t, dim)
     if p.start is None:
+        op = Tensor.mul_ if batch[2] == "mul" else Tensor.div_
         t.index_copy_(dim, p.index, op(t.index_select(dim, p.index), f))
     else:
         batch[0].append(view if view is not None else t.narrow(dim, p.start, p.n))
@@ -72,28 +73,30 @@ def _queue(p: Piece, t: Tensor, f: Tensor, batch, op, view: Tensor | None = None
 
 def unit_factors(l2: Tensor, r2: Tensor, c: float, eps: float) -> Tensor:
     """d = sqrt(r / (c l)); 1 for a dead unit (l or r below eps), so no inf/NaN ever
-    (a dead unit's 0/0 or x/0 is computed, then masked out)."""
-    ok = torch.minimum(l2, r2) > eps * eps
-    return torch.where(ok, torch.div(r2, l2).pow_(0.25).mul_(c**-0.5), 1.0)
+    (a dead unit's 0/0 or x/0 is computed, then overwritten)."""
+    dead = torch.minimum(l2, r2) <= eps * eps
+    d = torch.div(r2, l2).pow_(0.25)
+    return (d if c == 1 else d.mul_(c**-0.5)).masked_fill_(dead, 1.0)
 
 
 class Wave:
     """Groups balanced together, from the same weights (one group, or all of them).
 
     Index tensors are built on first use, on the weights' device, and again if the model
-    moves: `owner[j]` is the slot of index j of the concatenated pieces in the wave's
-    [l^2 | r^2] vector (incoming units first, outgoing units offset by n)."""
+    moves: `owner[j]` is the slot of index j of the concatenated norm terms in the wave's
+    [l^2 | r^2] vector (outgoing units offset by n), `piece_unit[j]` the unit (the entry
+    of d) of index j of the concatenated pieces."""
 
     def __init__(self, groups: list[UnitGroup], bias_in_norm: bool):
         self.groups, self.bias_in_norm = groups, bias_in_norm
         self.n = sum(g.n for g in groups)
-        self.pieces, owners, omegas, u0 = [], [], [], 0
+        self.pieces, units, owners, omegas, u0 = [], [], [], [], 0
         for g in groups:
             for p in (*g.incoming, *g.outgoing):
-                units = (p.units.tolist() if p.start is None else
-                         [p.u0 + i // p.rep for i in range(p.n)])
+                local = p.units.tolist() if p.start is None else [p.u0 + i // p.rep for i in range(p.n)]
                 self.pieces.append(p)
-                owners.append([u0 + u + (0 if p.incoming else self.n) for u in units])
+                units.append([u0 + u for u in local])  # the wave's unit of each index
+                owners.append([u + (0 if p.incoming else self.n) for u in units[-1]])
                 omegas.append(p.omega)
             u0 += g.n
         # the norm terms: every piece's weights, and its bias where biases count in l
@@ -103,7 +106,7 @@ class Wave:
         self.terms = [(self.pieces[k], t) for k, t in terms]
         self._owner = [i for k, _ in terms for i in owners[k]]
         self._omega = [omegas[k] for k, _ in terms for _ in owners[k]]
-        self._piece_owner = [i for o in owners for i in o]
+        self._piece_unit = [u for us in units for u in us]
         self.sizes = [p.n for p in self.pieces]
         self._key = None
 
@@ -113,8 +116,7 @@ class Wave:
             return
         device, dtype = w.device, _acc(w)
         self.owner = torch.tensor(self._owner, dtype=torch.long, device=device)
-        self.piece_owner = (self.owner if len(self._piece_owner) == len(self._owner)
-                            else torch.tensor(self._piece_owner, dtype=torch.long, device=device))
+        self.piece_unit = torch.tensor(self._piece_unit, dtype=torch.long, device=device)
         self.omega = (None if all(o == 1.0 for o in self._omega)
                       else torch.tensor(self._omega, dtype=dtype, device=device))
         for p in self.pieces:
@@ -138,23 +140,24 @@ class Wave:
         return lr[: self.n], lr[self.n :]
 
     def rescale_(self, d: Tensor, states, slices: list[Tensor] | None = None) -> None:
-        """Incoming weights (and their biases) x d, outgoing x 1/d; optimizer state inversely.
+        """Incoming weights (and their biases) x d, outgoing / d; optimizer state inversely.
         `slices`: the weights' slices from `slices()` (the first len(pieces) terms), reused."""
         self._ready()
-        f = torch.cat([d, d.reciprocal()]).index_select(0, self.piece_owner)
-        per_piece = {1: f.split(self.sizes)}  # factor powers: weights x f, state / f or / f^2
-        mul, div = ([], []), ([], [])  # (slices, factors) for one _foreach_ call each
+        f = d.index_select(0, self.piece_unit)  # the factor at every index of every piece
+        per_piece = {1: f.split(self.sizes)}  # and its square, for Adam's second moments
+        mul, div = ([], [], "mul"), ([], [], "div")  # (slices, factors) for one _foreach_ call each
         for k, p in enumerate(self.pieces):
+            weights, state = (mul, div) if p.incoming else (div, mul)
             for t in (p.param, p.bias):
                 if t is None:
                     continue
                 view = slices[k] if slices is not None and t is p.param else None
-                _queue(p, t, per_piece[1][k], mul, Tensor.mul_, view)
+                _queue(p, t, per_piece[1][k], weights, view)
                 for s, power in states(t):
                     if power not in per_piece:
                         per_piece[power] = f.pow(power).split(self.sizes)
-                    _queue(p, s, per_piece[power][k], div, Tensor.div_)
-        for (ts, fs), op in ((mul, torch._foreach_mul_), (div, torch._foreach_div_)):
+                    _queue(p, s, per_piece[power][k], state)
+        for (ts, fs, _), op in ((mul, torch._foreach_mul_), (div, torch._foreach_div_)):
             if ts:
                 op(ts, fs)
 
