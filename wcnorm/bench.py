@@ -9,8 +9,8 @@ Four parts, all in one process, on synthetic uint8 images (nothing is downloaded
 * wc: step time of BN+WC over step time of BN (ResNet-18), interleaved repeats, and the
   tensor ops each step dispatches;
 * enorm: time of one ENorm cycle over time of one training step (no BN, and BN+ENorm), and
-  the number of tensor ops one cycle dispatches (device-independent: what its time on a
-  GPU follows, since the cycle reads each weight once and is launch-bound);
+  the number of tensor ops one cycle dispatches (device-independent; the cycle reads each
+  weight once, so on a GPU its time is expected to follow its kernel launches);
 * mfu: FLOPs of the training step (FlopCounterMode, forward + backward) per second of
   wcnorm's step, over the device's dense bf16 peak.
 
