@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from wcnorm.claims import evaluate_claims, write_claims
-from wcnorm.plot import plot_conditioning, plot_curves, plot_fc_depth
-from wcnorm.runs import load_conditioning, load_curves, load_runs
-from wcnorm.table import build_table, to_markdown, write_table
+from wcnorm.report.claims import evaluate_claims, write_claims
+from wcnorm.report.plot import plot_conditioning, plot_curves, plot_fc_depth
+from wcnorm.report.runs import load_conditioning, load_curves, load_runs
+from wcnorm.report.table import build_table, to_markdown, write_table
 
 SKIP_BY_DEFAULT = ("demo",)  # `make demo` writes its own table under runs/demo
 # Extra row keys of a table when a preset varies them (e.g. the small-batch studies).

@@ -8,7 +8,7 @@ try:
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
     from fabricate import make_fc_grid, make_run
 
-from wcnorm.claims import (
+from wcnorm.report.claims import (
     CLAIMS,
     NOT_ENOUGH,
     NOT_SUPPORTED,
@@ -17,7 +17,7 @@ from wcnorm.claims import (
     evaluate_claims,
     write_claims,
 )
-from wcnorm.runs import load_runs
+from wcnorm.report.runs import load_runs
 
 FC_ORDER = ("bn_enorm", "enorm", "bn", "none")
 

@@ -7,7 +7,7 @@ import torch
 from conftest import compose_cfg
 from omegaconf import OmegaConf
 
-from wcnorm.config import validate
+from wcnorm.training.config import validate
 from wcnorm.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from wcnorm.bench import build_trainer, synthetic
-from wcnorm.callbacks import ENormCallback
+from wcnorm.training.callbacks import ENormCallback
 from wcnorm.data import ArrayLoader
-from wcnorm.enorm import ENorm
+from wcnorm.methods.enorm import ENorm
 from wcnorm.models import build_model
-from wcnorm.train import train
+from wcnorm.training.train import train
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from wcnorm.diagnostics import (
+from wcnorm.methods.diagnostics import (
     condition_number,
     condition_numbers,
     hessian_top_eigenvalue,
     summarize_conditioning,
 )
-from wcnorm.wc import weight_conditioning
-from wcnorm.weight_methods import weight_normalization
+from wcnorm.methods.wc import weight_conditioning
+from wcnorm.methods.weight_methods import weight_normalization
 
 
 def with_singular_values(s, m, gen):

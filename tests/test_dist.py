@@ -23,11 +23,11 @@ import torch.distributed as td
 import torch.multiprocessing as mp
 from conftest import compose_cfg
 
-from wcnorm import dist
+from wcnorm.training import dist
 from wcnorm.errors import ConfigError, WcnormError
 from wcnorm.outputs import load_checkpoint, run_dir_for, run_lock
-from wcnorm.train import train
-from wcnorm.trainer import Trainer
+from wcnorm.training.train import train
+from wcnorm.training.trainer import Trainer
 
 WORLD = 2
 # 64 examples of 3 x 8 x 8, global batch 16: 4 steps per epoch, 8 examples per rank and step.

@@ -12,7 +12,7 @@ from torch import nn
 from torchvision.models.densenet import DenseNet
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from wcnorm.enorm import ENorm, find_unit_groups
+from wcnorm.methods.enorm import ENorm, find_unit_groups
 
 
 def rel(a, b):
@@ -597,7 +597,7 @@ def test_cycle_graph_warms_up_captures_replays_and_recaptures(monkeypatch):
     replays while the tensors stay put, and the same again after one is reallocated."""
     import contextlib
 
-    from wcnorm.enorm.cudagraph import CycleGraph
+    from wcnorm.methods.enorm.cudagraph import CycleGraph
 
     log, ptr = [], [1000]
 
@@ -636,7 +636,7 @@ def test_levels_batch_only_groups_that_commute(name):
     """Sequential waves: within a level no two groups share a weight, and two groups that
     share one keep their order, so a cycle is Gauss-Seidel exactly (the textbook test
     above checks the numbers); a ResNet's projection blocks put several groups in one."""
-    from wcnorm.enorm.balance import levels
+    from wcnorm.methods.enorm.balance import levels
 
     model, _ = build(name)
     groups = ENorm(model).groups

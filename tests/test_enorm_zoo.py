@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from wcnorm.enorm import ENorm
+from wcnorm.methods.enorm import ENorm
 from wcnorm.models import build_model
 
 CNNS = ["resnet18", "resnet50", "densenet121", "googlenet", "enorm_fc", "enorm_fullconv"]

@@ -5,7 +5,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from wcnorm.optim import build_optimizer, build_scheduler, param_groups
+from wcnorm.training.optim import build_optimizer, build_scheduler, param_groups
 
 
 def lrs(sched: dict, epochs=4, steps=10, lr=1.0):

@@ -8,8 +8,8 @@ try:
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
     from fabricate import make_fc_grid, make_wc_grid
 
-from wcnorm.plot import main, plot_all, plot_conditioning, plot_curves, plot_fc_depth
-from wcnorm.runs import load_conditioning, load_curves, load_runs
+from wcnorm.report.plot import main, plot_all, plot_conditioning, plot_curves, plot_fc_depth
+from wcnorm.report.runs import load_conditioning, load_curves, load_runs
 
 FC_ACCS = {(d, m): 50 + 2 * i + 0.1 * d
            for d in (1, 3, 5, 7) for i, m in enumerate(("none", "bn", "enorm", "bn_enorm"))}

@@ -24,8 +24,8 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
-from wcnorm.config import validate
-from wcnorm.train import train
+from wcnorm.training.config import validate
+from wcnorm.training.train import train
 
 EXPERIMENTS = files("wcnorm.conf") / "experiment"
 PRESETS = sorted(p.name[:-5] for p in EXPERIMENTS.iterdir()

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from wcnorm.outputs import run_dir_for
-from wcnorm.train import train
+from wcnorm.training.train import train
 
 pytestmark = pytest.mark.shared_data
 

@@ -12,8 +12,8 @@ try:
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
     from fabricate import make_fc_grid, make_run, make_wc_grid
 
-from wcnorm.runs import find_runs, load_conditioning, load_curves, load_runs
-from wcnorm.table import BEST_METRIC, build_table, main, write_table
+from wcnorm.report.runs import find_runs, load_conditioning, load_curves, load_runs
+from wcnorm.report.table import BEST_METRIC, build_table, main, write_table
 
 GOLDEN = Path(__file__).parent / "golden"
 FC_METHODS = ("none", "bn", "enorm", "bn_enorm")

@@ -8,8 +8,8 @@ import torch
 
 from wcnorm.errors import DivergedError
 from wcnorm.outputs import METRIC_COLUMNS, load_checkpoint, run_dir_for
-from wcnorm.train import train
-from wcnorm.trainer import Trainer
+from wcnorm.training.train import train
+from wcnorm.training.trainer import Trainer
 
 FAST = ["model=enorm_fc", "norm=bn", "dataset.train_size=96", "dataset.test_size=32"]
 
@@ -66,7 +66,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(cfg_factory, tmp
 def test_a_finished_run_is_not_retrained(cfg_factory, monkeypatch):
     cfg = cfg_factory(*FAST)
     first = train(cfg)
-    import wcnorm.train as runner
+    import wcnorm.training.train as runner
 
     monkeypatch.setattr(runner, "_train", lambda *a: pytest.fail("retrained a finished run"))
     assert train(cfg)["final_test_acc"] == first["final_test_acc"]

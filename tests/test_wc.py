@@ -8,14 +8,14 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
-from wcnorm.wc import (
+from wcnorm.methods.wc import (
     WeightConditioning,
     column_equilibrate,
     row_equilibrate,
     ruiz_equilibrate,
     weight_conditioning,
 )
-from wcnorm.weight_methods import remove_weight_methods
+from wcnorm.methods.weight_methods import remove_weight_methods
 
 P = [1, 2, math.inf]
 

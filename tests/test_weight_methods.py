@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from wcnorm.wc import WeightConditioning
-from wcnorm.weight_methods import (
+from wcnorm.methods.wc import WeightConditioning
+from wcnorm.methods.weight_methods import (
     WeightStandardization,
     apply_weight_method,
     describe_weight_method,

@@ -288,10 +288,10 @@ def build_trainer(name: str, px: int, *, batch: int, device, act_norm: str | Non
     from omegaconf import OmegaConf
 
     from .data import ArrayLoader
-    from .optim import build_optimizer, build_scheduler
-    from .train import resolve_amp
-    from .trainer import Trainer
-    from .weight_methods import apply_weight_method
+    from .training.optim import build_optimizer, build_scheduler
+    from .training.train import resolve_amp
+    from .training.trainer import Trainer
+    from .methods.weight_methods import apply_weight_method
 
     device = torch.device(device)
     model = _model(name, px, act_norm, options)
@@ -437,7 +437,7 @@ def enorm_overhead(spec: str, plan: Plan, device, *, norm: str = "enorm", compil
     frequency. norm='enorm': no BN (act_norm='none'); 'bn_enorm': BN, ignored by ENorm.
     Also times step + cycle back to back: the cost as training sees it (with the host
     free to queue the cycle behind the step on CUDA)."""
-    from .enorm import ENorm
+    from .methods.enorm import ENorm
 
     name, px = parse_spec(spec, plan.px)
     act = "none" if norm == "enorm" else "bn"
@@ -604,7 +604,7 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from .errors import WcnormError
-    from .train import resolve_device
+    from .training.train import resolve_device
 
     args = _parser().parse_args(argv)
     try:

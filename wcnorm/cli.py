@@ -16,6 +16,9 @@ COMMANDS = {
     "bench": "measure step throughput, WC and ENorm overheads and MFU against a plain PyTorch loop",
 }
 
+# The module whose `main(argv)` each plain command runs.
+TOOL_MODULES = {"table": "wcnorm.report.table", "plot": "wcnorm.report.plot", "bench": "wcnorm.bench"}
+
 USAGE = "usage: wcnorm <command> [args]\n\ncommands:\n" + "\n".join(
     f"  {name:<7} {text}" for name, text in COMMANDS.items()) + (
     "\n\nexamples:\n"
@@ -62,7 +65,7 @@ def _train(argv: list[str]) -> int:
 
     from .errors import WcnormError
     from .models import ModelConfigError
-    from .train import train
+    from .training.train import train
 
     @hydra.main(config_path="pkg://wcnorm.conf", config_name="train", version_base="1.3")
     def app(cfg: DictConfig) -> None:
@@ -87,7 +90,7 @@ def _train(argv: list[str]) -> int:
 def _tool(module: str, argv: list[str]) -> int:
     import importlib
 
-    return importlib.import_module(f"wcnorm.{module}").main(argv) or 0
+    return importlib.import_module(TOOL_MODULES[module]).main(argv) or 0
 
 
 def _complete(argv: list[str]) -> int:

@@ -12,8 +12,8 @@ import math
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .data import DATASETS
-from .errors import ConfigError
+from ..data import DATASETS
+from ..errors import ConfigError
 from .optim import OPTIMIZERS, SCHEDULES
 
 WEIGHT_METHODS = ("none", "wc", "ws", "wn")
@@ -34,7 +34,7 @@ def _positive_int(problems, cfg, key, allow_none=False):
 
 def validate(cfg: DictConfig) -> None:
     """Raise a ConfigError listing every problem of `cfg`."""
-    from .models import ModelConfigError, check_model
+    from ..models import ModelConfigError, check_model
 
     missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
     if missing:  # `???` in a config: a value only the user can give

@@ -224,7 +224,7 @@ class ENorm:
     whose l or r is below it keeps d = 1. Optimizer state (SGD, Adam, AdamW) is rescaled
     with the weights: a weight x f has its momentum / exp_avg x 1/f, exp_avg_sq x 1/f^2.
     `cuda_graph=True` replays the cycle as one CUDA graph when the weights are on a GPU
-    (see `wcnorm.enorm.cudagraph`; on CPU the option changes nothing).
+    (see `wcnorm.methods.enorm.cudagraph`; on CPU the option changes nothing).
 
     Depth, for `c`: the objective is sum_k c^(-2 k) ||W_k||^2, k the depth of a layer =
     the number of Conv/Linear (and, with bn="fold", norm) layers on the longest path from

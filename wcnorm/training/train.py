@@ -22,10 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 from . import dist
 from .callbacks import ConditioningCallback, ENormCallback
 from .config import validate
-from .data import load_dataset, make_loaders
-from .errors import WcnormError
+from ..data import load_dataset, make_loaders
+from ..errors import WcnormError
 from .optim import build_optimizer, build_scheduler
-from .outputs import atomic_write_text, environment, run_dir_for, run_lock, write_json
+from ..outputs import atomic_write_text, environment, run_dir_for, run_lock, write_json
 from .trainer import Trainer
 
 log = logging.getLogger("wcnorm")
@@ -68,8 +68,8 @@ def show_progress(spec) -> bool:
 
 def build_model_for(cfg: DictConfig, data) -> torch.nn.Module:
     """The model, with the config's weight-level method registered (the build hook)."""
-    from .models import build_model
-    from .weight_methods import apply_weight_method
+    from ..models import build_model
+    from ..methods.weight_methods import apply_weight_method
 
     options = {k: v for k, v in cfg.model.items() if k != "name"}
     model = build_model(cfg.model.name, num_classes=data.num_classes, image_size=data.image_size,
@@ -81,7 +81,7 @@ def build_model_for(cfg: DictConfig, data) -> torch.nn.Module:
 
 
 def build_enorm(cfg: DictConfig, model, optimizer):
-    from .enorm import ENorm
+    from ..methods.enorm import ENorm
 
     e = cfg.norm.enorm
     return ENorm(model, optimizer, c=float(e.c), order=e.order, balance_last=bool(e.balance_last),
@@ -182,9 +182,9 @@ def _train(cfg: DictConfig, run_dir, ctx) -> dict:
 
 
 def summarize(cfg, history, trainer, model, device, enorm, conditioning) -> dict:
-    from .models import count_parameters
+    from ..models import count_parameters
     from .trainer import unwrap
-    from .weight_methods import describe_weight_method
+    from ..methods.weight_methods import describe_weight_method
 
     final = history[-1]
     best = max(history, key=lambda r: r["test_acc"])

@@ -199,7 +199,7 @@ def weight_conditioning(model: nn.Module, *, side: str = "row", p=2, eps: float 
     """Register :class:`WeightConditioning` on every Conv1d/2d/3d and Linear weight of
     ``model`` (attention projections included), in place; returns ``model``.
 
-    Which layers: see :func:`wcnorm.weight_methods.weight_layers` (the classifier, the
+    Which layers: see :func:`wcnorm.methods.weight_methods.weight_layers` (the classifier, the
     last Conv/Linear, is skipped unless ``include_classifier``; the stem, the first,
     is skipped with ``skip_stem``). The model's function changes (rows are rescaled to
     unit norm) unless a normalization layer follows; the raw weights are kept as the

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .outputs import write_csv
+from ..outputs import write_csv
 from .trainer import Callback, Trainer, unwrap
 
 CONDITIONING_COLUMNS = ["epoch", "layer", "shape", "kappa_eff", "kappa_raw", "row_norm_spread"]
@@ -47,7 +47,7 @@ class ConditioningCallback(Callback):
         self.end: dict = {}
 
     def _snapshot(self, trainer: Trainer, epoch: int) -> dict:
-        from .diagnostics import condition_numbers, summarize_conditioning
+        from ..methods.diagnostics import condition_numbers, summarize_conditioning
 
         rows = condition_numbers(unwrap(trainer.model), all_layers=self.all_layers)
         self.rows += [{"epoch": epoch, **r, "shape": "x".join(map(str, r["shape"]))} for r in rows]
@@ -56,7 +56,7 @@ class ConditioningCallback(Callback):
         return summarize_conditioning(rows)
 
     def _hessian(self, trainer: Trainer) -> float:
-        from .diagnostics import hessian_top_eigenvalue
+        from ..methods.diagnostics import hessian_top_eigenvalue
 
         model = unwrap(trainer.model)
         was_training = model.training
@@ -71,7 +71,7 @@ class ConditioningCallback(Callback):
             self.rows = []
             self.start = self._snapshot(trainer, 0)
         elif self.path and self.path.exists():  # resumed: keep the snapshots of the epochs kept
-            from .diagnostics import summarize_conditioning
+            from ..methods.diagnostics import summarize_conditioning
 
             with open(self.path) as f:
                 rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= trainer.epoch]

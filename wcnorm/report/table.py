@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from wcnorm.runs import load_runs
+from .runs import load_runs
 
 NORM_LABELS = {
     "none": "Baseline", "bn": "BN", "bn_ws": "BN + WS", "bn_wn": "BN + WN",
@@ -356,7 +356,7 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    from wcnorm.claims import evaluate_claims, write_claims
+    from .claims import evaluate_claims, write_claims
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)

@@ -25,8 +25,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from wcnorm.runs import load_conditioning, load_curves, load_runs
-from wcnorm.table import _norm_sort_key, norm_label
+from .runs import load_conditioning, load_curves, load_runs
+from .table import _norm_sort_key, norm_label
 
 # The studied method is red in both papers' figures, its main baseline blue.
 COLORS = {

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "linear", "constant")

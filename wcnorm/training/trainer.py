@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import DivergedError
-from .outputs import load_checkpoint, save_checkpoint, write_metrics
+from ..errors import DivergedError
+from ..outputs import load_checkpoint, save_checkpoint, write_metrics
 
 log = logging.getLogger("wcnorm")
 

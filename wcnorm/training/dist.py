@@ -35,7 +35,7 @@ import torch
 import torch.distributed as td
 from torch import nn
 
-from .errors import ConfigError, WcnormError
+from ..errors import ConfigError, WcnormError
 from .trainer import Callback, Trainer, unwrap
 
 log = logging.getLogger("wcnorm")

@@ -1,6 +1,6 @@
 """Weight-level methods: shared machinery and the baselines WS and WN.
 
-Every weight-level method (WC in :mod:`wcnorm.wc`, weight standardization, weight
+Every weight-level method (WC in :mod:`wcnorm.methods.wc`, weight standardization, weight
 normalization) is a ``torch.nn.utils.parametrize`` parametrization of the ``weight``
 of the layers chosen by :func:`weight_layers`. The raw weights stay the trainable
 parameters (``<layer>.parametrizations.weight.original``); the effective weight is

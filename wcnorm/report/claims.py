@@ -188,7 +188,7 @@ def write_claims(claims: pd.DataFrame, path) -> Path:
 
 
 def main(argv=None) -> int:
-    from wcnorm.runs import load_runs
+    from .runs import load_runs
 
     ap = argparse.ArgumentParser(prog="wcnorm claims", description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="run directories or folders holding them")
