@@ -1,21 +1,68 @@
-"""The papers' qualitative claims, as data, checked against our runs.
+"""The papers' qualitative claims, as data, tested on our runs.
 
-Only the claims the project knows (figure captions of the WC paper, the reported
-outcome of the ENorm fully connected study) are encoded; no paper number is. A claim
-is checked on final-epoch means over seeds of finished runs and gets one verdict:
-"supported", "not supported" or "not enough runs".
+Only the claims the project knows are encoded (figure captions and the abstract of the
+WC paper, the ENorm paper's statements as the methods spec records them); no paper
+number is. A claim is a set of comparisons "cell A beats cell B", a cell being the
+final numbers of the finished runs (one per seed) of one method. Each comparison is a
+Welch t-test (two-sided, ``stats.welch``); the comparisons one claim makes form one
+family for Holm's correction; the claim gets one verdict:
+
+- supported: every comparison in the claimed direction and significant at ALPHA
+  after correction;
+- direction only: every comparison in the claimed direction, not all significant;
+- not supported: some comparison in the wrong direction (or tied), none of those
+  significantly;
+- contradicted: some comparison significantly in the wrong direction; one such
+  comparison refutes the claim whatever its other cells hold, so this verdict is
+  reached even where another cell still lacks runs;
+- not enough runs: a needed cell has fewer than MIN_RUNS finished runs (a variance
+  needs two); the report says how many seeds per cell would do (``_seeds_needed``).
+
+A claim made "at most depths" is tested depth by depth, each depth its own Holm family,
+and gets the strongest verdict that more than half of its testable depths reach.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-SUPPORTED, NOT_SUPPORTED, NOT_ENOUGH = "supported", "not supported", "not enough runs"
+from .runs import load_runs
+from .stats import Welch, holm, seeds_for_power, welch
+
+SUPPORTED, DIRECTION_ONLY = "supported", "direction only"
+NOT_SUPPORTED, CONTRADICTED, NOT_ENOUGH = "not supported", "contradicted", "not enough runs"
+# Strongest first: the scale on which "at most depths" takes its majority.
+STRENGTH = (SUPPORTED, DIRECTION_ONLY, NOT_SUPPORTED, CONTRADICTED)
+
+ALPHA = 0.05  # family-wise error rate of one claim's comparisons (Holm)
+LEVEL = 0.95  # confidence level of the intervals
+POWER = 0.8  # power the seed-count estimate aims at
+MIN_RUNS = 2  # finished runs a cell needs for a t-test
+SEEDS_CAP = 1000  # the seed-count estimate searches no further
+
+VERDICT_RULES = (
+    f"{SUPPORTED}: every comparison in the claimed direction and significant at "
+    f"{ALPHA:g} after Holm's correction over the claim's comparisons; "
+    f"{DIRECTION_ONLY}: all in the claimed direction, not all significant; "
+    f"{NOT_SUPPORTED}: some comparison in the wrong direction (or tied), not "
+    f"significantly; {CONTRADICTED}: some comparison significantly in the wrong "
+    f"direction (even while another cell lacks runs: it refutes the claim whatever they "
+    f"show); {NOT_ENOUGH}: a needed cell has fewer than {MIN_RUNS} finished runs.")
+SEEDS_RULE = (
+    f"seeds needed: per cell, for {POWER:.0%} power of Welch's two-sided test at the "
+    f"first Holm step ({ALPHA:g}/m, m = comparisons in the family) to detect the "
+    f"observed gap given the observed spreads (a cell with one run borrows the other "
+    f"cell's spread), the largest over the comparisons not yet significant; "
+    f"'>= {MIN_RUNS} per cell' where no gap or spread is observed yet; none where an "
+    f"observed gap runs against the claim (more seeds would not be expected to support "
+    f"it). A planning estimate: observed gaps and spreads are themselves noisy.")
 
 # The WC paper labels BN + WC "BN + E" in some figures (E is its symbol for the row
 # equilibration matrix); where a claim names BN + E, runs of either name count.
@@ -29,7 +76,11 @@ METRICS = {
     "mean_train_loss": ("train loss averaged over epochs", False),
 }
 
+# How a level of a grid key is written: p is the ENorm paper's name for the depth.
+LEVEL_NAMES = {"depth": ("p", "depths"), "batch_size": ("batch", "batch sizes")}
+
 _BN_SCHEMES = ("bn", "bn_ws", "bn_wn")
+_WEIGHT_NORMS = ("bn_ws", "bn_wn")
 
 
 @dataclass(frozen=True)
@@ -39,15 +90,25 @@ class Claim:
     text: str
     model: str
     dataset: str
-    # kind "pair": `better` beats each of `worse` (at least `min_worse` of them need runs).
+    # `better` beats each of `worse` (at least `min_worse` of them need runs; the others
+    # that have runs are compared too)...
     better: str = ""
     worse: tuple[str, ...] = ()
     min_worse: int | None = None
-    # kind "order_most_depths": `order` (best first) holds at more than half the depths.
-    kind: str = "pair"
+    # ...or, when `order` is given (best first), each method of it beats the next.
     order: tuple[str, ...] = ()
+    # A run column (a grid key such as "depth" or "batch_size") whose every level is
+    # compared on its own, the claim holding at "every" level or at "most" of them.
+    per: str = ""
+    at: str = "every"
+    # Only runs of this preset count ("" = every run of the model and dataset), for
+    # models that other presets train with another recipe.
+    experiment: str = ""
     metric: str = "final_test_acc"
     note: str = ""
+
+    def methods(self) -> tuple[str, ...]:
+        return self.order or (self.better, *self.worse)
 
 
 def _resnet_claim(model: str, label: str, dataset: str, ds_label: str) -> Claim:
@@ -55,9 +116,33 @@ def _resnet_claim(model: str, label: str, dataset: str, ds_label: str) -> Claim:
         id=f"wc2_{model}_{dataset}", paper="WC",
         text=f"{label} on {ds_label}: BN + WC performs better.",
         model=model, dataset=dataset, better="bn_wc", worse=_BN_SCHEMES, min_worse=1,
+        experiment="wc_resnet",
         note="the caption says CIFAR without naming 10 or 100: both are checked; 'better' "
-             "read as a higher mean than every other BN scheme that has runs")
+             "read as a higher mean than every other BN scheme that has runs; only runs of "
+             "the wc_resnet preset (the ENorm small-batch presets train ResNet-18 with BN "
+             "at other batch sizes)")
 
+
+def _weight_norms_claim(model: str, label: str, dataset: str, ds_label: str, wc: str,
+                        per: str = "") -> Claim:
+    where = " at every depth p" if per == "depth" else ""
+    return Claim(
+        id=f"wc_vs_weight_norms_{model}_{dataset}", paper="WC",
+        text=f"{label} on {ds_label}{where}: BN + WC outperforms existing weight "
+             "normalization techniques (BN + WS, BN + WN).",
+        model=model, dataset=dataset, better=wc, worse=_WEIGHT_NORMS, min_worse=1, per=per,
+        note="the abstract's claim (made there for neural fields) read on every preset "
+             "that runs BN + WC beside BN + WS or BN + WN: a higher mean final accuracy "
+             "than each of them that has runs" + ("; at every depth the preset sweeps"
+                                                  if per else ""))
+
+
+# (dataset, label, preset) of the ENorm small-batch studies on ResNet-18.
+_SMALL_BATCH = (("cifar10", "CIFAR-10", "enorm_resnet_small_batch"),
+                ("imagenet", "ImageNet", "enorm_resnet_imagenet_small_batch"))
+_SMALL_BATCH_NOTE = ("only runs of the {preset} preset (other presets train ResNet-18 with "
+                     "another recipe); the paper's batch sizes are unknown: every batch "
+                     "size the preset sweeps is checked, as its own comparison")
 
 CLAIMS: list[Claim] = [
     Claim(id="wc1_googlenet_cifar100", paper="WC",
@@ -84,112 +169,418 @@ CLAIMS: list[Claim] = [
           text="DenseNet on CIFAR-10, four schemes: BN + E reaches higher top-1 than the "
                "other three.",
           model="densenet121", dataset="cifar10", better="bn_e", worse=_BN_SCHEMES),
+    # Every model and dataset a preset trains BN + WC on beside BN + WS or BN + WN, under
+    # the name its preset gives BN + WC (wc_googlenet and wc_googlenet_c100 both run
+    # GoogLeNet on CIFAR-100, as bn_e and bn_wc: the alias pools them).
+    _weight_norms_claim("googlenet", "GoogLeNet", "cifar10", "CIFAR-10", "bn_e"),
+    _weight_norms_claim("googlenet", "GoogLeNet", "cifar100", "CIFAR-100", "bn_e"),
+    _weight_norms_claim("densenet121", "DenseNet", "cifar10", "CIFAR-10", "bn_e"),
+    *[_weight_norms_claim(m, lab, ds, ds_lab, "bn_wc")
+      for m, lab in (("resnet18", "ResNet-18"), ("resnet50", "ResNet-50"))
+      for ds, ds_lab in (("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100"))],
+    _weight_norms_claim("enorm_fc", "ENorm's fully connected net", "cifar10", "CIFAR-10",
+                        "bn_wc", per="depth"),
     Claim(id="enorm_fc_order", paper="ENorm",
           text="Fully connected network on CIFAR-10: ENorm + BN > ENorm > BN > Baseline "
                "for most depths p.",
-          model="enorm_fc", dataset="cifar10", kind="order_most_depths",
-          order=("bn_enorm", "enorm", "bn", "none"),
-          note="'most' read as more than half of the depths that have all four methods"),
+          model="enorm_fc", dataset="cifar10", order=("bn_enorm", "enorm", "bn", "none"),
+          per="depth", at="most",
+          note="'most' read as more than half of the depths whose four cells have runs; "
+               "each depth's three adjacent comparisons are one Holm family"),
+    Claim(id="enorm_sgd_enorm_fullconv_cifar10", paper="ENorm",
+          text="Fully convolutional net on CIFAR-10: interleaving ENorm with SGD improves "
+               "test accuracy (ENorm + BN beats BN).",
+          model="enorm_fullconv", dataset="cifar10", better="bn_enorm", worse=("bn",),
+          note="'improves' read as a higher mean final test accuracy with ENorm cycles "
+               "than without them, BN kept in both (the paper's comparison on this net)"),
+    *[Claim(id=f"enorm_sgd_resnet18_{ds}", paper="ENorm",
+            text=f"ResNet-18 on {lab}: interleaving ENorm with SGD improves test accuracy "
+                 "(ENorm + BN beats BN at every batch size).",
+            model="resnet18", dataset=ds, better="bn_enorm", worse=("bn",),
+            per="batch_size", experiment=preset,
+            note="'improves' read as a higher mean final test accuracy of ENorm + BN than "
+                 "BN; " + _SMALL_BATCH_NOTE.format(preset=preset))
+      for ds, lab, preset in _SMALL_BATCH],
+    *[Claim(id=f"enorm_small_batch_resnet18_{ds}", paper="ENorm",
+            text=f"ResNet-18 on {lab}: for small batches ENorm is an alternative to batch "
+                 "and group normalization.",
+            model="resnet18", dataset=ds, better="enorm", worse=("bn", "gn"),
+            per="batch_size", experiment=preset,
+            note="'an alternative' read in its testable strong sense: ENorm (no activation "
+                 "norm) has a higher mean final accuracy than BN and than GN at every "
+                 "batch size; the weak sense 'no worse' is refuted only by a "
+                 "'contradicted' verdict; the preset's batch sizes read as the small "
+                 "ones; " + _SMALL_BATCH_NOTE.format(preset=preset))
+      for ds, lab, preset in _SMALL_BATCH],
 ]
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Cell:
     name: str
-    n: int
-    mean: float
-    std: float
+    values: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return float(self.values.mean()) if self.n else math.nan
+
+    @property
+    def std(self) -> float:
+        return float(self.values.std(ddof=1)) if self.n > 1 else math.nan
 
     def __str__(self) -> str:
         if self.n == 0:
             return f"{self.name}: no finished run"
         std = "" if self.n < 2 else f"±{self.std:.2f}" if abs(self.mean) >= 1 \
             else f"±{self.std:.3g}"
-        mean = f"{self.mean:.2f}" if abs(self.mean) >= 1 else f"{self.mean:.4g}"
-        return f"{self.name} {mean}{std} (n={self.n})"
+        return f"{self.name} {_num(self.mean)}{std} (n={self.n})"
+
+
+def _num(x: float) -> str:
+    return f"{x:.2f}" if abs(x) >= 1 else f"{x:.4g}"
 
 
 def _cell(runs: pd.DataFrame, norm: str, metric: str) -> _Cell:
     names = ALIASES.get(norm, (norm,))
     vals = runs.loc[runs["norm"].isin(names) & runs["finished"], metric].dropna()
-    return _Cell("|".join(names), len(vals), vals.mean(), vals.std())
+    return _Cell("|".join(names), vals.to_numpy(dtype=float))
 
 
-def _beats(a: _Cell, b: _Cell, metric: str) -> bool:
-    return a.mean > b.mean if METRICS[metric][1] else a.mean < b.mean
+@dataclass
+class _Comparison:
+    """Cell `a` claimed better than cell `b`, at one level of the claim's grid key."""
+
+    level: object
+    a: _Cell
+    b: _Cell
+    higher_is_better: bool
+    test: Welch | None = None
+    p_holm: float = math.nan
+    family_size: int = 1
+
+    @property
+    def testable(self) -> bool:
+        return self.a.n >= MIN_RUNS and self.b.n >= MIN_RUNS
+
+    @property
+    def in_direction(self) -> bool:
+        diff = self.a.mean - self.b.mean
+        return bool(diff > 0 if self.higher_is_better else diff < 0)
+
+    @property
+    def against(self) -> bool:
+        """A gap, not a tie, in the wrong direction."""
+        diff = self.a.mean - self.b.mean
+        return bool(diff < 0 if self.higher_is_better else diff > 0)
+
+    @property
+    def significant(self) -> bool:
+        return bool(self.p_holm < ALPHA)  # NaN (untested, or no spread) is not
+
+    @property
+    def seeds(self) -> int | None:
+        """Seeds per cell for POWER at the first Holm step (see SEEDS_RULE); None where
+        no gap or no spread is observed, SEEDS_CAP + 1 for more than SEEDS_CAP."""
+        diff, sd_a, sd_b = self.a.mean - self.b.mean, self.a.std, self.b.std
+        if math.isnan(diff) or diff == 0 or (math.isnan(sd_a) and math.isnan(sd_b)):
+            return None
+        sd_a, sd_b = (sd_b if math.isnan(sd_a) else sd_a), (sd_a if math.isnan(sd_b) else sd_b)
+        if sd_a == sd_b == 0:
+            return None
+        n = seeds_for_power(diff, sd_a, sd_b, ALPHA / self.family_size, POWER, SEEDS_CAP)
+        return SEEDS_CAP + 1 if n is None else n
 
 
-def _check_pair(c: Claim, runs: pd.DataFrame) -> tuple[str, str, list[str]]:
-    best = _cell(runs, c.better, c.metric)
-    others = [_cell(runs, w, c.metric) for w in c.worse]
-    have = [o for o in others if o.n > 0]
-    numbers = f"{best} vs " + ", ".join(map(str, others))
-    notes = []
-    if best.n == 0 or len(have) < (c.min_worse or len(c.worse)):
-        return NOT_ENOUGH, numbers, notes
-    ok = all(_beats(best, o, c.metric) for o in have)
-    # Means decide, as specified; a gap inside the seed spread is flagged as weak.
-    weak = [o.name for o in have if abs(best.mean - o.mean) <= max(best.std, o.std)]
-    if ok and weak:
-        notes.append("gap within one seed std vs " + ", ".join(weak))
-    if min([best.n] + [o.n for o in have]) < 2:
-        notes.append("a cell rests on a single run")
-    return (SUPPORTED if ok else NOT_SUPPORTED), numbers, notes
+@dataclass
+class _Level:
+    """The comparisons a claim makes at one level, and its cells short of runs."""
+
+    level: object
+    comparisons: list[_Comparison]
+    cells: list[_Cell]
+    short: list[_Cell]  # needed cells with fewer than MIN_RUNS finished runs
+    verdict: str = NOT_ENOUGH
 
 
-def _check_order(c: Claim, runs: pd.DataFrame) -> tuple[str, str, list[str]]:
-    parts, holds, incomplete = [], [], []
-    for depth, g in sorted(runs.groupby("depth"), key=lambda kv: kv[0]):
-        cells = [_cell(g, n, c.metric) for n in c.order]
-        if any(x.n == 0 for x in cells):
-            incomplete.append(str(depth))
-            continue
-        ok = all(_beats(a, b, c.metric) for a, b in zip(cells, cells[1:]))
-        holds.append(ok)
-        parts.append(f"p={depth}: " + " > ".join(f"{x.name} {x.mean:.2f}" for x in cells)
-                     + (" holds" if ok else " fails"))
-    notes = [f"depths lacking a method: {', '.join(incomplete)}"] if incomplete else []
-    if not holds:
-        return NOT_ENOUGH, "no depth has all of " + ", ".join(c.order), notes
-    parts.append(f"holds at {sum(holds)}/{len(holds)} depths")
-    return (SUPPORTED if sum(holds) > len(holds) / 2 else NOT_SUPPORTED), "; ".join(parts), notes
+def _at_level(c: Claim, runs: pd.DataFrame, level) -> _Level:
+    higher = METRICS[c.metric][1]
+    if c.order:
+        cells = [_cell(runs, m, c.metric) for m in c.order]
+        pairs, needed = list(zip(cells, cells[1:])), cells
+    else:
+        best = _cell(runs, c.better, c.metric)
+        others = [_cell(runs, w, c.metric) for w in c.worse]
+        have = [o for o in others if o.n > 0]
+        # Too few rivals with runs: every named rival is needed, and counts in the family.
+        rivals = have if len(have) >= (c.min_worse or len(c.worse)) else others
+        cells, pairs, needed = [best, *others], [(best, o) for o in rivals], [best, *rivals]
+    comparisons = [_Comparison(level, a, b, higher) for a, b in pairs]
+    return _Level(level, comparisons, cells, [x for x in needed if x.n < MIN_RUNS])
+
+
+def _test_family(comparisons: list[_Comparison]) -> None:
+    """Welch-test every comparison that has the runs, then Holm over the family. An
+    untestable comparison counts in the family as p = 1, so a later run can only keep
+    or lower the others' adjusted p; it keeps p_holm = NaN itself."""
+    for x in comparisons:
+        x.test = welch(x.a.values, x.b.values, LEVEL) if x.testable else None
+        x.family_size = len(comparisons)
+    p = [x.test.p if x.test and not math.isnan(x.test.p) else 1.0 for x in comparisons]
+    for x, adjusted in zip(comparisons, holm(p) if p else []):
+        x.p_holm = adjusted if x.test and not math.isnan(x.test.p) else math.nan
+
+
+def _verdict(comparisons: list[_Comparison], complete: bool) -> str:
+    if any(x.significant and not x.in_direction for x in comparisons):
+        return CONTRADICTED
+    if not complete or not comparisons:
+        return NOT_ENOUGH
+    if not all(x.in_direction for x in comparisons):
+        return NOT_SUPPORTED
+    return SUPPORTED if all(x.significant for x in comparisons) else DIRECTION_ONLY
+
+
+def _most(verdicts: list[str]) -> str:
+    """The strongest verdict that more than half of ``verdicts`` reach or exceed."""
+    rank = [STRENGTH.index(v) for v in verdicts]
+    return next(v for i, v in enumerate(STRENGTH) if sum(r <= i for r in rank) > len(rank) / 2)
+
+
+def _levels(c: Claim, sel: pd.DataFrame) -> list[_Level]:
+    if not c.per:
+        return [_at_level(c, sel, None)]
+    if c.per not in sel.columns:
+        return []
+    return [_at_level(c, sel[sel[c.per] == lv], lv)
+            for lv in sorted(sel[c.per].dropna().unique())]
+
+
+def _judge(c: Claim, levels: list[_Level]) -> str:
+    if c.at == "most":
+        for lv in levels:
+            _test_family(lv.comparisons)
+            lv.verdict = _verdict(lv.comparisons, not lv.short)
+        judged = [lv.verdict for lv in levels if lv.verdict != NOT_ENOUGH]
+        return _most(judged) if judged else NOT_ENOUGH
+    comparisons = [x for lv in levels for x in lv.comparisons]
+    _test_family(comparisons)
+    for lv in levels:
+        lv.verdict = _verdict(lv.comparisons, not lv.short)
+    return _verdict(comparisons, bool(levels) and not any(lv.short for lv in levels))
+
+
+def _seeds_needed(c: Claim, verdict: str, levels: list[_Level]) -> str:
+    """Seeds per cell the claim would need to be supported, by SEEDS_RULE."""
+    if verdict in (SUPPORTED, CONTRADICTED):
+        return ""
+    if verdict == NOT_SUPPORTED:
+        return "none: an observed gap runs against the claim"
+    # A claim about most levels needs only the levels that can still turn supported.
+    pending = [lv for lv in levels
+               if c.at != "most" or lv.verdict in (DIRECTION_ONLY, NOT_ENOUGH)]
+    open_ = [x for lv in pending for x in lv.comparisons if not x.significant]
+    known = [x.seeds for x in open_ if x.in_direction and x.seeds is not None]
+    unknown = (not pending or any(x.n == 0 for lv in pending for x in lv.short)
+               or any(x.seeds is None for x in open_))
+    most = max(known, default=0)
+    parts = [] if not known else [f"more than {SEEDS_CAP} per cell" if most > SEEDS_CAP
+                                  else f"about {most} per cell"]
+    if unknown or not known:
+        parts.append(f">= {MIN_RUNS} per cell" + (" where no gap or spread is observed yet"
+                                                  if known else ""))
+    if any(x.against for x in open_):
+        parts.append("an observed, untested gap runs against the claim")
+    return "; ".join(parts)
+
+
+def _level_label(per: str, level) -> str:
+    return f"{LEVEL_NAMES.get(per, (per,))[0]}={level}" if per else ""
+
+
+def _level_names(per: str) -> str:
+    return LEVEL_NAMES.get(per, ("", f"levels of {per}"))[1]
+
+
+def _cells_text(c: Claim, lv: _Level) -> str:
+    if c.order:
+        text = " > ".join(f"{x.name} {_num(x.mean)}" if x.n else f"{x.name}: no finished run"
+                          for x in lv.cells)
+        return f"{text} ({lv.verdict})"
+    best, *others = lv.cells
+    return f"{best} vs " + ", ".join(map(str, others))
+
+
+def _numbers(c: Claim, levels: list[_Level]) -> str:
+    if not c.per:
+        return _cells_text(c, levels[0])
+    if not levels:
+        return f"no run of {', '.join(c.methods())}"
+    parts = [f"{_level_label(c.per, lv.level)}: {_cells_text(c, lv)}" for lv in levels]
+    if c.at == "most":
+        judged = [lv.verdict for lv in levels if lv.verdict != NOT_ENOUGH]
+        counts = ", ".join(f"{judged.count(v)} {v}" for v in STRENGTH if v in judged)
+        parts.append(f"of {len(judged)} {_level_names(c.per)} tested: "
+                     + (counts or "none"))
+    return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    """One comparison, flat: a row of claims_comparisons.csv (NaN where untested)."""
+
+    claim_id: str
+    level_key: str
+    level: object
+    better: str
+    worse: str
+    claimed: str  # which is better: "higher" or "lower"
+    n_better: int
+    n_worse: int
+    mean_better: float
+    mean_worse: float
+    std_better: float
+    std_worse: float
+    diff: float  # mean_better - mean_worse
+    ci_low: float
+    ci_high: float
+    t: float
+    df: float
+    p: float
+    p_holm: float
+    family_size: int
+    in_direction: bool
+    significant: bool
+    seeds_for_power: int | None
+    level_verdict: str
+
+    @classmethod
+    def of(cls, c: Claim, x: _Comparison, level_verdict: str) -> ComparisonRow:
+        t, nan = x.test, math.nan
+        return cls(
+            c.id, c.per, x.level, x.a.name, x.b.name,
+            "higher" if x.higher_is_better else "lower", x.a.n, x.b.n, x.a.mean, x.b.mean,
+            x.a.std, x.b.std, x.a.mean - x.b.mean, t.ci_low if t else nan,
+            t.ci_high if t else nan, t.t if t else nan, t.df if t else nan,
+            t.p if t else nan, x.p_holm, x.family_size, x.in_direction, x.significant,
+            x.seeds, level_verdict)
+
+    def __str__(self) -> str:
+        where = f"[{_level_label(self.level_key, self.level)}] " if self.level_key else ""
+        head, n = f"{where}{self.better} - {self.worse}: ", f"n={self.n_better}/{self.n_worse}"
+        if not math.isnan(self.p):
+            return (f"{head}{self.diff:+.4g} [{self.ci_low:+.4g}, {self.ci_high:+.4g}], "
+                    f"p={self.p:.3g}, p_holm={self.p_holm:.3g}, {n}")
+        gap = "" if math.isnan(self.diff) else f"{self.diff:+.4g}, "
+        why = "no spread" if min(self.n_better, self.n_worse) >= MIN_RUNS \
+            else f"fewer than {MIN_RUNS} runs"
+        return f"{head}{gap}not tested ({why}), {n}"
+
+
+def _notes(c: Claim, levels: list[_Level], used: pd.DataFrame) -> list[str]:
+    notes = [c.note] if c.note else []
+    if any(m in ALIASES for m in c.methods()):
+        notes.append(ALIAS_NOTE)
+    short = [str(lv.level) for lv in levels if c.per and lv.verdict == NOT_ENOUGH]
+    if short:
+        notes.append(f"{_level_names(c.per)} {'left out' if c.at == 'most' else 'untested'}"
+                     f", a cell with fewer than {MIN_RUNS} finished runs: {', '.join(short)}")
+    if any(x.test and math.isnan(x.test.p) for lv in levels for x in lv.comparisons):
+        notes.append("a comparison of two cells without spread is not tested")
+    if len(used) and used[["budget", "epochs"]].astype(str).nunique().max() > 1:
+        notes.append("pools runs of different budgets or epoch counts")
+    return notes
+
+
+def _runs_of(c: Claim, runs: pd.DataFrame) -> pd.DataFrame:
+    if not len(runs):
+        return runs.assign(**{c.metric: pd.Series(dtype=float)}) \
+            if c.metric not in runs.columns else runs
+    names = [n for m in c.methods() for n in ALIASES.get(m, (m,))]
+    keep = (runs["model"] == c.model) & (runs["dataset"] == c.dataset) & runs["norm"].isin(names)
+    if c.experiment:
+        keep &= runs["experiment"] == c.experiment
+    sel = runs[keep]
+    return sel if c.metric in sel.columns else sel.assign(**{c.metric: math.nan})
 
 
 def evaluate_claims(runs: pd.DataFrame, claims: list[Claim] | None = None) -> pd.DataFrame:
-    """One row per claim: id, paper, claim, verdict, numbers, runs, budgets, epochs, note."""
+    """One row per claim: id, paper, claim, verdict, metric, numbers, comparisons (text),
+    seeds_needed, finished_runs, budgets, epochs, note; and ``tests``, the comparisons
+    as records (written to claims_comparisons.csv by ``write_claims``)."""
     rows = []
     for c in CLAIMS if claims is None else claims:
-        sel = runs[(runs["model"] == c.model) & (runs["dataset"] == c.dataset)] \
-            if len(runs) else runs
-        if c.metric not in sel.columns:
-            sel = sel.assign(**{c.metric: float("nan")})
-        check = _check_order if c.kind == "order_most_depths" else _check_pair
-        verdict, numbers, notes = check(c, sel)
+        sel = _runs_of(c, runs)
+        levels = _levels(c, sel)
+        verdict = _judge(c, levels)
         used = sel[sel["finished"]] if len(sel) else sel
-        if any(n in ALIASES for n in (c.better, *c.worse, *c.order)):
-            notes.insert(0, ALIAS_NOTE)
-        if len(used) and used[["budget", "epochs"]].astype(str).nunique().max() > 1:
-            notes.append("pools runs of different budgets or epoch counts")
+        tests = [ComparisonRow.of(c, x, lv.verdict) for lv in levels for x in lv.comparisons]
         rows.append({
             "claim_id": c.id, "paper": c.paper, "claim": c.text, "verdict": verdict,
-            "metric": METRICS[c.metric][0], "numbers": numbers, "finished_runs": len(used),
+            "metric": METRICS[c.metric][0], "numbers": _numbers(c, levels),
+            "comparisons": "; ".join(map(str, tests)),
+            "seeds_needed": _seeds_needed(c, verdict, levels),
+            "finished_runs": len(used),
             "budgets": ";".join(sorted({str(b) for b in used.get("budget", []) if b})),
             "epochs": ";".join(sorted({str(e) for e in used.get("epochs", []) if pd.notna(e)})),
-            "note": "; ".join([c.note, *notes] if c.note else notes),
+            "note": "; ".join(_notes(c, levels, used)),
+            "tests": tests,
         })
     return pd.DataFrame(rows)
 
 
+def _fmt(x: float, spec: str) -> str:
+    return "" if math.isnan(x) else format(x, spec)
+
+
+def to_markdown(claims: pd.DataFrame) -> str:
+    """claims.md: one section per claim, its comparisons as a table."""
+    lines = ["# The papers' claims tested on these runs", "",
+             "Each comparison: the difference of the final-epoch means (first method "
+             f"minus second), its {LEVEL:.0%} Welch confidence interval, Welch's two-sided "
+             "p, Holm's adjusted p over the claim's family, and the finished runs (n) of "
+             "each cell.", "", f"Verdicts: {VERDICT_RULES}", "", f"Rule for the {SEEDS_RULE}",
+             ""]
+    for row in claims.itertuples(index=False):
+        lines += [f"## {row.claim_id} ({row.paper}): {row.verdict}", "", f"> {row.claim}", "",
+                  f"- metric: {row.metric}; finished runs: {row.finished_runs}; budgets: "
+                  f"{row.budgets or '-'}; epochs: {row.epochs or '-'}",
+                  f"- cells: {row.numbers}"]
+        if row.seeds_needed:
+            lines.append(f"- seeds needed: {row.seeds_needed}")
+        if row.note:
+            lines.append(f"- how it was read: {row.note}")
+        if row.tests:
+            lines += ["", "| level | claimed | diff | 95 % CI | p | p_holm | n | verdict at this level |",
+                      "|---|---|---|---|---|---|---|---|"]
+        for r in row.tests:
+            ci = "" if math.isnan(r.ci_low) else f"[{r.ci_low:+.3g}, {r.ci_high:+.3g}]"
+            lines.append(
+                f"| {_level_label(r.level_key, r.level)} | {r.better} "
+                f"{'>' if r.claimed == 'higher' else '<'} {r.worse} | {_fmt(r.diff, '+.3g')} "
+                f"| {ci} | {_fmt(r.p, '.3g')} | {_fmt(r.p_holm, '.3g')} "
+                f"| {r.n_better}/{r.n_worse} | {r.level_verdict} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def write_claims(claims: pd.DataFrame, path) -> Path:
+    """Write ``path`` (claims.csv, one row per claim) and, beside it, claims.md and
+    claims_comparisons.csv (one row per comparison); returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    claims.to_csv(path, index=False)
+    claims.drop(columns="tests").to_csv(path, index=False)
+    rows = [asdict(r) for rs in claims["tests"] for r in rs]
+    pd.DataFrame(rows, columns=[f.name for f in fields(ComparisonRow)]).to_csv(
+        path.with_name(f"{path.stem}_comparisons.csv"), index=False, float_format="%.6g")
+    path.with_suffix(".md").write_text(to_markdown(claims))
     return path
 
 
 def main(argv=None) -> int:
-    from .runs import load_runs
-
     ap = argparse.ArgumentParser(prog="wcnorm claims", description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="run directories or folders holding them")
     ap.add_argument("--out", default="results/table", help="folder for claims.csv")
