@@ -1,0 +1,243 @@
+"""Scenes for NeRF: the Blender-synthetic layout and the LLFF (forward-facing) layout.
+
+Both loaders return a `Scene`: images (N, H, W, 3) in [0, 1], camera-to-world poses
+(N, 3, 4) in the OpenGL convention of `wcnorm.fields.rays` (x right, y up, camera
+looking down -z), the focal length in pixels, the depth range [near, far] that rays
+are sampled in, and whether rays are warped to NDC.
+
+*Blender* (``transforms_{train,val,test}.json`` + RGBA PNGs): images are composited
+onto white (``rgb * alpha + 1 - alpha``), as in the NeRF paper, and then area-averaged
+by ``downscale``; focal = W / (2 tan(camera_angle_x / 2)) at the loaded width;
+near 2, far 6, white background.
+
+*LLFF* (``poses_bounds.npy`` + ``images_<downscale>/``, or ``images/`` resized): as
+the NeRF code's ``load_llff_data`` with its defaults. The poses' axes [down, right,
+back] become [right, up, back]; poses and bounds are scaled so that the nearest bound
+is 1 / 0.75 (so the NDC near plane at 1 lies in front of the scene); poses are
+recentred on their average pose. Every 8th view (0, 8, 16, ...) is held out as the
+test split, the others train. Rays are warped to NDC (near 0, far 1) by default; without
+NDC, near and far are 0.9 x the smallest and 1 x the largest scene bound.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from ..errors import ConfigError, DatasetUnavailable, WcnormError
+from .rays import NDC_NEAR, camera_rays, ndc_rays, viewing_directions
+from .render import RenderSettings
+
+__all__ = ["SceneError", "Scene", "Rays", "BLENDER_SPLITS", "LLFF_SPLITS", "BLENDER_NEAR",
+           "BLENDER_FAR", "LLFF_HOLDOUT", "LLFF_BOUND_FACTOR", "load_blender", "load_llff",
+           "load_scene"]
+
+BLENDER_SPLITS = ("train", "val", "test")
+LLFF_SPLITS = ("train", "test")
+BLENDER_NEAR, BLENDER_FAR = 2.0, 6.0
+LLFF_HOLDOUT = 8  # every 8th view is a test view (the NeRF code's llffhold)
+LLFF_BOUND_FACTOR = 0.75  # the nearest bound is rescaled to 1 / 0.75 (NeRF's bd_factor)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class SceneError(WcnormError, ValueError):
+    """A scene file that exists but does not hold what its layout promises."""
+
+
+class Rays(NamedTuple):
+    """Rays of every pixel of every view, each (N, H, W, 3). ``viewdirs`` are the unit
+    world-space directions the colour head reads (also for NDC rays)."""
+
+    origins: Tensor
+    directions: Tensor
+    viewdirs: Tensor
+
+
+@dataclass
+class Scene:
+    images: Tensor  # (N, H, W, 3) float32 in [0, 1]
+    poses: Tensor  # (N, 3, 4) float32 camera-to-world, OpenGL axes
+    focal: float  # pixels, at the loaded resolution
+    near: float
+    far: float
+    ndc: bool
+    white_background: bool
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def height(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.images.shape[2]
+
+    def rays(self) -> Rays:
+        origins, directions = camera_rays(self.poses, self.height, self.width, self.focal)
+        viewdirs = viewing_directions(directions)
+        if self.ndc:
+            origins, directions = ndc_rays(origins, directions, self.height, self.width,
+                                           self.focal, NDC_NEAR)
+        return Rays(origins, directions, viewdirs)
+
+    def render_settings(self, n_coarse: int = 64, n_fine: int = 128) -> RenderSettings:
+        return RenderSettings(near=self.near, far=self.far, n_coarse=n_coarse, n_fine=n_fine,
+                              white_background=self.white_background)
+
+
+# ------------------------------------------------------------------------- images
+def _check_split(split: str, splits: tuple[str, ...], layout: str) -> None:
+    if split not in splits:
+        raise ConfigError(f"unknown {layout} split {split!r}; choose one of {', '.join(splits)}")
+
+
+def _check_downscale(downscale: int) -> None:
+    if not isinstance(downscale, int) or isinstance(downscale, bool) or downscale < 1:
+        raise ConfigError(f"downscale must be a positive integer, got {downscale!r}")
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    """An image as float32 RGB in [0, 1]; RGBA is composited onto white."""
+    if not path.is_file():
+        raise DatasetUnavailable(f"image {path} is missing")
+    with Image.open(path) as image:
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+    rgb, alpha = rgba[..., :3], rgba[..., 3:]
+    return rgb * alpha + (1.0 - alpha)
+
+
+def _area_downscale(images: Tensor, downscale: int) -> Tensor:
+    """(N, H, W, 3) -> (N, H // d, W // d, 3) by averaging over pixel areas."""
+    if downscale == 1:
+        return images
+    size = (images.shape[1] // downscale, images.shape[2] // downscale)
+    if min(size) < 1:
+        raise ConfigError(f"downscale={downscale} leaves no pixel of {tuple(images.shape[1:3])} images")
+    return F.interpolate(images.permute(0, 3, 1, 2), size=size, mode="area").permute(0, 2, 3, 1)
+
+
+def _stack(files: list[Path]) -> Tensor:
+    images = [_read_rgb(f) for f in files]
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise SceneError(f"images of one scene differ in size {sorted(shapes)}: {files[0].parent}")
+    return torch.from_numpy(np.stack(images))
+
+
+# ------------------------------------------------------------------------- Blender
+def load_blender(root: str | Path, split: str = "train", *, downscale: int = 1) -> Scene:
+    """A split of a Blender-synthetic scene folder (see the module docstring)."""
+    _check_split(split, BLENDER_SPLITS, "Blender")
+    _check_downscale(downscale)
+    root = Path(root)
+    path = root / f"transforms_{split}.json"
+    if not path.is_file():
+        raise DatasetUnavailable(f"{path} is missing: a Blender scene folder holds "
+                                 "transforms_train.json, transforms_val.json and transforms_test.json")
+    try:
+        meta = json.loads(path.read_text())
+        angle = float(meta["camera_angle_x"])
+        frames = meta["frames"]
+        poses = np.array([f["transform_matrix"] for f in frames], dtype=np.float32)
+        files = [root / f"{f['file_path']}.png" for f in frames]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise SceneError(f"{path} is not a Blender transforms file ({type(err).__name__}: {err})") from err
+    if not files or poses.shape[1:] != (4, 4):
+        raise SceneError(f"{path}: need at least one frame with a 4x4 transform_matrix")
+    images = _area_downscale(_stack(files), downscale)
+    focal = 0.5 * images.shape[2] / np.tan(0.5 * angle)
+    return Scene(images, torch.from_numpy(poses[:, :3]), float(focal), BLENDER_NEAR, BLENDER_FAR,
+                 ndc=False, white_background=True, files=files)
+
+
+# --------------------------------------------------------------------------- LLFF
+def _normalize(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def average_pose(c2w: np.ndarray) -> np.ndarray:
+    """NeRF's ``poses_avg``: the mean centre, looking along the normalised sum of the
+    back axes, with the summed up axis made orthogonal to it. (N, 3, 4) -> (3, 4)."""
+    back = _normalize(c2w[:, :, 2].sum(0))
+    right = _normalize(np.cross(c2w[:, :, 1].sum(0), back))
+    up = _normalize(np.cross(back, right))
+    return np.stack([right, up, back, c2w[:, :, 3].mean(0)], axis=1)
+
+
+def recenter_poses(c2w: np.ndarray) -> np.ndarray:
+    """Express the poses in the frame of their average pose (which becomes the identity)."""
+    homogeneous = np.tile(np.eye(4), (len(c2w), 1, 1))
+    homogeneous[:, :3] = c2w
+    average = np.eye(4)
+    average[:3] = average_pose(c2w)
+    return (np.linalg.inv(average) @ homogeneous)[:, :3]
+
+
+def _llff_images(root: Path, downscale: int) -> tuple[Tensor, list[Path]]:
+    folder = root / f"images_{downscale}"
+    scale = 1
+    if not folder.is_dir():  # fall back to the originals, resized here
+        folder, scale = root / "images", downscale
+        if not folder.is_dir():
+            raise DatasetUnavailable(f"{root / f'images_{downscale}'} is missing (and so is {folder} "
+                                     "to downscale from): an LLFF scene holds images_<factor>/")
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise SceneError(f"{folder} holds no .png or .jpg image")
+    return _area_downscale(_stack(files), scale), files
+
+
+def load_llff(root: str | Path, split: str = "train", *, downscale: int = 8, ndc: bool = True,
+              holdout: int = LLFF_HOLDOUT) -> Scene:
+    """A split of an LLFF scene folder (see the module docstring)."""
+    _check_split(split, LLFF_SPLITS, "LLFF")
+    _check_downscale(downscale)
+    if holdout < 2:
+        raise ConfigError(f"holdout must be >= 2 (every holdout-th view is a test view), got {holdout}")
+    root = Path(root)
+    path = root / "poses_bounds.npy"
+    if not path.is_file():
+        raise DatasetUnavailable(f"{path} is missing: an LLFF scene folder holds poses_bounds.npy "
+                                 "and images_<factor>/")
+    table = np.load(path).astype(np.float64)
+    if table.ndim != 2 or table.shape[1] != 17:
+        raise SceneError(f"{path}: expected an (N, 17) array of 3x5 poses and 2 bounds, "
+                         f"got shape {table.shape}")
+    images, files = _llff_images(root, downscale)
+    if len(files) != len(table):
+        raise SceneError(f"{path} has {len(table)} poses but {files[0].parent} holds {len(files)} images")
+    poses, bounds = table[:, :15].reshape(-1, 3, 5), table[:, 15:]
+    full_width = poses[0, 1, 4]  # the [H, W, focal] column is of the full-size originals
+    focal = poses[0, 2, 4] * images.shape[2] / full_width
+    c2w = poses[:, :, :4]
+    c2w = np.concatenate([c2w[:, :, 1:2], -c2w[:, :, 0:1], c2w[:, :, 2:]], axis=2)  # -> [right, up, back]
+    scale = 1.0 / (bounds.min() * LLFF_BOUND_FACTOR)
+    c2w[:, :, 3] *= scale
+    bounds = bounds * scale
+    c2w = recenter_poses(c2w)
+    held_out = np.arange(len(table)) % holdout == 0
+    keep = held_out if split == "test" else ~held_out
+    near, far = (0.0, 1.0) if ndc else (0.9 * bounds.min(), 1.0 * bounds.max())
+    return Scene(images[torch.from_numpy(keep)], torch.from_numpy(c2w[keep]).float(), float(focal),
+                 float(near), float(far), ndc=ndc, white_background=False,
+                 files=[f for f, k in zip(files, keep) if k])
+
+
+def load_scene(root: str | Path, split: str = "train", **options) -> Scene:
+    """Either layout, recognised by its files (``transforms_<split>.json`` or
+    ``poses_bounds.npy``); ``options`` go to `load_blender` or `load_llff`."""
+    root = Path(root)
+    if (root / "poses_bounds.npy").is_file():
+        return load_llff(root, split, **options)
+    if any((root / f"transforms_{s}.json").is_file() for s in BLENDER_SPLITS):
+        return load_blender(root, split, **options)
+    raise DatasetUnavailable(f"{root} is neither a Blender scene (transforms_<split>.json) nor an "
+                             "LLFF scene (poses_bounds.npy)")
