@@ -1,6 +1,8 @@
-"""The model zoo: shapes, training steps, parameter counts, norm handling, errors, fx."""
+"""The model zoo: shapes, training steps, parameter counts, norm handling, width, errors, fx."""
 
 from __future__ import annotations
+
+import hashlib
 
 import pytest
 import torch
@@ -21,8 +23,9 @@ from wcnorm.models import (
 )
 from wcnorm.models.enorm_nets import EnormFullConv
 from wcnorm.models.imagenet import TorchvisionAttention
-from wcnorm.models.layers import NORM_TYPES
+from wcnorm.models.layers import scaled
 from wcnorm.models.vit import Attention
+from wcnorm.modules import BATCH_NORMS, NORM_LAYERS
 
 CIFAR_MODELS = [m for m in MODELS if not m.startswith("enorm")]
 # smaller ViT where the size changes nothing being tested
@@ -91,7 +94,7 @@ def test_parameter_counts():
 @pytest.mark.parametrize("name,size", [(m, 32) for m in MODELS] + [(m, 224) for m in CIFAR_MODELS])
 def test_act_norm_none(name, size):
     model = _build(name, size, "none", classes=10)
-    assert not any(isinstance(m, NORM_TYPES) for m in model.modules())
+    assert not any(isinstance(m, NORM_LAYERS) for m in model.modules())
     layers = _convs_linears(model)
     if name.startswith("enorm"):  # the ENorm paper's nets never have biases
         assert all(m.bias is None for m in layers)
@@ -106,7 +109,7 @@ def test_bias_rule_and_group_norm(name):
     assert all(m.bias is None for m in bn.modules() if isinstance(m, nn.Conv2d))
     gn = _build(name, 32, "gn")
     gns = [m for m in gn.modules() if isinstance(m, nn.GroupNorm)]
-    assert gns and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in gn.modules())
+    assert gns and not any(isinstance(m, BATCH_NORMS) for m in gn.modules())
     for m in gns:
         assert m.num_groups == gn_groups(m.num_channels) <= 32
         assert m.num_channels % m.num_groups == 0
@@ -116,11 +119,97 @@ def test_gn_groups():
     assert [gn_groups(c) for c in (1, 16, 24, 48, 64, 500, 208, 37)] == [1, 16, 24, 24, 32, 25, 26, 1]
 
 
+# ------------------------------------------------------------------------------- width
+
+# The models as they were before `width` existed (10 classes, 32 px): parameter count and a
+# digest of the state dict's names and shapes, so that width 1 keeps old checkpoints loadable.
+PUBLISHED = {
+    ("resnet18", "bn"): (11_173_962, "168c968b00036010"), ("resnet18", "gn"): (11_173_962, "e6bfe4d29f11bce7"),
+    ("resnet18", "none"): (11_169_162, "bf045acc1bd21812"),
+    ("resnet34", "bn"): (21_282_122, "a1c33b2385117bcf"), ("resnet34", "none"): (21_273_610, "da155869293ac633"),
+    ("resnet50", "bn"): (23_520_842, "46dd6d287539ca40"), ("resnet50", "gn"): (23_520_842, "41f0ff5014facac8"),
+    ("densenet121", "bn"): (6_956_298, "28a83babf2a930b8"), ("densenet121", "none"): (6_883_018, "84e1727b6582610d"),
+    ("googlenet", "bn"): (6_158_346, "ccb065bed9ab54c4"), ("googlenet", "gn"): (6_158_346, "2ce618069d3b72f9"),
+    ("googlenet", "none"): (6_150_442, "3cc362df9de00c99"),
+    ("vit", "ln"): (12_470_026, "ed23089c1cccfe16"), ("vit", "none"): (12_458_506, "3e37b9df9120c110"),
+}
+WIDTH_CASES = [(m, n) for m in CIFAR_MODELS for n in supported_act_norms(m)]
+
+
+def _layout_digest(model):
+    layout = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    return hashlib.sha256(repr(layout).encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("name,act_norm", list(PUBLISHED))
+def test_width_one_is_the_published_model(name, act_norm):
+    params, digest = PUBLISHED[name, act_norm]
+    for width in (1, 1.0):
+        model = build_model(name, num_classes=10, image_size=32, act_norm=act_norm, width=width)
+        assert count_parameters(model) == params
+        assert _layout_digest(model) == digest
+    default = build_model(name, num_classes=10, image_size=32, act_norm=act_norm)
+    assert {k: v.shape for k, v in default.state_dict().items()} == \
+        {k: v.shape for k, v in model.state_dict().items()}
+
+
+def test_scaled_rounding():
+    assert [scaled(64, w) for w in (1, 0.5, 0.25, 2, 0.3)] == [64, 32, 16, 128, 19]
+    assert scaled(5, 0.5) == 2 and scaled(3, 0.5) == 2  # ties to even (Python's round)
+    assert scaled(64, 1e-3) == 1  # never zero channels
+
+
+@pytest.mark.parametrize("name", CIFAR_MODELS)
+def test_width_scales_parameters_quadratically(name):
+    full = count_parameters(_build(name, 32, width=1.0))
+    half = count_parameters(_build(name, 32, width=0.5))
+    # conv/linear weights scale as width^2; norms, biases and the input/output layers linearly
+    assert 0.2 * full < half < 0.35 * full
+
+
+@pytest.mark.parametrize("name,act_norm", WIDTH_CASES)
+def test_narrow_models_run(name, act_norm):
+    model = _build(name, 32, act_norm, width=0.25)
+    x = torch.randn(2, 3, 32, 32)
+    out = model(x)
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    for m in model.modules():
+        if isinstance(m, nn.GroupNorm):
+            assert m.num_groups == gn_groups(m.num_channels) and m.num_channels % m.num_groups == 0
+
+
+@pytest.mark.parametrize("name,width,stem,features", [
+    ("resnet18", 0.25, 16, 128), ("resnet50", 0.25, 16, 512), ("resnet18", 0.3, 19, 154),
+    ("densenet121", 0.25, 16, 256), ("googlenet", 0.25, 48, 256), ("googlenet", 0.3, 58, 306),
+])
+def test_width_sets_channels(name, width, stem, features):
+    """The stem's output and the classifier's input channels at a width."""
+    model = _build(name, 32, "gn", width=width)
+    layers = _convs_linears(model)
+    assert layers[0].out_channels == stem and layers[-1].in_features == features
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("width,base,heads,dim", [
+    (0.5, 384, 6, 192), (0.3, 384, 6, 114), (1e-3, 384, 6, 6), (0.3, 96, 6, 30), (2.0, 96, 4, 192),
+])
+def test_vit_width(width, base, heads, dim):
+    """width scales the embedding dim to the nearest multiple of heads (>= one dim per head)."""
+    model = _build("vit", 32, width=width, dim=base, heads=heads)
+    attns = [m for m in model.modules() if isinstance(m, Attention)]
+    assert model.pos_embed.shape[-1] == model.head.in_features == dim
+    assert all(a.num_heads == heads and a.num_heads * a.head_dim == a.q.in_features == dim for a in attns)
+    assert model.blocks[0].mlp.fc1.out_features == 4 * dim
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
 def test_swap_norm_torchvision_style():
     import torchvision
 
     model = swap_norm(torchvision.models.resnet18(weights=None), "none")
-    assert not any(isinstance(m, NORM_TYPES) for m in model.modules())
+    assert not any(isinstance(m, NORM_LAYERS) for m in model.modules())
     assert all(torch.count_nonzero(m.bias) == 0 for m in model.modules() if isinstance(m, nn.Conv2d))
 
 
@@ -172,7 +261,15 @@ def test_enorm_fullconv():
     (dict(name="vit", image_size=200, act_norm="ln"), "multiple of 16"),
     (dict(name="vit", image_size=32, act_norm="ln", depht=3), "unknown option.*depth"),
     (dict(name="vit", image_size=32, act_norm="ln", depth="3"), "must be a int"),
-    (dict(name="resnet18", image_size=32, act_norm="bn", depth=3), "valid options: none"),
+    (dict(name="resnet18", image_size=32, act_norm="bn", depth=3), "valid options: width"),
+    (dict(name="resnet18", image_size=32, act_norm="bn", width=0), "width=0 must be a finite number > 0"),
+    (dict(name="densenet121", image_size=32, act_norm="gn", width=-0.5), "width=-0.5 must be"),
+    (dict(name="googlenet", image_size=32, act_norm="bn", width=float("inf")), "finite number > 0"),
+    (dict(name="vit", image_size=32, act_norm="ln", width=float("nan")), "finite number > 0"),
+    (dict(name="resnet34", image_size=32, act_norm="bn", width="0.5"), "width='0.5' must be a number"),
+    (dict(name="resnet50", image_size=32, act_norm="bn", width=True), "must be a number"),
+    (dict(name="resnet18", image_size=224, act_norm="bn", width=0.5), "no width multiplier"),
+    (dict(name="vit", image_size=224, act_norm="ln", width=2.0), "width must be 1"),
     (dict(name="densenet121", image_size=4, act_norm="bn"), ">= 8"),
     (dict(name="enorm_fc", image_size=32, act_norm="bn", depth=-1), "depth >= 0"),
 ])
@@ -188,7 +285,10 @@ def test_config_errors(kwargs, match):
 def test_build_args_validated():
     with pytest.raises(ModelConfigError, match="num_classes"):
         build_model("resnet18", num_classes=0, image_size=32)
-    assert default_options("vit")["patch_size"] == 4 and default_options("vit", 224) == {"dropout": 0.0}
+    assert default_options("vit")["patch_size"] == 4
+    assert default_options("vit", 224) == {"dropout": 0.0, "width": 1.0}
+    for name in CIFAR_MODELS:
+        assert default_options(name)["width"] == default_options(name, 224)["width"] == 1.0
 
 
 @pytest.mark.parametrize("name", MODELS)

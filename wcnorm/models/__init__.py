@@ -21,16 +21,22 @@ Conventions the rest of wcnorm relies on:
   exception: they never have biases.
 - GroupNorm uses 32 groups, or the largest divisor of the channels <= 32.
 - Attention (ViT, both sizes) uses separate ``q``/``k``/``v``/``proj`` linears.
+- ``width`` (default 1, the published model) multiplies the channels of the
+  CIFAR-size CNNs and the ViT's embedding dim; each count is rounded by
+  `layers.scaled` (nearest integer, at least 1). It must be a finite number > 0,
+  and exactly 1 at ImageNet size: torchvision's definitions have no multiplier.
+  (``enorm_fc``'s ``width`` is its hidden layers' unit count, a different option.)
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 
 from torch import nn
 
 from . import densenet, enorm_nets, googlenet, imagenet, resnet, vit
-from .layers import ACT_NORMS, ModelConfigError, gn_groups, norm1d, norm2d, swap_norm
+from .layers import ACT_NORMS, WIDTH, ModelConfigError, gn_groups, norm1d, norm2d, swap_norm
 
 __all__ = ["MODELS", "ACT_NORMS", "CIFAR_MAX_SIZE", "ModelConfigError", "supported_act_norms",
            "check_model", "build_model", "count_parameters", "default_options", "is_torchvision",
@@ -72,8 +78,8 @@ def default_options(name: str, image_size: int = 32) -> dict:
     if name == "enorm_fullconv":
         return dict(enorm_nets.FULLCONV_DEFAULTS)
     if is_torchvision(name, image_size):
-        return dict(imagenet.DEFAULTS.get(name, {}))
-    return dict(vit.DEFAULTS) if name == "vit" else {}
+        return {**imagenet.DEFAULTS, **(imagenet.VIT_OPTIONS if name == "vit" else {})}
+    return dict(_CIFAR[name].DEFAULTS)
 
 
 def _check_types(name: str, options: dict, defaults: dict) -> None:
@@ -92,8 +98,20 @@ def _check_types(name: str, options: dict, defaults: dict) -> None:
         else:
             ok = isinstance(value, type(default))
         if not ok:
+            kind = "number" if isinstance(default, float) else type(default).__name__
             raise ModelConfigError(f"model {name!r}: option {key}={value!r} must be a "
-                                   f"{type(default).__name__} (default {default!r})")
+                                   f"{kind} (default {default!r})")
+
+
+def _check_width(name: str, image_size: int, width: float) -> None:
+    if not (math.isfinite(width) and width > 0):
+        raise ModelConfigError(f"{name}: width={width!r} must be a finite number > 0 (the channel "
+                               f"multiplier; {WIDTH:g} is the published model, 0.5 halves every layer)")
+    if is_torchvision(name, image_size) and width != WIDTH:
+        raise ModelConfigError(
+            f"{name} at image_size={image_size} is torchvision's ImageNet-size definition, which has "
+            f"no width multiplier: width must be {WIDTH:g}, got {width!r}; width applies at "
+            f"image_size <= {CIFAR_MAX_SIZE} (the CIFAR-size definitions)")
 
 
 def _check_vit(image_size: int, o: dict) -> None:
@@ -125,6 +143,8 @@ def check_model(name: str, *, image_size: int, act_norm: str = "bn", **options) 
     defaults = default_options(name, image_size)
     _check_types(name, options, defaults)
     o = {**defaults, **options}
+    if name not in _ENORM:  # enorm_fc's own width (a unit count) is checked below
+        _check_width(name, image_size, o["width"])
     if name in _ENORM:
         if name == "enorm_fc" and (o["depth"] < 0 or o["width"] < 1):
             raise ModelConfigError(f"enorm_fc: need depth >= 0 and width >= 1, got {o}")
@@ -161,7 +181,7 @@ def build_model(name: str, *, num_classes: int, image_size: int, in_channels: in
         return imagenet.build(name, image_size=image_size, **args, **options)
     if name == "vit":
         return vit.build(name, image_size=image_size, **args, **options)
-    return _CIFAR[name].build(name, **args)
+    return _CIFAR[name].build(name, **args, **options)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

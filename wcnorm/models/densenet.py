@@ -5,6 +5,10 @@ bottleneck norm-ReLU-conv1x1 (4*growth) -> norm-ReLU-conv3x3 (growth) whose outp
 is concatenated to its input; transitions norm-ReLU-conv1x1 (reduction 0.5) ->
 avg-pool 2; a 3x3 stem conv to 2*growth channels (no max-pool); final norm-ReLU,
 adaptive average pool, linear head. Needs images of at least 8x8 (three 2x pools).
+
+``width`` multiplies the growth rate (`layers.scaled`: 32 -> round(32 * width)), and
+with it the stem's 2*growth channels, the bottlenecks' 4*growth and, through the
+concatenations, every block's and transition's channels.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import math
 import torch
 from torch import nn
 
-from .layers import init_cnn, norm2d, use_bias
+from .layers import WIDTH, init_cnn, norm2d, scaled, use_bias
+
+DEFAULTS = {"width": WIDTH}
 
 
 class DenseLayer(nn.Module):
@@ -72,6 +78,6 @@ class DenseNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def build(name: str, num_classes: int, in_channels: int, act_norm: str) -> DenseNet:
+def build(name: str, num_classes: int, in_channels: int, act_norm: str, width: float = WIDTH) -> DenseNet:
     assert name == "densenet121"
-    return DenseNet((6, 12, 24, 16), 32, num_classes, in_channels, act_norm)
+    return DenseNet((6, 12, 24, 16), scaled(32, width), num_classes, in_channels, act_norm)

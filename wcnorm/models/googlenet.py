@@ -4,6 +4,9 @@ A 3x3 conv stem to 192 channels (no 7x7 conv, no early pools), inception modules
 a3, b3, max-pool, a4..e4, max-pool, a5, b5, global average pool, linear head; no
 auxiliary heads. As in that variant, the "5x5" branch is two stacked 3x3 convs.
 Every conv is conv -> norm -> ReLU. Needs images of at least 8x8.
+
+``width`` multiplies the stem's and every branch's channels (`layers.scaled`, per
+branch); each module's input is the concatenation of the previous one's branches.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import ConvNormAct, init_cnn
+from .layers import WIDTH, ConvNormAct, init_cnn, scaled
+
+DEFAULTS = {"width": WIDTH}
 
 
 class Inception(nn.Module):
@@ -23,32 +28,40 @@ class Inception(nn.Module):
         self.b3 = nn.Sequential(ConvNormAct(cin, n5r, 1, act_norm), ConvNormAct(n5r, n5, 3, act_norm),
                                 ConvNormAct(n5, n5, 3, act_norm))
         self.b4 = nn.Sequential(nn.MaxPool2d(3, 1, 1), ConvNormAct(cin, pool, 1, act_norm))
+        self.out_channels = n1 + n3 + n5 + pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.b1(x), self.b2(x), self.b3(x), self.b4(x)], 1)
 
 
-# (cin, 1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj), as in the Inception v1 paper
+STEM = 192
+# (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj), as in the Inception v1 paper; each
+# module's input is the previous module's output (the stem's 192 for a3, then 256, 480, ...)
 CFG = {
-    "a3": (192, 64, 96, 128, 16, 32, 32), "b3": (256, 128, 128, 192, 32, 96, 64),
-    "a4": (480, 192, 96, 208, 16, 48, 64), "b4": (512, 160, 112, 224, 24, 64, 64),
-    "c4": (512, 128, 128, 256, 24, 64, 64), "d4": (512, 112, 144, 288, 32, 64, 64),
-    "e4": (528, 256, 160, 320, 32, 128, 128), "a5": (832, 256, 160, 320, 32, 128, 128),
-    "b5": (832, 384, 192, 384, 48, 128, 128),
+    "a3": (64, 96, 128, 16, 32, 32), "b3": (128, 128, 192, 32, 96, 64),
+    "a4": (192, 96, 208, 16, 48, 64), "b4": (160, 112, 224, 24, 64, 64),
+    "c4": (128, 128, 256, 24, 64, 64), "d4": (112, 144, 288, 32, 64, 64),
+    "e4": (256, 160, 320, 32, 128, 128), "a5": (256, 160, 320, 32, 128, 128),
+    "b5": (384, 192, 384, 48, 128, 128),
 }
 
 
 class GoogLeNet(nn.Module):
-    def __init__(self, num_classes: int, in_channels: int = 3, act_norm: str = "bn"):
+    def __init__(self, num_classes: int, in_channels: int = 3, act_norm: str = "bn",
+                 width: float = WIDTH):
         super().__init__()
-        inc = {k: Inception(*v, act_norm) for k, v in CFG.items()}
-        self.stem = ConvNormAct(in_channels, 192, 3, act_norm)
+        stem = c = scaled(STEM, width)
+        inc = {}
+        for k, branches in CFG.items():
+            inc[k] = Inception(c, *(scaled(n, width) for n in branches), act_norm)
+            c = inc[k].out_channels
+        self.stem = ConvNormAct(in_channels, stem, 3, act_norm)
         self.stage3 = nn.Sequential(inc["a3"], inc["b3"], nn.MaxPool2d(3, 2, 1))
         self.stage4 = nn.Sequential(*(inc[k] for k in ("a4", "b4", "c4", "d4", "e4")),
                                     nn.MaxPool2d(3, 2, 1))
         self.stage5 = nn.Sequential(inc["a5"], inc["b5"])
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(1024, num_classes)
+        self.fc = nn.Linear(c, num_classes)
         init_cnn(self, act_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,6 +69,6 @@ class GoogLeNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def build(name: str, num_classes: int, in_channels: int, act_norm: str) -> GoogLeNet:
+def build(name: str, num_classes: int, in_channels: int, act_norm: str, width: float = WIDTH) -> GoogLeNet:
     assert name == "googlenet"
-    return GoogLeNet(num_classes, in_channels, act_norm)
+    return GoogLeNet(num_classes, in_channels, act_norm, width)

@@ -8,6 +8,11 @@ function class or parameter count:
 - ``in_channels != 3`` replaces the stem (first) conv by one with that many inputs;
 - the ViT-B/16's ``nn.MultiheadAttention`` (one packed in-projection) is replaced
   by `vit.Attention` (separate q/k/v/proj linears) holding the same weights.
+
+The ``width`` option exists here only so one model config serves both sizes: it must
+be 1. torchvision's constructors have no channel multiplier (ResNet's
+``width_per_group`` widens only the bottleneck's inner conv; DenseNet and GoogLeNet
+fix their widths), and a narrower ViT-B/16 would no longer be the ViT-B/16.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from .layers import init_cnn, swap_norm
+from .layers import WIDTH, init_cnn, swap_norm
 from .resnet import scale_residual_branches
 from .vit import Attention
 
-DEFAULTS: dict[str, dict] = {"vit": {"dropout": 0.0}}
+DEFAULTS = {"width": WIDTH}  # every model's options
+VIT_OPTIONS = {"dropout": 0.0}  # and the ViT's own (passed to torchvision's vit_b_16)
 VIT_PATCH = 16
 
 
@@ -59,10 +65,11 @@ def _replace_stem(model: nn.Module, in_channels: int, gain: float) -> None:
 
 
 def build(name: str, num_classes: int, in_channels: int, act_norm: str, image_size: int,
-          **options) -> nn.Module:
+          width: float = WIDTH, **options) -> nn.Module:
+    assert width == WIDTH, "torchvision's models have no width multiplier"
     if name == "vit":
         model = tvm.vit_b_16(weights=None, num_classes=num_classes, image_size=image_size,
-                             **{**DEFAULTS["vit"], **options})
+                             **{**VIT_OPTIONS, **options})
         for block in model.encoder.layers:
             block.self_attention = TorchvisionAttention.from_mha(block.self_attention)
     elif name == "googlenet":

@@ -12,6 +12,9 @@ that `act_norm` means the same thing everywhere:
 A conv/linear layer whose output feeds a normalization layer has no bias (the
 norm's shift makes it redundant); with ``act_norm="none"`` the same layer gets a
 bias, because the architecture then needs it (`use_bias`).
+
+The ``width`` option of the CIFAR-size models multiplies their channel counts
+(`scaled`); width 1 is the published architecture.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..modules import NORM_LAYERS
+
 ACT_NORMS = ("bn", "gn", "ln", "none")
 GN_MAX_GROUPS = 32
+WIDTH = 1.0  # the published architectures' channel multiplier
 
 
 class ModelConfigError(ValueError):
@@ -30,6 +36,13 @@ class ModelConfigError(ValueError):
 def gn_groups(channels: int, max_groups: int = GN_MAX_GROUPS) -> int:
     """Largest divisor of `channels` that is <= `max_groups`."""
     return next(g for g in range(min(max_groups, channels), 0, -1) if channels % g == 0)
+
+
+def scaled(channels: int, width: float) -> int:
+    """`channels` times the width multiplier, rounded to the nearest integer (ties to
+    even, as Python's `round`) and at least 1, so every layer keeps a channel.
+    Any count is valid for every norm: `gn_groups` picks a divisor of it."""
+    return max(1, round(channels * width))
 
 
 def use_bias(kind: str) -> bool:
@@ -61,9 +74,6 @@ def norm1d(kind: str, features: int) -> nn.Module:
     raise ModelConfigError(f"unknown act_norm={kind!r}; choose one of {ACT_NORMS}")
 
 
-NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
-
-
 class ConvNormAct(nn.Sequential):
     """conv -> norm -> ReLU, with the bias rule applied (named conv / norm / act)."""
 
@@ -86,9 +96,9 @@ def init_cnn(model: nn.Module, act_norm: str = "bn") -> None:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
-        elif isinstance(m, NORM_TYPES) and m.weight is not None:
+        elif isinstance(m, NORM_LAYERS) and m.weight is not None:
             nn.init.ones_(m.weight)
-        if isinstance(m, (nn.Conv2d, nn.Linear, *NORM_TYPES)) and getattr(m, "bias", None) is not None:
+        if isinstance(m, (nn.Conv2d, nn.Linear, *NORM_LAYERS)) and getattr(m, "bias", None) is not None:
             nn.init.zeros_(m.bias)
 
 
@@ -97,7 +107,8 @@ def swap_norm(model: nn.Module, kind: str) -> nn.Module:
 
     ``"bn"`` and ``"ln"`` keep the model's own layers. ``"gn"`` replaces every
     BatchNorm2d by a GroupNorm (same affine parameter count). ``"none"`` replaces
-    every BatchNorm and LayerNorm by ``nn.Identity`` and gives every bias-less
+    every normalization layer (BatchNorm, LayerNorm, any `NORM_LAYERS`) by
+    ``nn.Identity`` and gives every bias-less
     conv/linear layer a zero-initialised bias: in torchvision models a layer has no
     bias exactly because a BatchNorm follows (or, in DenseNet, normalizes) its output.
     """
@@ -109,7 +120,7 @@ def swap_norm(model: nn.Module, kind: str) -> nn.Module:
         for name, child in parent.named_children():
             if kind == "gn" and isinstance(child, nn.BatchNorm2d):
                 setattr(parent, name, nn.GroupNorm(gn_groups(child.num_features), child.num_features))
-            elif kind == "none" and isinstance(child, NORM_TYPES):
+            elif kind == "none" and isinstance(child, NORM_LAYERS):
                 setattr(parent, name, nn.Identity())
     if kind == "none":
         for m in model.modules():

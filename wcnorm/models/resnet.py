@@ -5,6 +5,9 @@ bottleneck) with stride 2 from stage 2 on, identity shortcuts where shapes agree
 1x1-conv (+norm) projections where they do not, adaptive average pool, linear head.
 The bottleneck strides in its 3x3 conv (the "v1.5" placement torchvision uses).
 ResNet-18 with 10 classes has 11,173,962 parameters. Works at 32x32 and 64x64.
+
+``width`` multiplies every stage's planes and the stem's channels (`layers.scaled`:
+64 -> round(64 * width)); the bottleneck's expansion of 4 applies to the scaled planes.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import init_cnn, norm2d, use_bias
+from .layers import WIDTH, init_cnn, norm2d, scaled, use_bias
+
+DEFAULTS = {"width": WIDTH}
 
 
 def conv3x3(cin: int, cout: int, stride: int, bias: bool) -> nn.Conv2d:
@@ -71,14 +76,15 @@ class Bottleneck(nn.Module):
 
 class ResNet(nn.Module):
     def __init__(self, block: type, layers: list[int], num_classes: int, in_channels: int = 3,
-                 act_norm: str = "bn"):
+                 act_norm: str = "bn", width: float = WIDTH):
         super().__init__()
-        self.conv1 = conv3x3(in_channels, 64, 1, use_bias(act_norm))
-        self.bn1 = norm2d(act_norm, 64)
+        stem = scaled(64, width)
+        self.conv1 = conv3x3(in_channels, stem, 1, use_bias(act_norm))
+        self.bn1 = norm2d(act_norm, stem)
         self.relu = nn.ReLU()
-        cin, stages = 64, []
+        cin, stages = stem, []
         for i, n in enumerate(layers):
-            planes, stride = 64 * 2**i, 1 if i == 0 else 2
+            planes, stride = scaled(64 * 2**i, width), 1 if i == 0 else 2
             blocks = []
             for j in range(n):
                 blocks.append(block(cin, planes, stride if j == 0 else 1, act_norm))
@@ -114,6 +120,6 @@ ARCHS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet34": (BasicBlock, [3, 4,
          "resnet50": (Bottleneck, [3, 4, 6, 3])}
 
 
-def build(name: str, num_classes: int, in_channels: int, act_norm: str) -> ResNet:
+def build(name: str, num_classes: int, in_channels: int, act_norm: str, width: float = WIDTH) -> ResNet:
     block, layers = ARCHS[name]
-    return ResNet(block, layers, num_classes, in_channels, act_norm)
+    return ResNet(block, layers, num_classes, in_channels, act_norm, width)

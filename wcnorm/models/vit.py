@@ -1,11 +1,17 @@
 """A small Vision Transformer for 32x32 / 64x64 images (Dosovitskiy et al. 2021).
 
 Default size (every value overridable through `build_model(..., **options)`):
-patch 4 (64 tokens at 32x32), width ``dim=384``, ``depth=7`` blocks, ``heads=6``
+patch 4 (64 tokens at 32x32), embedding dim ``dim=384``, ``depth=7`` blocks, ``heads=6``
 of 64 dims, ``mlp_ratio=4``, ``dropout=0``: DeiT-S width at the depth of the
 ViT-Lite-7/4 CIFAR models (Hassani et al. 2021), about 12.4M parameters. Pre-LN
 blocks; a class token is classified by default (``pool="cls"``, as in ViT-B/16),
 ``pool="mean"`` averages the patch tokens instead. Learned position embeddings.
+
+``width`` scales each head's dimension and keeps the heads: the embedding dim becomes
+``heads * scaled(dim // heads, width)`` (`layers.scaled`), the multiple of ``heads``
+nearest to ``dim * width`` and at least ``heads`` (one dim per head), so the heads
+always divide it; the MLP's hidden width follows (``mlp_ratio`` times it).
+``depth`` and ``heads`` are options of their own.
 
 Attention uses separate `q`, `k`, `v`, `proj` linears (not a packed in-projection)
 so per-layer methods (weight conditioning, ENorm's q/k and v/proj balancing) see
@@ -20,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import norm1d
+from .layers import WIDTH, norm1d, scaled
 
 DEFAULTS = {"patch_size": 4, "dim": 384, "depth": 7, "heads": 6, "mlp_ratio": 4.0,
-            "dropout": 0.0, "pool": "cls"}
+            "dropout": 0.0, "pool": "cls", "width": WIDTH}
 POOLS = ("cls", "mean")
 
 
@@ -80,9 +86,11 @@ class Block(nn.Module):
 class ViT(nn.Module):
     def __init__(self, num_classes: int, image_size: int = 32, in_channels: int = 3,
                  act_norm: str = "ln", patch_size: int = 4, dim: int = 384, depth: int = 7,
-                 heads: int = 6, mlp_ratio: float = 4.0, dropout: float = 0.0, pool: str = "cls"):
+                 heads: int = 6, mlp_ratio: float = 4.0, dropout: float = 0.0, pool: str = "cls",
+                 width: float = WIDTH):
         super().__init__()
-        assert image_size % patch_size == 0 and pool in POOLS
+        assert image_size % patch_size == 0 and pool in POOLS and dim % heads == 0
+        dim = heads * scaled(dim // heads, width)
         self.pool = pool
         num_tokens = (image_size // patch_size) ** 2 + (pool == "cls")
         self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, patch_size)
