@@ -7,8 +7,11 @@ import torch
 from conftest import compose_cfg
 from omegaconf import OmegaConf
 
-from wcnorm.training.config import validate
 from wcnorm.errors import ConfigError
+from wcnorm.methods import METHODS
+from wcnorm.methods.enorm import BN_MODES, ORDERS
+from wcnorm.methods.wc import P_VALUES, SIDES, parse_p
+from wcnorm.training.config import validate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -19,9 +22,12 @@ def options(group: str) -> list[str]:
 
 def test_defaults_compose_to_the_documented_keys():
     cfg = compose_cfg(smoke=False)
-    for key in ("seed", "trainer.epochs", "trainer.batch_size", "trainer.limit_batches", "trainer.device",
+    absent = object()
+    for key in ("seed", "trainer.epochs", "trainer.batch_size", "trainer.device",
                 "optim.lr", "optim.weight_decay", "dataset.root", "out_dir"):
-        assert OmegaConf.select(cfg, key, throw_on_missing=False) is not None or key == "trainer.limit_batches", key
+        value = OmegaConf.select(cfg, key, default=absent)
+        assert value is not absent and value is not None, key
+    assert OmegaConf.select(cfg, "trainer.limit_batches", default=absent) is None  # present; null: no cap
     assert (cfg.model.name, cfg.dataset.name, cfg.norm.name, cfg.optim.name) == ("resnet18", "cifar10", "bn", "sgd")
     validate(cfg)
 
@@ -73,6 +79,26 @@ def test_invalid_values_are_rejected_with_the_key_named(override, message):
     extra = ["norm=enorm"] if "enorm" in override else []
     with pytest.raises(ConfigError, match=message):
         validate(compose_cfg([*extra, override]))
+
+
+def test_the_choices_are_those_the_methods_define():
+    with pytest.raises(ConfigError) as err:
+        validate(compose_cfg(["norm=enorm", "norm.weight=bogus", "norm.wc.side=left", "norm.wc.p=3",
+                              "norm.enorm.order=random", "norm.enorm.bn=drop"]))
+    message = str(err.value)
+    assert f"norm.weight='bogus': valid: {', '.join(METHODS)}" in message
+    assert f"norm.wc.side='left': valid: {', '.join(SIDES)}" in message
+    assert "norm.wc.p=3: valid: 1, 2, inf" in message
+    assert f"norm.enorm.order='random': valid: {', '.join(ORDERS)}" in message
+    assert f"norm.enorm.bn='drop': valid: {', '.join(BN_MODES)}" in message
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_every_wc_side_and_p_validates(side):
+    for p in ("1", "2", "inf", "2.0"):
+        cfg = compose_cfg(["norm=bn_wc", f"norm.wc.side={side}", f"norm.wc.p={p}"])
+        validate(cfg)
+        assert parse_p(cfg.norm.wc.p) in P_VALUES
 
 
 @pytest.mark.parametrize("overrides, message", [

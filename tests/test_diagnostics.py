@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from wcnorm.methods.baselines import weight_normalization
 from wcnorm.methods.diagnostics import (
     condition_number,
     condition_numbers,
@@ -13,7 +14,6 @@ from wcnorm.methods.diagnostics import (
     summarize_conditioning,
 )
 from wcnorm.methods.wc import weight_conditioning
-from wcnorm.methods.weight_methods import weight_normalization
 
 
 def with_singular_values(s, m, gen):

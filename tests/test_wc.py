@@ -1,6 +1,7 @@
 """Weight conditioning: the definition, Van der Sluis numerically, invariances, layers."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -8,14 +9,16 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
+from wcnorm.methods import remove_weight_methods
 from wcnorm.methods.wc import (
+    SIDES,
     WeightConditioning,
     column_equilibrate,
+    frozen_by_conditioning,
     row_equilibrate,
     ruiz_equilibrate,
     weight_conditioning,
 )
-from wcnorm.methods.weight_methods import remove_weight_methods
 
 P = [1, 2, math.inf]
 
@@ -275,6 +278,49 @@ def test_torchvision_resnet18():
     assert not parametrize.is_parametrized(m.fc)
     m.eval()
     assert m(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+# ------------------------------------------------------------------ frozen layers
+FROZEN = [("row", lambda: nn.Linear(1, 4)),                  # one column: fan_in 1
+          ("column", lambda: nn.Conv2d(4, 4, 3, groups=4)),  # depthwise: one row per group
+          ("both", lambda: nn.Conv2d(4, 4, 3, groups=4)),
+          ("both", lambda: nn.Linear(1, 4)),
+          ("row", lambda: nn.Conv1d(3, 6, 1, groups=3))]      # 2 x 1 blocks
+
+
+@pytest.mark.parametrize("p", P)
+@pytest.mark.parametrize("side, make", FROZEN)
+def test_single_entry_vectors_freeze_the_layer_and_warn(side, make, p):
+    layer = make().double()
+    assert frozen_by_conditioning(layer.weight.shape, side, groups=getattr(layer, "groups", 1))
+    with pytest.warns(UserWarning, match="frozen"):
+        weight_conditioning(layer, side=side, p=p, include_classifier=True)
+    raw = layer.parametrizations.weight.original
+    wc = layer.parametrizations.weight[0]
+    torch.testing.assert_close(layer.weight, wc(torch.sign(raw)), rtol=0, atol=1e-15)  # signs alone
+    x = torch.randn(5, layer.weight.shape[1] * getattr(layer, "groups", 1), *[3] * (raw.dim() - 2),
+                    dtype=torch.float64)
+    layer(x).square().sum().backward()
+    assert raw.grad is not None and raw.grad.abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_layers_that_can_learn_are_not_warned(side):
+    model = nn.Sequential(nn.Conv2d(4, 6, 3, groups=2), nn.Flatten(), nn.Linear(6, 8), nn.Linear(8, 2))
+    assert not frozen_by_conditioning((6, 2, 3, 3), side, groups=2)
+    assert frozen_by_conditioning((1, 5), "column") and not frozen_by_conditioning((1, 5), "row")
+    assert frozen_by_conditioning((5, 1), "row") and not frozen_by_conditioning((5, 1), "column")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        weight_conditioning(model, side=side)
+    assert parametrize.is_parametrized(model[0]) and parametrize.is_parametrized(model[2])
+
+
+def test_a_learning_layer_has_a_gradient():
+    """The control for the frozen case: a depthwise conv with side=row has 1 x 9 rows."""
+    layer = weight_conditioning(nn.Conv2d(4, 4, 3, groups=4).double(), include_classifier=True)
+    layer(torch.randn(2, 4, 5, 5, dtype=torch.float64)).square().sum().backward()
+    assert layer.parametrizations.weight.original.grad.abs().max() > 1e-3
 
 
 # ------------------------------------------------------------------ save, export

@@ -1,22 +1,29 @@
 """Weight-method machinery: layer selection, WS, WN, export, dispatch, description."""
 
+import ast
+import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
+from torch.nn.utils import parametrizations, parametrize
 
-from wcnorm.methods.wc import WeightConditioning
-from wcnorm.methods.weight_methods import (
-    WeightStandardization,
+from wcnorm.methods import (
+    METHODS,
     apply_weight_method,
+    base,
     describe_weight_method,
     remove_weight_methods,
-    weight_layers,
+)
+from wcnorm.methods.base import installed_methods, weight_layers
+from wcnorm.methods.baselines import (
+    WeightStandardization,
     weight_normalization,
     weight_standardization,
 )
+from wcnorm.methods.wc import WeightConditioning, weight_conditioning
 
 
 def cnn():
@@ -121,3 +128,78 @@ def test_describe_weight_method():
     assert describe_weight_method(cnn())["method"] == "none"
     d = describe_weight_method(weight_normalization(cnn(), include_classifier=True))
     assert d["method"] == "wn" and d["layers"] == ["0", "3", "8"] and d["untouched_layers"] == []
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_by_name_applies_and_describes_itself(method):
+    d = describe_weight_method(apply_weight_method(cnn(), method, {}))
+    assert d["method"] == method
+    assert d["layers"] == ([] if method == "none" else ["0", "3"])
+
+
+def test_wn_is_torch_weight_norm():
+    """Same function, gradients and state-dict keys as torch's weight_norm(dim=0), so a
+    checkpoint of either loads into the other."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    ours = weight_normalization(cnn().double().eval())
+    ref = cnn().double().eval()
+    for i in (0, 3):
+        parametrizations.weight_norm(ref[i], dim=0)
+    ref.load_state_dict(ours.state_dict())
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    with torch.no_grad():
+        ours[3].parametrizations.weight.original0.mul_(1.5)  # a gain away from ||V||
+    ref.load_state_dict(ours.state_dict())
+    torch.testing.assert_close(ours(x), ref(x))
+    ours(x).square().sum().backward()
+    ref(x).square().sum().backward()
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, ref.get_parameter(name).grad)
+
+
+def test_the_record_survives_deepcopy_and_goes_with_removal():
+    m = apply_weight_method(cnn(), "ws", {"eps": 1e-4, "skip_stem": True})
+    d = describe_weight_method(copy.deepcopy(m))
+    assert d == describe_weight_method(m) and d["options"]["eps"] == 1e-4 and d["layers"] == ["3"]
+    remove_weight_methods(m)
+    assert describe_weight_method(m)["options"] == {}
+
+
+def test_describe_methods_of_several_calls_or_by_hand():
+    m = cnn()
+    weight_conditioning(m[0], include_classifier=True)
+    weight_standardization(m[3], include_classifier=True)
+    d = describe_weight_method(m)
+    assert (d["method"], d["options"], d["layers"]) == ("wc+ws", {}, ["0", "3"])
+    m = cnn()
+    parametrize.register_parametrization(m[3], "weight", WeightConditioning(side="column"))
+    assert describe_weight_method(m)["method"] == "wc" and describe_weight_method(m)["options"] == {}
+    assert [(i.label, i.tensor, i.parametrization.side) for i in installed_methods(m)] == [
+        ("3", "weight", "column")]
+
+
+def test_a_refused_call_leaves_the_model_untouched():
+    m = cnn()
+    weight_conditioning(m[3], include_classifier=True)
+    with pytest.raises(ValueError, match="3 .* already has a weight method"):
+        apply_weight_method(m, "ws", {})
+    assert not parametrize.is_parametrized(m[0])  # nothing registered before the refusal
+
+    class Double(nn.Module):
+        def forward(self, W):
+            return 2 * W
+
+    m = apply_weight_method(cnn(), "wn", {})
+    parametrize.register_parametrization(m[3], "weight", Double())
+    with pytest.raises(ValueError, match="stacked with another parametrization"):
+        remove_weight_methods(m)
+    assert [i.label for i in installed_methods(m)] == ["0", "3"]  # nothing removed
+
+
+def test_base_imports_nothing_of_wcnorm():
+    tree = ast.parse(Path(base.__file__).read_text())
+    relative = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level]
+    absolute = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    absolute += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level]
+    assert relative == [] and not [m for m in absolute if m.split(".")[0] == "wcnorm"]

@@ -22,13 +22,13 @@ _EXPORTS = {
     "ruiz_equilibrate": "methods.wc",
     "WeightConditioning": "methods.wc",
     "weight_conditioning": "methods.wc",
-    "weight_standardization": "methods.weight_methods",
-    "weight_normalization": "methods.weight_methods",
-    "remove_weight_methods": "methods.weight_methods",
-    "weight_layers": "methods.weight_methods",
-    "WeightStandardization": "methods.weight_methods",
-    "apply_weight_method": "methods.weight_methods",
-    "describe_weight_method": "methods.weight_methods",
+    "weight_standardization": "methods.baselines",
+    "weight_normalization": "methods.baselines",
+    "WeightStandardization": "methods.baselines",
+    "weight_layers": "methods.base",
+    "apply_weight_method": "methods",
+    "describe_weight_method": "methods",
+    "remove_weight_methods": "methods",
     "condition_numbers": "methods.diagnostics",
     "condition_number": "methods.diagnostics",
     "summarize_conditioning": "methods.diagnostics",
@@ -47,4 +47,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    return __all__
+    return sorted({*globals(), *__all__})

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .weight_methods import _installed, _method_of, weight_tensor_names
+from .base import installed_methods, weight_tensor_names
+from .baselines import WeightNormalization
 
 __all__ = ["condition_number", "condition_numbers", "summarize_conditioning", "hessian_top_eigenvalue"]
 
@@ -43,7 +44,7 @@ def _raw(module: nn.Module, tensor: str) -> Tensor:
     if not parametrize.is_parametrized(module, tensor):
         return getattr(module, tensor)
     plist = module.parametrizations[tensor]
-    if any(_method_of(p) == "wn" for p in plist):
+    if any(isinstance(p, WeightNormalization) for p in plist):
         return plist.original1
     return plist.original
 
@@ -63,7 +64,7 @@ def condition_numbers(model: nn.Module, *, all_layers: bool = False) -> list[dic
         targets = [(name if t == "weight" else f"{name}.{t}".lstrip("."), m, t)
                    for name, m in model.named_modules() for t in weight_tensor_names(m)]
     else:
-        targets = [(label, m, t) for label, _, m, t in _installed(model)]
+        targets = [(item.label, item.module, item.tensor) for item in installed_methods(model)]
     rows = []
     for label, module, tensor in targets:
         groups = getattr(module, "groups", 1)

@@ -23,6 +23,11 @@ Decisions of the project (docs/methods.md, section 1):
   is the method as specified and is deliberately not "fixed".
 * The final classifier is left alone by default: the paper's schematic puts a
   preconditioner after each hidden layer's weights and none after the output layer.
+* A block whose equilibrated vectors have a single entry (one column per group with
+  side="row", e.g. a Linear(1, n); one row per group with side="column", e.g. a
+  depthwise conv) has an E(W) W that depends on the signs of W alone: a constant, so
+  its gradient is zero and the layer is frozen. :func:`weight_conditioning` warns
+  about such a layer.
 
 The functions below are vectorised (norms along whole dimensions, ``clamp_min`` for
 dead rows) and never synchronise with the host, since they run on every forward.
@@ -31,11 +36,12 @@ dead rows) and never synchronise with the host, since they run on every forward.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor, nn
 
-from .weight_methods import _record, _register, weight_layers, weight_tensor_names
+from .base import WeightMethod, install
 
 __all__ = [
     "row_equilibrate",
@@ -43,14 +49,18 @@ __all__ = [
     "ruiz_equilibrate",
     "WeightConditioning",
     "weight_conditioning",
+    "frozen_by_conditioning",
     "SIDES",
+    "P_VALUES",
+    "parse_p",
 ]
 
-SIDES = ("row", "column", "both")
+SIDES = ("row", "column", "both")  # which side of W the diagonal scaling is applied on
+P_VALUES = (1.0, 2.0, math.inf)  # the norms equilibrated; Van der Sluis covers these three
 
 
-def _check_p(p) -> float:
-    """Return p as a float in {1, 2, inf}; accepts "inf" (as written in a YAML config)."""
+def parse_p(p) -> float:
+    """Return p as a float in ``P_VALUES``; accepts "inf" (as written in a YAML config)."""
     if isinstance(p, str):
         p = p.strip().lower()
         p = math.inf if p in ("inf", "infinity", ".inf") else p
@@ -58,7 +68,7 @@ def _check_p(p) -> float:
         p = float(p)
     except (TypeError, ValueError):
         p = None
-    if p not in (1.0, 2.0, math.inf):
+    if p not in P_VALUES:
         raise ValueError(f"weight conditioning: p must be 1, 2 or inf, got {p!r}")
     return p
 
@@ -145,7 +155,7 @@ def row_equilibrate(W: Tensor, p=2, eps: float = 1e-8) -> Tensor:
     W is out x in; a tensor with more dims (a conv kernel) is treated as the matrix
     with dims 1.. flattened. A zero row stays zero (the eps clamp).
     """
-    return _condition(W, "row", _check_p(p), eps, 0, 1, detach=False)
+    return _condition(W, "row", parse_p(p), eps, 0, 1, detach=False)
 
 
 def column_equilibrate(W: Tensor, p=2, eps: float = 1e-8, *, groups: int = 1) -> Tensor:
@@ -153,17 +163,36 @@ def column_equilibrate(W: Tensor, p=2, eps: float = 1e-8, *, groups: int = 1) ->
 
     ``groups``: for a grouped conv, columns are equilibrated within each group's block.
     """
-    return _condition(W, "column", _check_p(p), eps, 0, groups, detach=False)
+    return _condition(W, "column", parse_p(p), eps, 0, groups, detach=False)
 
 
 def ruiz_equilibrate(W: Tensor, p=2, eps: float = 1e-8, iters: int = 3, *, groups: int = 1) -> Tensor:
     """Two-sided equilibration D_r W D_c by ``iters`` alternating row/column steps."""
     if iters < 1:
         raise ValueError(f"weight conditioning: iters must be >= 1, got {iters}")
-    return _condition(W, "both", _check_p(p), eps, iters, groups, detach=False)
+    return _condition(W, "both", parse_p(p), eps, iters, groups, detach=False)
 
 
-class WeightConditioning(nn.Module):
+def _block_shape(shape, groups: int) -> tuple[int, int]:
+    """(rows, columns) of each diagonal block of a weight of this shape (see _grouped)."""
+    return shape[0] // groups, math.prod(shape[1:])
+
+
+def frozen_by_conditioning(shape, side: str, *, groups: int = 1) -> bool:
+    """Whether WC on a weight of this shape depends on the signs of W alone: a
+    constant, with zero gradient.
+
+    Equilibrating a vector with a single entry leaves only its sign. The vectors are
+    the rows of each group's block with side="row" (frozen with one column, fan_in 1),
+    its columns with side="column" (frozen with one row per group, e.g. a depthwise
+    conv), and both with side="both" (once a step of either kind has left only signs,
+    the other step rescales them by constants).
+    """
+    rows, cols = _block_shape(shape, groups)
+    return {"row": cols == 1, "column": rows == 1, "both": rows == 1 or cols == 1}[_check_side(side)]
+
+
+class WeightConditioning(WeightMethod):
     """Parametrization W -> E(W) W for ``torch.nn.utils.parametrize``.
 
     Options: ``side`` ("row": the paper's left preconditioner; "column"; "both"),
@@ -173,11 +202,13 @@ class WeightConditioning(nn.Module):
     learnable gain.
     """
 
+    method = "wc"
+
     def __init__(self, *, side: str = "row", p=2, eps: float = 1e-8, detach: bool = False,
                  iters: int = 3, groups: int = 1):
         super().__init__()
         self.side = _check_side(side)
-        self.p = _check_p(p)
+        self.p = parse_p(p)
         if not eps > 0:
             raise ValueError(f"weight conditioning: eps must be > 0, got {eps}")
         if side == "both" and int(iters) < 1:
@@ -186,6 +217,15 @@ class WeightConditioning(nn.Module):
 
     def forward(self, W: Tensor) -> Tensor:
         return _condition(W, self.side, self.p, self.eps, self.iters, self.groups, self.detach)
+
+    def check(self, label: str, weight: Tensor) -> None:
+        if frozen_by_conditioning(weight.shape, self.side, groups=self.groups):
+            rows, cols = _block_shape(weight.shape, self.groups)
+            warnings.warn(f"weight conditioning side={self.side} on {label or 'the root module'}: "
+                          f"its blocks are {rows} x {cols}, so E(W) W depends on the signs of W "
+                          "alone; the layer is frozen (zero gradient). Choose another side, or "
+                          "leave the layer out (wcnorm_stem / wcnorm_classifier).",
+                          stacklevel=4)  # check <- install <- weight_conditioning <- its caller
 
     def extra_repr(self) -> str:
         s = f"side={self.side}, p={self.p:g}, eps={self.eps:g}, detach={self.detach}"
@@ -199,17 +239,14 @@ def weight_conditioning(model: nn.Module, *, side: str = "row", p=2, eps: float 
     """Register :class:`WeightConditioning` on every Conv1d/2d/3d and Linear weight of
     ``model`` (attention projections included), in place; returns ``model``.
 
-    Which layers: see :func:`wcnorm.methods.weight_methods.weight_layers` (the classifier, the
+    Which layers: see :func:`wcnorm.methods.base.weight_layers` (the classifier, the
     last Conv/Linear, is skipped unless ``include_classifier``; the stem, the first,
     is skipped with ``skip_stem``). The model's function changes (rows are rescaled to
     unit norm) unless a normalization layer follows; the raw weights are kept as the
-    trainable ``parametrizations.weight.original``.
+    trainable ``parametrizations.weight.original``. A layer WC would freeze (see
+    :func:`frozen_by_conditioning`) is conditioned all the same, with a warning.
     """
-    opts = dict(side=_check_side(side), p=_check_p(p), eps=eps, detach=detach, iters=iters)
+    opts = dict(side=_check_side(side), p=parse_p(p), eps=eps, detach=detach, iters=iters)
     WeightConditioning(**opts)  # validate before touching the model
-    for _, module in weight_layers(model, include_classifier=include_classifier, skip_stem=skip_stem):
-        groups = getattr(module, "groups", 1)
-        for tensor in weight_tensor_names(module):
-            _register(module, tensor, WeightConditioning(**opts, groups=groups))
-    return _record(model, "wc", dict(opts, include_classifier=include_classifier, skip_stem=skip_stem))
-
+    return install(model, lambda layer: WeightConditioning(**opts, groups=getattr(layer, "groups", 1)),
+                   opts, include_classifier=include_classifier, skip_stem=skip_stem)

@@ -14,9 +14,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..data import DATASETS
 from ..errors import ConfigError
+from ..methods import METHODS
+from ..methods.enorm import BN_MODES, ORDERS
+from ..methods.wc import P_VALUES, SIDES, parse_p
+from ..models import ModelConfigError, check_model
 from .optim import OPTIMIZERS, SCHEDULES
 
-WEIGHT_METHODS = ("none", "wc", "ws", "wn")
 AMP_CHOICES = ("auto", True, False, "bf16", "fp16")
 
 
@@ -34,8 +37,6 @@ def _positive_int(problems, cfg, key, allow_none=False):
 
 def validate(cfg: DictConfig) -> None:
     """Raise a ConfigError listing every problem of `cfg`."""
-    from ..models import ModelConfigError, check_model
-
     missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
     if missing:  # `???` in a config: a value only the user can give
         raise ConfigError("required settings are missing: " + ", ".join(
@@ -84,13 +85,15 @@ def validate(cfg: DictConfig) -> None:
 
 def _norm_problems(cfg: DictConfig) -> list[str]:
     n, p = cfg.norm, []
-    if n.weight not in WEIGHT_METHODS:
-        p.append(f"norm.weight={n.weight!r}: valid: {', '.join(WEIGHT_METHODS)}")
+    if n.weight not in METHODS:
+        p.append(f"norm.weight={n.weight!r}: valid: {', '.join(METHODS)}")
     wc = n.wc
-    if wc.side not in ("row", "column", "both"):
-        p.append(f"norm.wc.side={wc.side!r}: valid: row, column, both")
-    if wc.p not in (1, 2, "inf", float("inf")):
-        p.append(f"norm.wc.p={wc.p!r}: valid: 1, 2, inf")
+    if wc.side not in SIDES:
+        p.append(f"norm.wc.side={wc.side!r}: valid: {', '.join(SIDES)}")
+    try:
+        parse_p(wc.p)
+    except ValueError:
+        p.append(f"norm.wc.p={wc.p!r}: valid: {', '.join(f'{v:g}' for v in P_VALUES)}")
     e = n.enorm
     if e.enabled:
         if n.weight != "none":
@@ -107,10 +110,10 @@ def _norm_problems(cfg: DictConfig) -> list[str]:
         for key in ("every", "cycles"):
             if not isinstance(e[key], int) or e[key] < 1:
                 p.append(f"norm.enorm.{key}={e[key]!r}: must be an integer >= 1")
-        if e.order not in ("sequential", "jacobi"):
-            p.append(f"norm.enorm.order={e.order!r}: valid: sequential, jacobi")
-        if e.bn not in ("ignore", "fold"):
-            p.append(f"norm.enorm.bn={e.bn!r}: valid: ignore, fold")
+        if e.order not in ORDERS:
+            p.append(f"norm.enorm.order={e.order!r}: valid: {', '.join(ORDERS)}")
+        if e.bn not in BN_MODES:
+            p.append(f"norm.enorm.bn={e.bn!r}: valid: {', '.join(BN_MODES)}")
         if not isinstance(e.cuda_graph, bool):
             p.append(f"norm.enorm.cuda_graph={e.cuda_graph!r}: must be true or false")
     return p

@@ -1,0 +1,169 @@
+"""What every weight-level method shares: which layers it touches, how it is installed,
+and how it is found again.
+
+A weight-level method (WC in :mod:`wcnorm.methods.wc`, WS and WN in
+:mod:`wcnorm.methods.baselines`) is a :class:`WeightMethod`, a
+``torch.nn.utils.parametrize`` parametrization of the weight of the layers chosen by
+:func:`weight_layers`. The raw weights stay the trainable parameters
+(``<layer>.parametrizations.weight.original``); the effective weight is recomputed on
+every forward. :func:`install` is the one walk that registers a method on a model.
+
+This module imports nothing of wcnorm: the methods sit on it, and the dispatch by name
+(:mod:`wcnorm.methods`) sits on them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import ClassVar, NamedTuple
+
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+__all__ = [
+    "WeightMethod",
+    "Installed",
+    "weight_tensor_names",
+    "weight_layers",
+    "installed_methods",
+    "install",
+    "json_safe",
+]
+
+
+class WeightMethod(nn.Module):
+    """Base of the weight-level parametrizations: ``forward`` maps the trainable raw
+    tensor(s) to the effective weight.
+
+    ``method`` is the method's short name ("wc", "ws", "wn"). ``options`` holds what
+    :func:`install` was asked (the method's options and the layer selection, JSON-safe),
+    or ``None`` for a parametrization registered by hand. The record lives on the
+    parametrization, so it travels with the layer (``copy.deepcopy``) and goes away
+    with it (:func:`wcnorm.methods.remove_weight_methods`).
+    """
+
+    method: ClassVar[str]
+    options: dict | None = None
+
+    def check(self, label: str, weight: Tensor) -> None:
+        """Called by :func:`install` before registering on ``weight`` (the layer
+        ``label``): warn about, or refuse, a weight the method cannot train. Default:
+        every weight is fine."""
+
+
+class Installed(NamedTuple):
+    """One tensor carrying a weight method."""
+
+    label: str  # the layer's qualified name; "<layer>.<tensor>" for a tensor other than weight
+    module: nn.Module
+    tensor: str
+    parametrization: WeightMethod
+
+
+# --------------------------------------------------------------------------- layers
+def weight_tensor_names(module: nn.Module) -> tuple[str, ...]:
+    """The weight matrices of a layer a weight method touches: ``weight`` of a Conv or
+    Linear; the input projections of ``nn.MultiheadAttention`` (its output projection
+    is an ``nn.Linear`` child and is found on its own)."""
+    if isinstance(module, nn.MultiheadAttention):
+        if module._qkv_same_embed_dim:
+            return ("in_proj_weight",)
+        return ("q_proj_weight", "k_proj_weight", "v_proj_weight")
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+        return ("weight",)
+    return ()
+
+
+def _named_override(model: nn.Module, attr: str, names: list[str], default: list[str]) -> set[str]:
+    value = getattr(model, attr, default)
+    value = [] if value is None else [value] if isinstance(value, str) else list(value)
+    unknown = set(value) - set(names)
+    if unknown:
+        raise ValueError(f"{type(model).__name__}.{attr} names no weight layer: {sorted(unknown)}")
+    return set(value)
+
+
+def weight_layers(model: nn.Module, *, include_classifier: bool = False,
+                  skip_stem: bool = False) -> list[tuple[str, nn.Module]]:
+    """The (qualified name, module) pairs a weight-level method touches.
+
+    Rule: every ``nn.Conv1d/2d/3d`` and ``nn.Linear`` (subclasses included, so
+    attention projections are covered; ``nn.MultiheadAttention`` counts too, for its
+    packed input projection), in ``model.named_modules()`` order, except
+
+    * the **classifier**, by default the *last* such layer: WC's schematic places a
+      preconditioner after each hidden layer and none after the output layer, and the
+      baselines follow the same rule so the comparison is like for like. Kept with
+      ``include_classifier=True``.
+    * the **stem**, by default the *first* such layer, only with ``skip_stem=True``.
+
+    A model whose module order does not match (e.g. a head defined before the body)
+    sets ``wcnorm_classifier`` / ``wcnorm_stem`` on its root module: a qualified module
+    name, a list of names, or ``None`` for "no such layer".
+    """
+    layers = [(n, m) for n, m in model.named_modules() if weight_tensor_names(m)]
+    names = [n for n, _ in layers]
+    skip: set[str] = set()
+    if not include_classifier:
+        skip |= _named_override(model, "wcnorm_classifier", names, names[-1:])
+    if skip_stem:
+        skip |= _named_override(model, "wcnorm_stem", names, names[:1])
+    return [(n, m) for n, m in layers if n not in skip]
+
+
+def _label(name: str, tensor: str) -> str:
+    return name if tensor == "weight" else f"{name}.{tensor}".lstrip(".")
+
+
+# ------------------------------------------------------------------- registration
+def installed_methods(model: nn.Module) -> list[Installed]:
+    """Every tensor of ``model`` carrying a weight method, in module order (the first
+    method of its parametrization list, should a foreign one sit beside it)."""
+    out = []
+    for name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for tensor, plist in module.parametrizations.items():
+            ours = [p for p in plist if isinstance(p, WeightMethod)]
+            if ours:
+                out.append(Installed(_label(name, tensor), module, tensor, ours[0]))
+    return out
+
+
+def json_safe(options: Mapping) -> dict:
+    """``options`` as JSON can hold them: p = inf as "inf", whole floats as ints."""
+    def conv(v):
+        if isinstance(v, float) and math.isinf(v):
+            return "inf"
+        if isinstance(v, float) and v.is_integer() and abs(v) < 1e6:
+            return int(v) if v != 0 else v
+        return v
+
+    return {k: conv(v) for k, v in options.items()}
+
+
+def install(model: nn.Module, make: Callable[[nn.Module], WeightMethod], options: Mapping, *,
+            include_classifier: bool = False, skip_stem: bool = False) -> nn.Module:
+    """Register ``make(layer)`` on every weight tensor of :func:`weight_layers`, in place;
+    returns ``model``. Each parametrization records ``options`` and the layer selection.
+
+    Two weight methods are never stacked on one tensor (the second would condition the
+    first's output, a method of its own): a model where any target already carries one
+    is refused before anything is registered."""
+    targets = [(_label(name, tensor), module, tensor)
+               for name, module in weight_layers(model, include_classifier=include_classifier,
+                                                 skip_stem=skip_stem)
+               for tensor in weight_tensor_names(module)]
+    for label, module, tensor in targets:
+        if parametrize.is_parametrized(module, tensor) and any(
+                isinstance(p, WeightMethod) for p in module.parametrizations[tensor]):
+            raise ValueError(f"{label} ({type(module).__name__}.{tensor}) already has a weight method; "
+                             "call remove_weight_methods(model) first")
+    record = json_safe(dict(options, include_classifier=include_classifier, skip_stem=skip_stem))
+    for label, module, tensor in targets:
+        parametrization = make(module)
+        parametrization.check(label, getattr(module, tensor))
+        parametrization.options = dict(record)
+        parametrize.register_parametrization(module, tensor, parametrization)
+    return model
