@@ -15,6 +15,7 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -23,9 +24,9 @@ import torch.distributed as td
 import torch.multiprocessing as mp
 from conftest import compose_cfg
 
-from wcnorm.training import dist
 from wcnorm.errors import ConfigError, WcnormError
 from wcnorm.outputs import load_checkpoint, run_dir_for, run_lock
+from wcnorm.training import dist
 from wcnorm.training.train import train
 from wcnorm.training.trainer import Trainer
 
@@ -53,15 +54,18 @@ def _worker(rank: int, out: Path) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD))
     td.init_process_group("gloo", init_method=f"file://{out / 'rendezvous'}", rank=rank, world_size=WORLD,
                           timeout=timedelta(seconds=60))
-    record = {"gap": {}, "steps": {}}
+    record = {"gap": {}, "state_gap": {}, "state_size": {}, "steps": {}}
     current = [None]
     step = Trainer.train_step
 
     def checked_step(self, x, y):
         loss_correct = step(self, x, y)  # the optimizer step, then ENorm's cycle (a callback)
-        sums = dist.gather(dist.param_checksums(self.model))
+        weights = dist.gather(dist.param_checksums(self.model))
+        state = dist.gather(dist.state_checksums(self.optimizer, torch.device("cpu")))
         name = current[0]
-        record["gap"][name] = max(record["gap"].get(name, 0.0), (sums - sums[0]).abs().max().item())
+        record["gap"][name] = max(record["gap"].get(name, 0.0), (weights - weights[0]).abs().max().item())
+        record["state_gap"][name] = max(record["state_gap"].get(name, 0.0), (state - state[0]).abs().max().item())
+        record["state_size"][name] = state.shape[1]
         record["steps"][name] = record["steps"].get(name, 0) + 1
         return loss_correct
 
@@ -86,8 +90,30 @@ def _worker(rank: int, out: Path) -> None:
     # 67 examples over 2 ranks: each takes 33 (the odd one is left out), so both take
     # the same number of steps and neither waits for the other.
     record["uneven"] = train(_cfg("none", out, "dataset.train_size=67"))["status"]
+    record["repair"] = _repair_drifted_state(rank)
     td.destroy_process_group()
     (out / f"rank{rank}.json").write_text(json.dumps(record))
+
+
+def _repair_drifted_state(rank: int) -> dict:
+    """Rank 1's momentum drifts off rank 0's; the end-of-epoch replica check must find it and
+    copy rank 0's state over (the weights agree, so only the state can show the drift)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    if rank == 1:
+        opt.state[model.weight]["momentum_buffer"].add_(1e-3)
+    replica = SimpleNamespace(model=model, optimizer=opt, device=torch.device("cpu"))
+
+    def state_gap() -> float:
+        sums = dist.gather(dist.state_checksums(opt, replica.device))
+        return (sums - sums[0]).abs().max().item()
+
+    before = state_gap()
+    dist.ReplicaCheck().on_epoch_end(replica, 1)
+    return {"before": before, "after": state_gap(), "momentum": opt.state[model.weight]["momentum_buffer"].tolist()}
 
 
 def _spawn(out: Path, timeout: float = 240) -> None:
@@ -131,7 +157,16 @@ def test_parameters_stay_identical_across_ranks_after_every_step(runs, name):
     for rec in runs["records"]:
         assert rec["steps"][name] == STEPS
         assert rec["gap"][name] == 0.0  # bitwise: same all-reduced gradients, same ENorm factors
+        # the momentum buffers too (ENorm rescales them with the weights)
+        assert rec["state_size"][name] > 0 and rec["state_gap"][name] == 0.0
     assert runs["records"][0][name] == runs["records"][1][name]  # the same (reduced) final loss
+
+
+def test_the_replica_check_repairs_drifted_optimizer_state(runs):
+    r0, r1 = (rec["repair"] for rec in runs["records"])
+    assert r0["before"] == r1["before"] > 0  # the drift is seen, on every rank
+    assert r0["after"] == r1["after"] == 0.0
+    assert r1["momentum"] == r0["momentum"]  # rank 0's state won
 
 
 def test_rank_0_decides_for_everyone(runs):

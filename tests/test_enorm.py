@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.models.densenet import DenseNet
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from wcnorm.methods.enorm import ENorm, find_unit_groups
+from wcnorm.methods.enorm import ENorm, balance_cycle, find_unit_groups
 
 
 def rel(a, b):
@@ -195,8 +196,49 @@ def test_bn_ignore_leaves_bn_alone():
     r3 = after["conv3.weight"] / before["conv3.weight"]
     assert (r3 - 1).abs().max() > 1e-3
     assert (after["conv4.weight"] - before["conv4.weight"]).abs().max() > 1e-3
-    groups, _, _ = find_unit_groups(model, bn="ignore")
+    groups = find_unit_groups(model, bn="ignore").groups
     assert any(p.name == "conv3" and p.incoming for g in groups for p in g.incoming)
+
+
+class _GroupNormNet(nn.Module):
+    """conv1 -> GroupNorm -> conv2 -> conv3 -> fc: conv1's channels feed a GroupNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2, self.conv3 = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 6, 1)
+        self.gn = nn.GroupNorm(2, 8)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = F.relu(self.conv2(F.relu(self.gn(self.conv1(x)))))
+        return self.fc(F.relu(self.conv3(h)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_bn_ignore_stops_at_group_norm(train_mode):
+    """GroupNorm pools statistics over the channels of a group, so unlike BatchNorm it does not
+    cancel a per-channel scale of its input: with bn='ignore' the channels feeding it are left
+    alone, and ENorm keeps the function (in train mode too: GroupNorm keeps no statistics)."""
+    torch.manual_seed(0)
+    model = _GroupNormNet().double().train(train_mode)
+    with torch.no_grad():
+        model.gn.weight.uniform_(0.5, 1.5)
+        model.gn.bias.normal_(0, 0.3)
+    x = torch.randn(4, 3, 9, 9, dtype=torch.float64)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    enorm = ENorm(model, bn="ignore", c=1.2)
+    with torch.no_grad():
+        y0 = model(x)
+        enorm.step(10)
+        assert rel(model(x), y0) <= 1e-10
+    after = dict(model.named_parameters())
+    for name in ("conv1.weight", "conv1.bias", "gn.weight", "gn.bias"):
+        assert torch.equal(after[name], before[name]), name
+    assert (after["conv2.weight"] / before["conv2.weight"] - 1).abs().max() > 1e-3  # the rest is balanced
+    assert enorm.num_units == 8 + 6
+    assert enorm.excluded["GroupNorm input (bn='ignore': it does not cancel a per-channel scale)"] == 8
+    # with bn='fold' the GroupNorm's gamma and beta produce its output channels instead
+    assert ENorm(_GroupNormNet(), bn="fold").num_units == 8 + 8 + 6
 
 
 def _chain_ratios(model):
@@ -367,12 +409,12 @@ def test_graph_rules():
     assert torch.equal(model[-1].weight, head)
     assert enorm.num_units == 16 + 16
     # an addition with something untracked (a parameter) stops its units; sigmoid stops too
-    groups, _, excluded = find_unit_groups(_Stops())
-    assert [g.n for g in groups] == [4]
-    assert any("add" in r for r in excluded) and any("sigmoid" in r for r in excluded)
+    found = find_unit_groups(_Stops())
+    assert [g.n for g in found.groups] == [4] and found.num_units == 4
+    assert any("add" in r for r in found.excluded) and any("sigmoid" in r for r in found.excluded)
     # a conv applied twice both produces and consumes its channels: not balanced
-    groups, _, excluded = find_unit_groups(_Shared())
-    assert groups == [] and any("both produces and consumes" in r for r in excluded)
+    found = find_unit_groups(_Shared())
+    assert found.groups == [] and any("both produces and consumes" in r for r in found.excluded)
 
 
 class _Stops(nn.Module):
@@ -472,16 +514,16 @@ def test_index_path():
 
 
 def test_conservative_cases():
-    groups, _, excluded = find_unit_groups(_Broadcast())
-    assert not any(p.name == "b" for g in groups for p in g.incoming)
-    assert any("add" in r for r in excluded)
-    groups, _, excluded = find_unit_groups(_RawWeight())
-    assert [[p.name for p in g.incoming] for g in groups] == [["b"]]
-    assert any("used outside its layer" in r for r in excluded)
+    found = find_unit_groups(_Broadcast())
+    assert not any(p.name == "b" for g in found.groups for p in g.incoming)
+    assert any("add" in r for r in found.excluded)
+    found = find_unit_groups(_RawWeight())
+    assert [[p.name for p in g.incoming] for g in found.groups] == [["b"]]
+    assert any("used outside its layer" in r for r in found.excluded)
     # a parametrized weight is recomputed on every forward: not rescalable in place
     model = mlp()
     torch.nn.utils.parametrize.register_parametrization(model[3], "weight", _Double())
-    groups, _, _ = find_unit_groups(model)
+    groups = find_unit_groups(model).groups
     assert all(p.param is not model[3].parametrizations.weight.original for g in groups
                for p in (*g.incoming, *g.outgoing))
     assert [g.n for g in groups] == [12]
@@ -499,7 +541,7 @@ def _indices(p):
     """(index along the piece's dim, unit) pairs, written out one by one."""
     if p.start is None:
         return list(zip(p.index.tolist(), p.units.tolist()))
-    return [(p.start + i, p.u0 + i // p.rep) for i in range(p.n)]
+    return [(p.start + i, p.first_unit + i // p.per_unit) for i in range(p.n)]
 
 
 def _textbook_cycle(enorm, opt):
@@ -514,7 +556,7 @@ def _textbook_cycle(enorm, opt):
                     continue
                 dim = p.dim if tensor.ndim > 1 else 0
                 for j, u in _indices(p):
-                    sq = p.omega * tensor.select(dim, j).square().sum().item()
+                    sq = p.c_weight(enorm.c) * tensor.select(dim, j).square().sum().item()
                     (l2 if p.incoming else r2)[u] += sq
         return [(r2u**0.5 / (enorm.c * l2u**0.5)) ** 0.5 for l2u, r2u in zip(l2, r2)]  # sqrt(r / (c l))
 
@@ -545,7 +587,7 @@ def _textbook_cycle(enorm, opt):
     ("tiny_resnet_bottleneck", "sequential", 1.0, False), ("tiny_resnet_basic", "sequential", 1.2, True),
     ("tv_densenet", "sequential", 1.2, False)])
 def test_packed_cycle_equals_the_textbook_loop(name, order, c, bias_in_norm):
-    """The cycle's waves (one cat, one index_add_, one gather, _foreach_ updates) compute
+    """The cycle's waves (one cat, one gather and row sum, one gather, _foreach_ updates) compute
     exactly the per-unit update d = sqrt(r / (c l)), weights, biases and momentum alike."""
     model, x = build(name)
     for p in model.parameters():  # far from balanced, so that every factor matters
@@ -566,6 +608,63 @@ def test_packed_cycle_equals_the_textbook_loop(name, order, c, bias_in_norm):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-14 * b.abs().max()), n
     if name == "repeat":  # the scattered-index path was taken
         assert any(p.start is None for g in packed.groups for p in g.outgoing)
+
+
+class _DispatchedOps(TorchDispatchMode):
+    """The aten ops dispatched inside the block, with their arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls.append((func.overloadpacket.__name__, args, kwargs or {}))
+        return func(*args, **(kwargs or {}))
+
+
+# ops that accumulate through atomics on CUDA: their sums depend on the order threads land in
+_SCATTER_ADDS = {"index_add", "index_add_", "scatter_add", "scatter_add_", "scatter_reduce", "scatter_reduce_",
+                 "index_reduce", "index_reduce_", "put", "put_", "embedding_bag"}
+
+
+@pytest.mark.parametrize("name, order", [("small_cnn", "sequential"), ("repeat", "jacobi"),
+                                         ("tv_densenet", "sequential")])
+def test_cycle_is_deterministic(name, order):
+    """DDP ranks must compute the same factors to the last bit: a cycle sums per unit with a
+    gather and a row sum, never with an accumulating scatter (atomics on CUDA)."""
+    model, _ = build(name, dtype=torch.float32)
+    ref = copy.deepcopy(model)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (model, ref)]
+    for m, opt in zip((model, ref), opts):
+        for p in m.parameters():
+            opt.state[p]["momentum_buffer"] = torch.ones_like(p)
+    enorm = ENorm(model, opts[0], c=1.2, order=order, bias_in_norm=True)
+    with _DispatchedOps() as ops:
+        enorm.step(2)
+    names = [n for n, _, _ in ops.calls]
+    assert "sum" in names and not _SCATTER_ADDS & set(names)
+    assert not any(kw.get("accumulate") or (len(args) > 3 and args[3])
+                   for n, args, kw in ops.calls if n in ("index_put", "index_put_", "_index_put_impl_"))
+    ENorm(ref, opts[1], c=1.2, order=order, bias_in_norm=True).step(2)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert torch.equal(p, q) and torch.equal(opts[0].state[p]["momentum_buffer"],
+                                                 opts[1].state[q]["momentum_buffer"])
+
+
+@pytest.mark.parametrize("name, order", [("tiny_resnet_bottleneck", "sequential"), ("tv_densenet", "jacobi")])
+def test_balance_cycle_is_enorm_step(name, order):
+    """One implementation of the cycle: `balance_cycle` on the analysis' groups (c-weights
+    included, c != 1 in a DAG) does exactly what `ENorm.step` does."""
+    model, _ = build(name)
+    ref = copy.deepcopy(model)
+    ENorm(model, c=1.2, order=order).step(3)
+    groups = find_unit_groups(ref).groups
+    assert any(s.depth_shift != 0 for g in groups for s in g.slices)  # the weights matter here
+    with torch.no_grad():
+        for _ in range(3):
+            balance_cycle(groups, c=1.2, order=order)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert torch.equal(p, q)
 
 
 def test_packed_cycle_follows_the_model_to_another_dtype():
@@ -636,7 +735,7 @@ def test_levels_batch_only_groups_that_commute(name):
     """Sequential waves: within a level no two groups share a weight, and two groups that
     share one keep their order, so a cycle is Gauss-Seidel exactly (the textbook test
     above checks the numbers); a ResNet's projection blocks put several groups in one."""
-    from wcnorm.methods.enorm.balance import levels
+    from wcnorm.methods.enorm.cycle import levels
 
     model, _ = build(name)
     groups = ENorm(model).groups

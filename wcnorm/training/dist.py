@@ -14,10 +14,11 @@ directory: the number of processes is not part of a run's identity).
 
 Who does what: rank 0 alone decides from the disk (run directory, finished or not,
 the run lock) and hands its decision to the others (`DistContext.on_main`); rank 0
-alone writes; every rank resumes from the same last.pt. Weights stay identical on all
-ranks because DDP averages the gradients before every step (WC's raw weights), and
-anything that edits weights outside backward (ENorm) computes the same thing from the
-same weights on every rank; `ReplicaCheck` verifies that after every epoch.
+alone writes; every rank resumes from the same last.pt. Weights and optimizer state
+stay identical on all ranks because DDP averages the gradients before every step (WC's
+raw weights), and anything that edits weights outside backward (ENorm, which also
+rescales the optimizer state) computes the same thing from the same weights on every
+rank, with deterministic ops only; `ReplicaCheck` verifies both after every epoch.
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ import torch.distributed as td
 from torch import nn
 
 from ..errors import ConfigError, WcnormError
-from .trainer import Callback, Trainer, unwrap
+from ..modules import unwrap
+from .trainer import Callback, Trainer
 
 log = logging.getLogger("wcnorm")
 
-__all__ = ["DistContext", "init", "ReplicaCheck", "param_checksums", "job_gpu", "gpu_slot", "nullcontext"]
+__all__ = ["DistContext", "init", "ReplicaCheck", "param_checksums", "state_checksums", "job_gpu", "gpu_slot",
+           "nullcontext"]
 
 
 @dataclass
@@ -154,6 +157,21 @@ def param_checksums(model: nn.Module) -> torch.Tensor:
     return torch.stack([torch.stack([p.sum(), p.square().sum()]) for p in ps]).flatten()
 
 
+def _state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Every tensor of the optimizer's state (momentum, Adam's moments, step counts), in
+    parameter order: the same list on every rank."""
+    return [value for group in optimizer.param_groups for p in group["params"]
+            for _, value in sorted(optimizer.state.get(p, {}).items()) if isinstance(value, torch.Tensor)]
+
+
+def state_checksums(optimizer: torch.optim.Optimizer, device: torch.device) -> torch.Tensor:
+    """(sum, sum of squares) of every optimizer state tensor, in float64, on `device` (Adam's
+    step counts live on the CPU next to moments on the GPU)."""
+    sums = [torch.stack([t.sum(), t.square().sum()]).to(device)
+            for t in (s.detach().double() for s in _state_tensors(optimizer))]
+    return torch.cat(sums) if sums else torch.zeros(0, dtype=torch.float64, device=device)
+
+
 def gather(t: torch.Tensor) -> torch.Tensor:
     """`t` from every rank, stacked (rank-major)."""
     out = [torch.empty_like(t) for _ in range(td.get_world_size())]
@@ -161,11 +179,23 @@ def gather(t: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
+def _broadcast_from_main(t: torch.Tensor, device: torch.device) -> None:
+    """Rank 0's `t` into every rank's `t`, through `device` (NCCL sends CUDA tensors only)."""
+    if t.device == device:
+        td.broadcast(t, src=0)
+    else:
+        on_device = t.to(device)
+        td.broadcast(on_device, src=0)
+        t.copy_(on_device)
+
+
 class ReplicaCheck(Callback):
-    """DDP only: every rank resumed from the same epoch, and the weights agree after each epoch.
+    """DDP only: every rank resumed from the same epoch, and the weights and the optimizer
+    state agree after each epoch.
 
     DDP keeps gradients in sync, not weights: an in-place edit that differs between ranks
-    would go unnoticed. On a mismatch we warn and copy rank 0's weights to the others."""
+    (of the weights, or of the momentum and moments ENorm rescales with them) would go
+    unnoticed. On a mismatch we warn and copy rank 0's tensors to the others."""
 
     def on_fit_start(self, trainer: Trainer) -> None:
         mine = torch.tensor([trainer.epoch, len(trainer.train_loader)], device=trainer.device)
@@ -178,13 +208,27 @@ class ReplicaCheck(Callback):
                               "choose a dataset size and trainer.batch_size that split evenly over the processes")
 
     def on_epoch_end(self, trainer: Trainer, epoch: int) -> dict:
-        sums = gather(param_checksums(trainer.model).to(trainer.device))
-        gap = (sums - sums[0]).abs().max().item()
-        if gap > 0:
+        device = trainer.device
+        params = param_checksums(trainer.model).to(device)
+        state = state_checksums(trainer.optimizer, device)
+        sizes = gather(torch.tensor([state.numel()], device=device)).flatten().tolist()
+        if len(set(sizes)) > 1:  # all_gather needs one size on every rank
+            raise WcnormError(f"epoch {epoch}: the ranks hold differently shaped optimizer states "
+                              f"({sizes} checksums)")
+        sums = gather(torch.cat([params, state]))
+        gap = (sums - sums[0]).abs()
+        weights_gap = gap[:, : len(params)].max().item()
+        state_gap = gap[:, len(params) :].max().item() if len(state) else 0.0
+        if weights_gap > 0:
             log.warning("epoch %d: the weights differ across ranks (largest checksum gap %.3g); "
-                        "copying rank 0's weights to every rank", epoch, gap)
+                        "copying rank 0's weights to every rank", epoch, weights_gap)
             for p in unwrap(trainer.model).parameters():
-                td.broadcast(p.data, src=0)
+                _broadcast_from_main(p.data, device)
+        if state_gap > 0:
+            log.warning("epoch %d: the optimizer state differs across ranks (largest checksum gap %.3g); "
+                        "copying rank 0's state to every rank", epoch, state_gap)
+            for t in _state_tensors(trainer.optimizer):
+                _broadcast_from_main(t, device)
         return {}
 
 
