@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from wcnorm.outputs import atomic_write_text
 from wcnorm.report.claims import evaluate_claims, write_claims
 from wcnorm.report.plot import plot_conditioning, plot_curves, plot_fc_depth
 from wcnorm.report.runs import load_conditioning, load_curves, load_runs
@@ -86,7 +87,7 @@ def write_runs_csv(df: pd.DataFrame, runs_root: Path, path: Path) -> Path:
     out = df[[c for c in RUN_COLUMNS if c in df]].copy()
     out["run_dir"] = [rel(p, runs_root) for p in out["run_dir"]]
     out = out.sort_values(["dataset", "model", "depth", "norm", "seed", "run_dir"], na_position="first")
-    out.to_csv(path, index=False, float_format="%.4f")
+    atomic_write_text(path, out.to_csv(index=False, float_format="%.4f"))
     return path
 
 

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from wcnorm import bench
+from wcnorm.bench.setups import norm_preset
+from wcnorm.methods import describe_weight_method
 
 # The smallest plan that still exercises every code path: fast nets, 1 warm-up, 2 repeats.
 MICRO = replace(bench.SIZES["tiny"], warmup=1, repeats=2, steps=1)
@@ -130,10 +132,26 @@ def test_a_run_cut_short_keeps_the_parts_it_measured(tmp_path, monkeypatch):
     def killed(*args):
         raise KeyboardInterrupt  # e.g. a time limit ends the run during the wc part
 
-    monkeypatch.setattr(bench, "run_wc", killed)
+    monkeypatch.setitem(bench.RUNNERS, "wc", killed)
     with pytest.raises(KeyboardInterrupt):
         bench.main(["--size", "tiny", "--device", "cpu", "--only", "throughput,wc", "--out", str(tmp_path)])
     (path,) = tmp_path.glob("*.csv")
     with open(path) as f:
         parts = {r["part"] for r in csv.DictReader(f)}
     assert parts == {"throughput"}
+
+
+def test_the_bench_trains_what_wcnorm_train_assembles():
+    fc = {"depth": 2, "width": 32}
+    cfg = bench.bench_config("enorm_fc", 8, batch=4, norm="bn_wc", options=fc, data_batches=3)
+    assert (cfg.model.depth, cfg.model.width, cfg.norm.weight, cfg.dataset.name) == (2, 32, "wc", "synthetic")
+    run = bench.build_run("enorm_fc", 8, batch=4, device="cpu", norm="bn_wc", options=fc, data_batches=3)
+    assert describe_weight_method(run.model)["method"] == "wc" and len(run.train_loader) == 3
+    assert run.optimizer.param_groups[0]["lr"] == cfg.optim.lr and run.trainer.callbacks == []
+    # the images of a `dataset=synthetic` run of that size, which the reference loop reads too
+    assert torch.equal(run.data.train.x, bench.synthetic(12, 8).x)
+    _, setup = bench.build_trainer("enorm_fc", 8, batch=4, device="cpu", act_norm="none", weight="wc", options=fc)
+    assert setup == "wcnorm[fp32,ArrayLoader,foreach]"
+    # each model against its usual normalizer: BN for the CNNs, LayerNorm for the ViT
+    assert [norm_preset("resnet18"), norm_preset("vit", weight="wc"), norm_preset("resnet18", "none", "wc")] \
+        == ["bn", "ln_wc", "wc"]

@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wcnorm.bench import build_trainer, synthetic
+from wcnorm.bench import build_trainer
+from wcnorm.data import synthetic_split as synthetic
 from wcnorm.training.callbacks import ENormCallback
 from wcnorm.data import ArrayLoader
 from wcnorm.methods.enorm import ENorm

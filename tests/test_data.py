@@ -13,7 +13,17 @@ import torchvision
 from conftest import compose_cfg
 from omegaconf import OmegaConf
 
-from wcnorm.data import ArrayLoader, ArraySplit, load_dataset, make_loaders, random_crop
+from wcnorm.data import (
+    ArrayLoader,
+    ArraySplit,
+    FolderLoader,
+    epoch_generator,
+    epoch_seed,
+    load_dataset,
+    make_loaders,
+    random_crop,
+    synthetic_split,
+)
 from wcnorm.errors import ConfigError, DatasetUnavailable
 
 
@@ -34,6 +44,15 @@ def test_digits_is_real_offline_and_split_once():
 def test_synthetic_takes_any_shape():
     d = load_dataset(dataset_cfg("synthetic", image_size=48, in_channels=1, num_classes=7, train_size=20))
     assert d.train.x.shape == (20, 1, 48, 48) and int(d.train.y.max()) < 7
+
+
+def test_synthetic_draws_train_then_test_from_seed_0():
+    d = load_dataset(dataset_cfg("synthetic", image_size=8, train_size=6, test_size=3))
+    g = torch.Generator().manual_seed(0)
+    train, test = synthetic_split(6, 8, generator=g), synthetic_split(3, 8, generator=g)
+    assert torch.equal(d.train.x, train.x) and torch.equal(d.train.y, train.y)
+    assert torch.equal(d.test.x, test.x) and torch.equal(d.test.y, test.y)
+    assert torch.equal(synthetic_split(6, 8).x, train.x)  # seed 0 by default
 
 
 def _npz(path, n=12, size=8, **extra):
@@ -127,6 +146,18 @@ def test_imagefolder_streams_through_a_dataloader(tmp_path):
     x, y = next(iter(train))
     assert x.shape == (4, 3, 16, 16) and y.dtype == torch.long
     assert sum(len(y) for _, y in test) == 6
+
+
+def test_folder_loader_seeds_each_epoch_as_the_array_loader_does(tmp_path):
+    _image_folder(tmp_path)
+    d = load_dataset(dataset_cfg("imagefolder", root=str(tmp_path), image_size=16))
+    loader = FolderLoader(d.train, 2, device="cpu", seed=3, num_workers=0)
+    loader.set_epoch(2)
+    assert loader.generator.initial_seed() == epoch_seed(3, 2) == epoch_generator(3, 2).initial_seed()
+    order = [y.tolist() for _, y in loader]
+    loader.set_epoch(2)
+    assert [y.tolist() for _, y in loader] == order  # resumed at epoch 2: the same batches
+    assert epoch_seed(3, 2) != epoch_seed(3, 3) and epoch_seed(3, 2) != epoch_seed(4, 2)
 
 
 def test_imagefolder_without_a_val_split_is_refused_with_the_layout(tmp_path):

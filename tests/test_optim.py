@@ -51,6 +51,13 @@ def test_norm_and_bias_parameters_can_skip_weight_decay():
     assert len(param_groups(model, 5e-4, False)) == 1
 
 
+def test_a_norm_layers_parameters_are_exempt_whatever_their_shape():
+    model = nn.Sequential(nn.Linear(4, 4, bias=False), nn.Unflatten(1, (2, 2)), nn.LayerNorm((2, 2)))
+    decay, no_decay = param_groups(model, 5e-4, True)
+    assert [tuple(p.shape) for p in decay["params"]] == [(4, 4)]
+    assert [tuple(p.shape) for p in no_decay["params"]] == [(2, 2), (2, 2)]  # LayerNorm's gain and bias
+
+
 def test_adamw_and_nesterov_build():
     model = nn.Linear(2, 2)
     adamw = build_optimizer(model, OmegaConf.create(dict(name="adamw", lr=1e-3, betas=[0.9, 0.99], weight_decay=0.05)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import json
 import math
 import shutil
@@ -20,7 +21,6 @@ from pathlib import Path
 import pytest
 import yaml
 from hydra import compose, initialize_config_module
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
@@ -50,10 +50,15 @@ def compose_preset(name: str, *overrides: str):
 
 
 def grid(cfg) -> list[list[str]]:
-    """The jobs Hydra's basic sweeper makes of `hydra.sweeper.params` (seed included)."""
-    params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
-    overrides = OverridesParser.create().parse_overrides(params)
-    return BasicSweeper.split_arguments(overrides, None)[0]
+    """The jobs Hydra's basic sweeper makes of `hydra.sweeper.params` (seed included):
+    the product of every parameter's values, in the order the parameters are listed."""
+    assert cfg.hydra.sweeper._target_.endswith(".BasicSweeper")  # the sweeper whose expansion this is
+    axes = []
+    for o in OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]):
+        key = o.get_key_element()
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        axes.append([f"{key}={v}" for v in values])
+    return [list(job) for job in itertools.product(*axes)]
 
 
 def without_seed(jobs: list[list[str]]) -> list[list[str]]:

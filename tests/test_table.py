@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 try:
     from tests.fabricate import make_fc_grid, make_run, make_wc_grid
@@ -65,6 +66,7 @@ def test_wc_table_matches_golden(wc_df, tmp_path):
                                        "table.md", "provenance.json"]
     for name in ("table.csv", "table_best_epoch.csv", "table_long.csv"):
         _check_golden(tmp_path / "out" / name, f"wc_{name}")
+    assert result.provenance["enorm_variants"] == {}  # no ENorm run, no ENorm column
 
 
 def test_missing_cell_and_missing_seed_are_shown(wc_df):
@@ -120,6 +122,42 @@ def test_enorm_fc_layout_rows_are_depths(tmp_path):
     assert "depth=5/enorm: missing, no finished run" in result.missing
 
 
+def _with_enorm(run_dir, **settings):
+    """Give a fabricated run the `norm.enorm` node of a real run's config.yaml."""
+    path = run_dir / "config.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg["norm"]["enorm"] = {"enabled": True, "c": 1.0, "every": 1, "cycles": 1, "order": "sequential",
+                            "balance_last": True, "bn": "ignore", **settings}
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+OFFICIAL = "order=jacobi, balance_last=false, c=1.2, cycles=1, every=1 (official code)"
+DEFAULT = "order=sequential, balance_last=true, c=1, cycles=1, every=1 (wcnorm default)"
+
+
+def test_enorm_runs_name_their_variant(tmp_path):
+    for seed in (0, 1):
+        _with_enorm(make_run(tmp_path, norm="bn", seed=seed), enabled=False)  # the node, ENorm off
+        _with_enorm(make_run(tmp_path, norm="enorm", seed=seed), order="jacobi", balance_last=False, c=1.2)
+        _with_enorm(make_run(tmp_path, norm="bn_enorm", seed=seed))
+    _with_enorm(make_run(tmp_path, norm="bn_enorm", seed=2), cycles=2, every=5)
+    result = build_table(load_runs(tmp_path))
+    variant = result.long.set_index("norm")["enorm_variant"]
+    assert variant["enorm"] == OFFICIAL and variant["bn"] == ""
+    # a cell pooling two variants shows both
+    assert variant["bn_enorm"] == DEFAULT + ";" + DEFAULT.replace("cycles=1, every=1", "cycles=2, every=5")
+    assert result.provenance["enorm_variants"]["enorm"] == [OFFICIAL]
+    assert set(result.provenance["enorm_variants"]) == {"enorm", "bn_enorm"}
+    out = tmp_path / "table"
+    write_table(result, out)
+    assert f"- ENorm in ENorm: {OFFICIAL}" in (out / "table.md").read_text()
+    assert json.loads((out / "provenance.json").read_text())["enorm_variants"]["enorm"] == [OFFICIAL]
+    on_disk = pd.read_csv(out / "table_long.csv", keep_default_na=False).set_index("norm")
+    assert on_disk.loc["enorm", "enorm_variant"] == OFFICIAL
+    long = build_table(load_runs(tmp_path), layout="long").wide.set_index("norm")
+    assert long.loc["enorm", "enorm_variant"] == OFFICIAL
+
+
 def test_long_layout_and_split_by(tmp_path):
     for bs, acc in ((2, 60.0), (64, 70.0)):
         for seed in (0, 1):
@@ -158,7 +196,8 @@ def test_cli_writes_table_provenance_and_claims(wc_root, tmp_path):
     assert "best epoch (not used for selection)" in md
     assert "- googlenet/cifar100/bn_wc: missing" in md and "| resnet18 | cifar10 |" in md
     claims = pd.read_csv(out / "claims.csv")
-    assert claims.set_index("claim_id").loc["wc2_resnet18_cifar10", "verdict"] == "supported"
+    # (wc2_* claims count only runs of the wc_resnet preset; these runs are wc_test's)
+    assert claims.set_index("claim_id").loc["wc_vs_weight_norms_resnet18_cifar10", "verdict"] == "supported"
 
 
 def test_cli_unknown_preset_fails(wc_root, tmp_path, capsys):

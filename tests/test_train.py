@@ -7,7 +7,11 @@ import pytest
 import torch
 
 from wcnorm.errors import DivergedError
+from wcnorm.methods import describe_weight_method
+from wcnorm.methods.enorm import ENorm
 from wcnorm.outputs import METRIC_COLUMNS, load_checkpoint, run_dir_for
+from wcnorm.training.assemble import assemble
+from wcnorm.training.callbacks import ConditioningCallback, ENormCallback
 from wcnorm.training.train import train
 from wcnorm.training.trainer import Trainer
 
@@ -127,3 +131,30 @@ def test_hessian_diagnostic_and_grad_clip_reach_the_outputs(cfg_factory):
     # snapshots at the `every` epochs and the last one only
     assert metrics.hessian_top_eig.notna().tolist() == [False, True]
     assert metrics.hessian_top_eig.iloc[-1] > 0
+
+
+def test_assemble_builds_what_the_config_names(cfg_factory):
+    cpu = torch.device("cpu")
+    run = assemble(cfg_factory(*FAST, "norm=enorm", "norm.enorm.order=jacobi", "norm.enorm.every=3"), cpu)
+    assert isinstance(run.enorm, ENorm) and run.enorm.options["order"] == "jacobi"
+    assert [type(cb) for cb in run.trainer.callbacks] == [ENormCallback, ConditioningCallback]
+    assert run.trainer.callbacks[0].every == 3 and run.trainer.callbacks[1] is run.conditioning
+    assert run.trainer.model is run.model and run.trainer.train_loader is run.train_loader
+    # the optimizer holds exactly the model's tensors, which ENorm rescales in place
+    held = {id(p) for group in run.optimizer.param_groups for p in group["params"]}
+    assert held == {id(p) for p in run.model.parameters()} and run.enorm.optimizer is run.optimizer
+    wc = assemble(cfg_factory(*FAST, "norm=bn_wc", "diagnostics.conditioning=false", "optim.lr=0.05",
+                              "trainer.limit_batches=null"), cpu)
+    assert wc.enorm is None and wc.conditioning is None and wc.trainer.callbacks == []
+    assert wc.weight_method == "wc" and describe_weight_method(wc.model)["method"] == "wc"
+    assert wc.optimizer.param_groups[0]["lr"] == 0.05 and len(wc.train_loader) == 96 // 16
+
+
+def test_assemble_is_a_function_of_the_config(cfg_factory):
+    """Seeded inside: two assemblies of one config start from the same weights."""
+    cfg = cfg_factory(*FAST, "seed=3")
+    a, b = (assemble(cfg, torch.device("cpu")).model.state_dict() for _ in range(2))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    other = assemble(cfg_factory(*FAST, "seed=4"), torch.device("cpu")).model.state_dict()
+    assert not all(torch.equal(a[k], other[k]) for k in a)

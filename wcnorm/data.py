@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, RandomSampler
+from torchvision import datasets, transforms
 
 from .errors import ConfigError, DatasetUnavailable
 
@@ -92,9 +93,11 @@ def _bundle(cfg, train: ArraySplit, test: ArraySplit, classes=None) -> DataBundl
     num_classes = num_classes or int(max(train.y.max(), test.y.max())) + 1
     if int(max(train.y.max(), test.y.max())) >= num_classes or int(min(train.y.min(), test.y.min())) < 0:
         raise ConfigError(f"dataset '{cfg.name}': labels must lie in [0, {num_classes})")
-    xf = train.x.float().div_(255)
-    mean = cfg.get("mean") or xf.mean(dim=(0, 2, 3)).tolist()
-    std = cfg.get("std") or xf.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    mean, std = cfg.get("mean"), cfg.get("std")
+    if not (mean and std):  # the training images' channel statistics, where the config has none
+        xf = train.x.float().div_(255)
+        mean = mean or xf.mean(dim=(0, 2, 3)).tolist()
+        std = std or xf.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
     return DataBundle(
         cfg.name, int(num_classes), h, c, tuple(mean), tuple(std), train, test,
         list(classes) if classes is not None else None,
@@ -109,9 +112,7 @@ def _nhwc_split(x, y) -> ArraySplit:
 
 
 def _load_cifar(cfg) -> DataBundle:
-    import torchvision
-
-    cls = torchvision.datasets.CIFAR10 if cfg.name == "cifar10" else torchvision.datasets.CIFAR100
+    cls = datasets.CIFAR10 if cfg.name == "cifar10" else datasets.CIFAR100
     root = Path(cfg.root).expanduser()
     try:
         # torchvision verifies the archive's md5 and every batch file's md5.
@@ -144,7 +145,7 @@ def _load_npz(cfg) -> DataBundle:
 
 
 def _load_digits(cfg) -> DataBundle:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # here: a heavy import that only this dataset needs
 
     d = load_digits()  # 1797 real 8x8 images, shipped with scikit-learn
     x = torch.as_tensor(d.images, dtype=torch.float32)[:, None] / 16.0
@@ -162,15 +163,19 @@ def _load_digits(cfg) -> DataBundle:
                    [str(k) for k in range(10)])
 
 
+def synthetic_split(n: int, image_size: int, *, in_channels: int = 3, num_classes: int = 10,
+                    generator: torch.Generator | None = None) -> ArraySplit:
+    """`n` uniformly random uint8 images and labels (seed 0 unless a generator is given)."""
+    g = generator or torch.Generator().manual_seed(0)
+    shape = (n, in_channels, image_size, image_size)
+    return ArraySplit(torch.randint(0, 256, shape, generator=g, dtype=torch.uint8),
+                      torch.randint(0, num_classes, (n,), generator=g))
+
+
 def _load_synthetic(cfg) -> DataBundle:
-    g = torch.Generator().manual_seed(0)
-    shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
-
-    def split(n):
-        return ArraySplit(torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8),
-                          torch.randint(0, cfg.num_classes, (n,), generator=g))
-
-    return _bundle(cfg, split(cfg.train_size), split(cfg.test_size))
+    g = torch.Generator().manual_seed(0)  # one generator: the test images follow the training ones
+    split = dict(image_size=cfg.image_size, in_channels=cfg.in_channels, num_classes=cfg.num_classes, generator=g)
+    return _bundle(cfg, synthetic_split(cfg.train_size, **split), synthetic_split(cfg.test_size, **split))
 
 
 def _folder_split(root: Path, names: tuple[str, ...]) -> Path | None:
@@ -178,8 +183,6 @@ def _folder_split(root: Path, names: tuple[str, ...]) -> Path | None:
 
 
 def _load_folder(cfg) -> DataBundle:
-    from torchvision import datasets, transforms
-
     root = Path(cfg.root).expanduser()
     train_dir, test_dir = _folder_split(root, ("train",)), _folder_split(root, ("val", "test"))
     if train_dir is None or test_dir is None:
@@ -208,9 +211,15 @@ def _load_folder(cfg) -> DataBundle:
 # ----------------------------------------------------------------------------- loaders
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's randomness (order, crops, flips), from the run's seed and
+    the epoch alone: a resumed run draws what an uninterrupted one drew."""
+    return int(seed) * 1_000_003 + int(epoch)
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The generator all of one epoch's randomness comes from."""
-    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    return torch.Generator().manual_seed(epoch_seed(seed, epoch))
 
 
 def random_crop(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
@@ -306,7 +315,7 @@ class FolderLoader:
         )
 
     def set_epoch(self, epoch: int) -> None:
-        self.generator.manual_seed(int(self.seed) * 1_000_003 + int(epoch))
+        self.generator.manual_seed(epoch_seed(self.seed, epoch))
         if hasattr(self.loader.sampler, "set_epoch"):
             self.loader.sampler.set_epoch(epoch)
 

@@ -15,3 +15,11 @@ class DatasetUnavailable(WcnormError):
 
 class DivergedError(WcnormError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+class CheckpointError(WcnormError):
+    """A checkpoint or result file that cannot be trusted or read (it is never unpickled)."""
+
+
+class RunMismatchError(WcnormError):
+    """A run directory whose checkpoint or result belongs to another config or other data."""

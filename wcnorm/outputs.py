@@ -29,7 +29,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import WcnormError
+from .errors import CheckpointError, WcnormError
+
+TMP_SUFFIX = ".tmp"  # atomic writes' temporary files: `.<name>.<random>.tmp` beside the target
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s", "images_per_s"]
 
@@ -73,13 +75,22 @@ def run_dir_for(cfg: DictConfig) -> Path:
 # ----------------------------------------------------------------------------- atomic files
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`:
-    a reader (or a crash) sees the old file or the new one, never half of one."""
+    a reader (or a crash) sees the old file or the new one, never half of one. The
+    file gets the permissions the user's umask gives (mkstemp's are 0600, which would
+    hide shared run directories from the rest of a team)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -87,6 +98,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete what interrupted atomic writes left behind (`.<name>.*.tmp`). Only safe
+    while holding the run's lock: no other writer can be mid-write then."""
+    stale = sorted(Path(run_dir).glob(f".*{TMP_SUFFIX}"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -100,8 +120,22 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def load_checkpoint(path: Path) -> dict:
-    # Our own file, holding RNG states and config dicts: not weights-only.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """Read a checkpoint without unpickling arbitrary objects: a `last.pt` may come
+    from someone else (a shared run directory), and a pickle can run code. Tensors,
+    numbers, strings and containers load; anything else is refused with a message
+    that names the file and says how to start over."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ... by cause
+        raise CheckpointError(
+            f"'{path}' is not a readable wcnorm checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'empty or truncated file'}). It was not "
+            f"loaded. Move it aside (e.g. `mv '{path}' '{path}.bad'`) to start this run over.") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"'{path}' holds a {type(state).__name__}, not a wcnorm checkpoint. "
+                              f"Move it aside (e.g. `mv '{path}' '{path}.bad'`) to start this run over.")
+    return state
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..outputs import atomic_write_text
 from .runs import load_runs
 from .stats import Welch, holm, seeds_for_power, welch
 
@@ -572,11 +573,12 @@ def write_claims(claims: pd.DataFrame, path) -> Path:
     claims_comparisons.csv (one row per comparison); returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    claims.drop(columns="tests").to_csv(path, index=False)
+    atomic_write_text(path, claims.drop(columns="tests").to_csv(index=False))
     rows = [asdict(r) for rs in claims["tests"] for r in rs]
-    pd.DataFrame(rows, columns=[f.name for f in fields(ComparisonRow)]).to_csv(
-        path.with_name(f"{path.stem}_comparisons.csv"), index=False, float_format="%.6g")
-    path.with_suffix(".md").write_text(to_markdown(claims))
+    comparisons = pd.DataFrame(rows, columns=[f.name for f in fields(ComparisonRow)])
+    atomic_write_text(path.with_name(f"{path.stem}_comparisons.csv"),
+                      comparisons.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(path.with_suffix(".md"), to_markdown(claims))
     return path
 
 

@@ -13,6 +13,7 @@ module never changes the caller's matplotlib backend.
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import sys
 import warnings
@@ -25,8 +26,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from ..outputs import atomic_write_bytes
 from .runs import load_conditioning, load_curves, load_runs
-from .table import _norm_sort_key, norm_label
+from .table import norm_label, norm_sort_key
 
 # The studied method is red in both papers' figures, its main baseline blue.
 COLORS = {
@@ -75,7 +77,7 @@ def _grid(n: int, rows_per_panel: int, w=4.2, h=3.2):
 
 
 def _norms(df) -> list:
-    return sorted(df["norm"].dropna().unique(), key=_norm_sort_key)
+    return sorted(df["norm"].dropna().unique(), key=norm_sort_key)
 
 
 def _band(ax, df, x, y, norm, label=None, ls="-", spread="std"):
@@ -97,7 +99,9 @@ def _save(fig: Figure, out: Path, stem: str, formats) -> list[Path]:
     files = []
     for fmt in formats:
         path = out / f"{stem}.{fmt}"
-        fig.savefig(path, dpi=150)
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=150)
+        atomic_write_bytes(path, buf.getvalue())
         files.append(path)
     return files
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..outputs import atomic_write_text, write_json
+from .claims import evaluate_claims, write_claims
 from .runs import load_runs
 
 NORM_LABELS = {
@@ -32,6 +33,12 @@ FINAL_METRIC = "final-epoch test accuracy (%)"
 BEST_METRIC = "best-epoch test accuracy (%), best epoch (not used for selection)"
 NO_EXPERIMENT = "(none)"
 LAYOUTS = ("auto", "wc", "enorm_fc", "long")
+
+# The ENorm settings that change what a run computes (methods.md section 2): every table
+# names them, so that a run of the official code's cycle is never read as one of the
+# project's default cycle, nor the other way round.
+ENORM_SETTINGS = ("order", "balance_last", "c", "cycles", "every")
+ENORM_CYCLES = {("jacobi", False): "official code", ("sequential", True): "wcnorm default"}
 
 
 @dataclass
@@ -55,6 +62,28 @@ def _fmt(mean: float, std: float, n: int, n_expected) -> str:
     if n == 1 or pd.isna(std):
         return f"{mean:.2f} ({count})"
     return f"{mean:.2f} ± {std:.2f} ({count})"
+
+
+def _setting(value) -> str:
+    """A config value as the config writes it (true, 1.2, jacobi); "?" where absent."""
+    if isinstance(value, str):
+        return value
+    if value is None or pd.isna(value):
+        return "?"
+    if pd.api.types.is_bool(value):
+        return str(bool(value)).lower()
+    return f"{value:g}" if pd.api.types.is_number(value) else str(value)
+
+
+def enorm_variant(run: dict) -> str | None:
+    """The ENorm a run used, e.g. "order=jacobi, balance_last=false, c=1.2, cycles=1,
+    every=1 (official code)"; None for a run without ENorm."""
+    if _setting(run.get("cfg.norm.enorm.enabled")) != "true":
+        return None
+    settings = {k: _setting(run.get(f"cfg.norm.enorm.{k}")) for k in ENORM_SETTINGS}
+    text = ", ".join(f"{k}={v}" for k, v in settings.items())
+    cycle = ENORM_CYCLES.get((settings["order"], settings["balance_last"] == "true"))
+    return f"{text} ({cycle})" if cycle else text
 
 
 def _values(s: pd.Series) -> str:
@@ -102,6 +131,7 @@ def _cell_stats(g: pd.DataFrame) -> dict:
         "best_epoch_mean": best.mean(), "best_epoch_std": best.std(),
         "budget": _values(g["budget"]), "epochs": _values(g["epochs"]),
         "lr": _values(g["lr"]), "batch_size": _values(g["batch_size"]),
+        "enorm_variant": _values(g["enorm_variant"]),
         "_found": set(done["seed"].dropna()),
     }
 
@@ -126,19 +156,19 @@ def _expected_cells(df, keys) -> set[tuple]:
     return cells
 
 
-def _norm_sort_key(norm):
+def norm_sort_key(norm):
     return (NORM_ORDER.index(norm), "") if norm in NORM_ORDER else (len(NORM_ORDER), str(norm))
 
 
 def _sort_long(long: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    order = long["norm"].map(lambda n: _norm_sort_key(n)[0])
+    order = long["norm"].map(lambda n: norm_sort_key(n)[0])
     return (long.assign(_o=order).sort_values(keys + ["_o", "norm"], kind="stable")
             .drop(columns="_o").reset_index(drop=True))
 
 
 def _pivot(long: pd.DataFrame, keys: list[str], value: str, metric: str) -> pd.DataFrame:
     wide = long.pivot(index=keys, columns="norm", values=value)
-    norms = sorted(wide.columns, key=_norm_sort_key)
+    norms = sorted(wide.columns, key=norm_sort_key)
     # A blank cell is one the grid never expected (e.g. ad-hoc runs); expected but
     # empty cells already read "missing".
     wide = wide[norms].fillna("").rename(columns=norm_label).reset_index()
@@ -171,6 +201,7 @@ def build_table(df: pd.DataFrame, layout: str = "auto", expected_seeds: int | No
         raise ValueError("no runs to tabulate")
     df = df.copy()
     df["experiment"] = df["experiment"].fillna(NO_EXPERIMENT)
+    df["enorm_variant"] = [enorm_variant(run) for run in df.to_dict("records")]
     split_by = [k if k in df.columns else f"cfg.{k}" for k in split_by]
     for k in split_by:
         if k not in df.columns:
@@ -216,14 +247,16 @@ def build_table(df: pd.DataFrame, layout: str = "auto", expected_seeds: int | No
         rows.append(row)
 
     long = _sort_long(pd.DataFrame(rows), keys)
+    # The ENorm column only where ENorm ran: a table without ENorm runs keeps its columns.
+    variant = ["enorm_variant"] if df["enorm_variant"].notna().any() else []
     stat_cols = ["status", "n", "n_expected", "n_unfinished", "mean", "std", "min", "max",
                  "seeds", "best_epoch_mean", "best_epoch_std", "budget", "epochs", "lr",
-                 "batch_size", "cell", "best_cell"]
+                 "batch_size", *variant, "cell", "best_cell"]
     long = long[keys + ["norm"] + [c for c in stat_cols if c not in keys]]
     long["n_expected"] = long["n_expected"].astype("Int64")
     if layout == "long":
         # One row per cell, readable: the numbers themselves are in the long CSV.
-        base = keys + ["norm", "status", "n", "n_expected", "n_unfinished"]
+        base = keys + ["norm", "status", "n", "n_expected", "n_unfinished", *variant]
         wide = long[base + ["cell"]].rename(columns={"cell": FINAL_METRIC})
         best = long[base + ["best_cell"]].rename(columns={"best_cell": BEST_METRIC})
     else:
@@ -274,6 +307,8 @@ def _provenance(df, long, layout, keys, expected_seeds, missing, unfinished, com
         "seeds_expected": expected_seeds if expected_seeds is not None
         else "union of seeds seen per preset",
         "seeds_found": _distinct(df.loc[df["finished"], "seed"]),
+        "enorm_variants": {norm: _distinct(g["enorm_variant"])
+                           for norm, g in df.groupby("norm", sort=True) if g["enorm_variant"].notna().any()},
         "runs": {"dirs": len(df), "finished": int(df["finished"].sum()),
                  "unfinished": int((~df["finished"]).sum()),
                  "skipped_unreadable": len(df.attrs.get("skipped", []))},
@@ -313,6 +348,8 @@ def to_markdown(result: TableResult) -> str:
         f"- devices: {join(p['device_names'])}; commits: {join(p['git_commits'])}; "
         f"dates: {' to '.join(p['date_range'] or ['unknown'])}",
     ]
+    for norm, variants in p["enorm_variants"].items():
+        lines.append(f"- ENorm in {norm_label(norm)}: {'; '.join(variants)}")
     if p["command"]:
         lines.append(f"- command: `{p['command']}`")
     lines += ["", "Cells: mean ± sample std over seeds (n = finished runs, "
@@ -333,10 +370,9 @@ def write_table(result: TableResult, out_dir) -> list[Path]:
     files = {"table.csv": result.wide, "table_best_epoch.csv": result.best,
              "table_long.csv": result.long}
     for name, frame in files.items():
-        frame.to_csv(out / name, index=False, float_format="%.4g")
-    (out / "table.md").write_text(to_markdown(result))
-    (out / "provenance.json").write_text(json.dumps(result.provenance, indent=2, default=str)
-                                         + "\n")
+        atomic_write_text(out / name, frame.to_csv(index=False, float_format="%.4g"))
+    atomic_write_text(out / "table.md", to_markdown(result))
+    write_json(out / "provenance.json", result.provenance)
     return [out / n for n in [*files, "table.md", "provenance.json"]]
 
 
@@ -356,8 +392,6 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    from .claims import evaluate_claims, write_claims
-
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     df = load_runs(args.runs)

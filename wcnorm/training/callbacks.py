@@ -9,8 +9,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..methods.diagnostics import condition_numbers, hessian_top_eigenvalue, summarize_conditioning
 from ..outputs import write_csv
-from .trainer import Callback, Trainer, unwrap
+from ..modules import unwrap
+from .trainer import Callback, Trainer
 
 CONDITIONING_COLUMNS = ["epoch", "layer", "shape", "kappa_eff", "kappa_raw", "row_norm_spread"]
 
@@ -47,8 +49,6 @@ class ConditioningCallback(Callback):
         self.end: dict = {}
 
     def _snapshot(self, trainer: Trainer, epoch: int) -> dict:
-        from ..methods.diagnostics import condition_numbers, summarize_conditioning
-
         rows = condition_numbers(unwrap(trainer.model), all_layers=self.all_layers)
         self.rows += [{"epoch": epoch, **r, "shape": "x".join(map(str, r["shape"]))} for r in rows]
         if self.path and trainer.is_main:
@@ -56,8 +56,6 @@ class ConditioningCallback(Callback):
         return summarize_conditioning(rows)
 
     def _hessian(self, trainer: Trainer) -> float:
-        from ..methods.diagnostics import hessian_top_eigenvalue
-
         model = unwrap(trainer.model)
         was_training = model.training
         model.eval()  # a fixed function of the weights: BN in eval mode, no dropout
@@ -71,8 +69,6 @@ class ConditioningCallback(Callback):
             self.rows = []
             self.start = self._snapshot(trainer, 0)
         elif self.path and self.path.exists():  # resumed: keep the snapshots of the epochs kept
-            from ..methods.diagnostics import summarize_conditioning
-
             with open(self.path) as f:
                 rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= trainer.epoch]
             for r in rows:

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..modules import NORM_LAYERS
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "linear", "constant")
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool) -> list[dict]:
@@ -19,7 +19,7 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool
     params = [p for p in model.parameters() if p.requires_grad]
     if not no_decay_norm_bias:
         return [{"params": params, "weight_decay": weight_decay}]
-    exempt = {id(p) for m in model.modules() if isinstance(m, _NORM_TYPES) for p in m.parameters(recurse=False)}
+    exempt = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
     exempt |= {id(p) for n, p in model.named_parameters() if n.endswith("bias")}
     # Tensors of rank <= 1 are gains, biases and scales: decaying them only hurts.
     exempt |= {id(p) for p in params if p.ndim <= 1}

@@ -1,0 +1,41 @@
+"""`wcnorm bench`: how fast wcnorm's training step is, and what WC and ENorm cost.
+
+Four parts, all in one process, on synthetic uint8 images (nothing is downloaded):
+
+* throughput: images/s and peak memory of wcnorm's step (the run `wcnorm train`
+  assembles: `ArrayLoader` on the device + `Trainer.train_step` with bf16 autocast,
+  channels_last and a fused optimizer on CUDA, optionally torch.compile) against a plain
+  torchvision-style loop (DataLoader + per-sample CPU transforms, fp32, plain SGD), same
+  model, images and batch;
+* wc: step time of BN+WC over step time of BN, interleaved repeats, and the tensor ops
+  each step dispatches;
+* enorm: time of one ENorm cycle over time of one training step (no BN, and BN+ENorm), and
+  the number of tensor ops one cycle dispatches (device-independent; the cycle reads each
+  weight once, so on a GPU its time is expected to follow its kernel launches);
+* mfu: FLOPs of the training step (FlopCounterMode, forward + backward) per second of
+  wcnorm's step, over the device's dense bf16 peak.
+
+Every figure is the median over `repeats` blocks of `steps` back-to-back calls, after
+`warmup` untimed calls (compilation, cudnn autotuning, allocator growth), with the
+device drained (synchronize) before each timer read. The figures themselves go to
+`results/bench/<device>.csv`.
+
+The modules, bottom up: `timing` and `memory` (how a figure is read), `counting` (ops
+and FLOPs), `plans` (the sizes), `setups` (the two steps), `measure` (the figures of one
+set-up), `parts` (the four parts as CSV rows), `command` (the command line).
+"""
+
+from .command import COLUMNS, format_table, main, slug, write_rows
+from .counting import OpCounter, count_ops, peak_flops, step_flops
+from .measure import enorm_overhead, reference_throughput, wc_overhead, wcnorm_throughput
+from .memory import peak_memory
+from .parts import PARTS, RUNNERS
+from .plans import SIZES, Plan, parse_spec
+from .setups import bench_config, build_reference, build_run, build_trainer, build_wcnorm
+from .timing import median_ratio, time_step
+
+__all__ = ["COLUMNS", "PARTS", "RUNNERS", "SIZES", "OpCounter", "Plan", "bench_config", "build_reference",
+           "build_run", "build_trainer", "build_wcnorm", "count_ops", "enorm_overhead", "format_table",
+           "main", "median_ratio", "parse_spec", "peak_flops", "peak_memory", "reference_throughput",
+           "slug", "step_flops", "time_step", "wc_overhead", "wcnorm_throughput",
+           "write_rows"]

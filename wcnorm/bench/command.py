@@ -1,0 +1,112 @@
+"""`wcnorm bench`: how fast wcnorm's training step is, and what WC and ENorm cost.
+
+The command line: which parts, which size, where the CSV goes (`<out>/<device>.csv`,
+rewritten after every part, so a run cut short keeps what it measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import re
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from ..errors import WcnormError
+from ..outputs import atomic_write_text, device_name
+from ..training.assemble import resolve_device
+from .parts import PARTS, RUNNERS
+from .plans import SIZES
+
+COLUMNS = ["date", "device", "device_name", "torch_version", "threads", "size", "part", "model",
+           "setup", "shape", "batch", "metric", "value", "unit", "note"]
+TABLE_COLUMNS = COLUMNS[COLUMNS.index("part"):]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wcnorm bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="figures: median over repeats after warm-up; see `wcnorm.bench`")
+    p.add_argument("--size", choices=SIZES, help="tiny (tests), cpu, gpu (default: gpu on CUDA, else cpu)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts among {','.join(PARTS)}")
+    p.add_argument("--models", help="throughput/MFU models, e.g. resnet18,vit,resnet18@224 (default: the size's)")
+    p.add_argument("--batch", type=int, help="override the throughput batch")
+    p.add_argument("--overhead-batch", type=int, help="override the batch of the WC and ENorm ratios")
+    p.add_argument("--repeats", type=int, help="override the number of timed blocks")
+    p.add_argument("--compile", action="store_true", help="torch.compile wcnorm's model (never the reference)")
+    p.add_argument("--workers", type=int, help="reference DataLoader workers (default: 8 on CUDA, 0 on CPU)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
+    p.add_argument("--peak-tflops", type=float, help="the device's peak for MFU, if not in the built-in table")
+    p.add_argument("--out", default="results/bench", help="folder of <device-slug>.csv")
+    return p
+
+
+def slug(device) -> str:
+    """The CSV's name: the GPU's name, or cpu-<the CPU's name>, lowercase, dashed."""
+    name = device_name(device)
+    name = name if torch.device(device).type == "cuda" else f"cpu-{name}"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def format_table(rows: list[dict]) -> str:
+    cells = [[f"{r[c]:.4g}" if c == "value" else str(r[c]) for c in TABLE_COLUMNS] for r in rows]
+    widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(TABLE_COLUMNS)]
+
+    def line(xs):
+        return "  ".join(x.ljust(w) for x, w in zip(xs, widths)).rstrip()
+
+    return "\n".join([line(TABLE_COLUMNS), line(["-" * w for w in widths]), *map(line, cells)])
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, COLUMNS)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except WcnormError as err:
+        print(f"wcnorm bench: {err}")
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    size = args.size or ("gpu" if device.type == "cuda" else "cpu")
+    plan = SIZES[size]
+    if args.repeats:
+        plan = replace(plan, repeats=args.repeats)
+    if args.overhead_batch:
+        plan = replace(plan, overhead_batch=args.overhead_batch)
+    args.models = tuple(args.models.split(",")) if args.models else plan.models
+    parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        print(f"wcnorm bench: unknown part(s) {unknown}; valid: {','.join(PARTS)}")
+        return 2
+    env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": str(device),
+           "device_name": device_name(device), "torch_version": torch.__version__,
+           "threads": torch.get_num_threads(), "size": size}
+    print(f"wcnorm bench: {env['device_name']} ({device}), torch {env['torch_version']}, "
+          f"{env['threads']} threads, size {size}", flush=True)
+    rows, cache = [], {}
+    out = Path(args.out) / f"{slug(device)}.csv"
+    for part in (p for p in PARTS if p in parts):
+        t0 = time.perf_counter()
+        new = RUNNERS[part](args, plan, device, cache)
+        rows += [{**env, **r} for r in new]
+        write_rows(out, rows)  # after every part: a run cut short keeps what it measured
+        print(f"{part}: {len(new)} figures in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(format_table(rows))
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,112 @@
+"""One measurement per set-up: a step's throughput and memory, WC's and ENorm's overheads."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import torch
+from omegaconf import OmegaConf
+
+from ..training.assemble import build_enorm
+from .counting import count_ops, step_flops
+from .memory import peak_memory
+from .plans import Plan, parse_spec
+from .setups import build_reference, build_run, build_trainer, build_wcnorm
+from .timing import median_ratio, time_step
+
+
+def _measure(build, plan: Plan, device) -> tuple[dict, str]:
+    """Build and warm up inside `peak_memory`, then time; `build() -> (step, setup)`."""
+    with peak_memory(device) as mem:
+        step, setup = build()
+        for _ in range(plan.warmup):
+            step()
+    times = time_step({"step": step}, warmup=0, repeats=plan.repeats, steps=plan.steps, device=device)["step"]
+    loss = float(step())
+    return {"step_s": statistics.median(times), "mem_mib": mem["mib"], "mem_how": mem["how"],
+            "finite": math.isfinite(loss)}, setup
+
+
+def reference_throughput(spec: str, plan: Plan, device, *, batch: int | None = None,
+                         workers: int | None = None) -> dict:
+    name, px = parse_spec(spec, plan.px)
+    batch = batch or plan.batch_at(px)
+    stats, setup = _measure(lambda: build_reference(name, px, batch=batch, device=device, workers=workers,
+                                                    options=plan.options.get(name),
+                                                    data_batches=plan.data_batches), plan, device)
+    return {**stats, "images_per_s": batch / stats["step_s"], "setup": setup, "batch": batch, "px": px}
+
+
+def wcnorm_throughput(spec: str, plan: Plan, device, *, batch: int | None = None, compile: bool = False,
+                      flops: bool = True) -> dict:
+    """wcnorm's step; with `flops`, also the FLOPs of one step (counted before compiling)."""
+    name, px = parse_spec(spec, plan.px)
+    batch = batch or plan.batch_at(px)
+    counted = {}
+
+    def build():
+        step, setup, trainer = build_wcnorm(name, px, batch=batch, device=device, options=plan.options.get(name),
+                                            data_batches=plan.data_batches)
+        if flops:
+            x, y = next(iter(trainer.train_loader))
+            counted["fwd"], counted["bwd"] = step_flops(trainer.model, x, y, amp_dtype=trainer.amp_dtype)
+        if compile:
+            trainer.model.compile()  # in place, as the runner does
+            setup = setup.replace("]", ",compile]")
+        return step, setup
+
+    stats, setup = _measure(build, plan, device)
+    out = {**stats, "images_per_s": batch / stats["step_s"], "setup": setup, "batch": batch, "px": px}
+    if torch.device(device).type == "cuda":  # the reference keeps its images in host memory
+        out["mem_how"] += ", incl. the uint8 dataset on the device"
+    if flops:
+        out["flops"] = counted["fwd"] + counted["bwd"]
+    return out
+
+
+def fixed_step(trainer):
+    """Trainer.train_step on one fixed batch: the model step alone, without data loading."""
+    x, y = next(iter(trainer.train_loader))
+    return lambda: trainer.train_step(x, y)[0]
+
+
+def wc_overhead(spec: str, plan: Plan, device, *, compile: bool = False) -> dict:
+    """Step time of BN+WC over BN (the model's usual norm: LN for the ViT), runner
+    settings, fixed batch, interleaved repeats."""
+    name, px = parse_spec(spec, plan.px)
+    steps = {w: fixed_step(build_trainer(name, px, batch=plan.overhead_batch, device=device, weight=w,
+                                         compile=compile, options=plan.options.get(name))[0])
+             for w in ("none", "wc")}
+    t = time_step(steps, warmup=plan.warmup, repeats=plan.repeats, steps=plan.steps, device=device)
+    return {"ratio": median_ratio(t["wc"], t["none"]), "bn_ms": 1e3 * statistics.median(t["none"]),
+            "wc_ms": 1e3 * statistics.median(t["wc"]), "batch": plan.overhead_batch, "px": px,
+            "bn_ops": count_ops(steps["none"]), "wc_ops": count_ops(steps["wc"])}
+
+
+def enorm_overhead(spec: str, plan: Plan, device, *, norm: str = "enorm", compile: bool = False) -> dict:
+    """One ENorm cycle over one training step (forward + backward + optimizer), every-step
+    frequency. `norm`: the preset, 'enorm' (no BN) or 'bn_enorm' (BN, ignored by ENorm).
+    The step runs without its cycle (ENorm off in the run's config) and the cycle is
+    built apart, from the preset's `norm.enorm` node. Also times step + cycle back to
+    back: the cost as training sees it (with the host free to queue the cycle behind
+    the step on CUDA)."""
+    name, px = parse_spec(spec, plan.px)
+    run = build_run(name, px, batch=plan.overhead_batch, device=device, norm=norm, compile=compile,
+                    options=plan.options.get(name), overrides=["norm.enorm.enabled=false"])
+    enorm = build_enorm(run.cfg.norm.enorm, run.model, run.optimizer)
+    step = fixed_step(run.trainer)
+    fns = {"step": step, "cycle": enorm.step, "both": lambda: (step(), enorm.step())}
+    if torch.device(device).type == "cuda":  # the same cycle replayed as one CUDA graph
+        graphed = build_enorm(OmegaConf.merge(run.cfg.norm.enorm, {"cuda_graph": True}), run.model, run.optimizer)
+        fns.update(cycle_graph=graphed.step, both_graph=lambda: (step(), graphed.step()))
+    t = time_step(fns, warmup=plan.warmup, repeats=plan.repeats, steps=plan.steps, device=device)
+    out = {"ratio": median_ratio(t["cycle"], t["step"]), "loop_ratio": median_ratio(t["both"], t["step"]),
+           "ops": count_ops(enorm.step),
+           "step_ms": 1e3 * statistics.median(t["step"]), "cycle_ms": 1e3 * statistics.median(t["cycle"]),
+           "groups": len(enorm.groups), "units": enorm.num_units, "batch": plan.overhead_batch, "px": px}
+    if "cycle_graph" in t:
+        out.update(graph_ratio=median_ratio(t["cycle_graph"], t["step"]),
+                   graph_loop_ratio=median_ratio(t["both_graph"], t["step"]),
+                   graph_ms=1e3 * statistics.median(t["cycle_graph"]))
+    return out

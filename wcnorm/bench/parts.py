@@ -1,0 +1,118 @@
+"""The four parts of the bench, each a list of CSV rows (one figure per row).
+
+Each part takes (args, plan, device, cache); `cache` holds wcnorm's throughput
+measurements by model, so the MFU part reuses the throughput part's timings.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+
+from ..models import CIFAR_MAX_SIZE
+from ..outputs import device_name
+from .counting import OPS_NOTE, peak_flops
+from .measure import enorm_overhead, reference_throughput, wc_overhead, wcnorm_throughput
+from .memory import free
+
+CIFAR_TRAIN = 50_000  # images in a CIFAR-10 training epoch (the epoch-time figure)
+
+
+def _row(part, model, setup, px, batch, metric, value, unit, note=""):
+    return {"part": part, "model": model, "setup": setup, "shape": f"3x{px}x{px}", "batch": batch,
+            "metric": metric, "value": float(value), "unit": unit, "note": note}
+
+
+def _guard(measure, spec, plan, device, **kwargs):
+    """Run one measurement; an out-of-memory is reported as a note, not a crash."""
+    try:
+        return measure(spec, plan, device, **kwargs), ""
+    except torch.OutOfMemoryError:
+        return None, "out of memory"
+    finally:
+        free(device)
+
+
+def _wcnorm(args, plan, device, cache, spec):
+    if spec not in cache:
+        cache[spec] = _guard(wcnorm_throughput, spec, plan, device, batch=args.batch, compile=args.compile)[0]
+    return cache[spec]
+
+
+def run_throughput(args, plan, device, cache) -> list[dict]:
+    rows = []
+    for spec in args.models:
+        ref, why = _guard(reference_throughput, spec, plan, device, batch=args.batch, workers=args.workers)
+        ours = _wcnorm(args, plan, device, cache, spec)
+        for r in (ref, ours):
+            if r is None:
+                rows.append(_row("throughput", spec, "", plan.px, args.batch or 0, "images_per_s", math.nan,
+                                 "img/s", why or "failed"))
+                continue
+            note = "" if r["finite"] else "loss not finite"
+            row = partial(_row, "throughput", spec, r["setup"], r["px"], r["batch"])
+            rows += [row("images_per_s", r["images_per_s"], "img/s", note),
+                     row("step_ms", 1e3 * r["step_s"], "ms", note),
+                     row("peak_mem", r["mem_mib"], "MiB", r["mem_how"])]
+            if r["px"] <= CIFAR_MAX_SIZE:
+                rows.append(row("epoch_s", CIFAR_TRAIN / r["images_per_s"], "s",
+                                f"{CIFAR_TRAIN} training images at this rate (a CIFAR-10 epoch, no eval)"))
+        if ref and ours:
+            rows.append(_row("throughput", spec, "wcnorm/reference", ours["px"], ours["batch"], "speedup",
+                             ours["images_per_s"] / ref["images_per_s"], "x"))
+    return rows
+
+
+def run_wc(args, plan, device, cache) -> list[dict]:
+    spec = plan.wc_model
+    r = wc_overhead(spec, plan, device, compile=args.compile)
+    free(device)
+    row = partial(_row, "wc", spec, "BN+WC vs BN, fixed batch, interleaved", r["px"], r["batch"])
+    return [row("bn_step_ms", r["bn_ms"], "ms"),
+            row("wc_step_ms", r["wc_ms"], "ms"),
+            row("wc_over_bn", r["ratio"], "x"),
+            row("bn_ops_per_step", r["bn_ops"], "ops", OPS_NOTE),
+            row("wc_ops_per_step", r["wc_ops"], "ops", OPS_NOTE)]
+
+
+def run_enorm(args, plan, device, cache) -> list[dict]:
+    rows = []
+    for spec in plan.enorm_models:
+        for norm in plan.enorm_norms:
+            r = enorm_overhead(spec, plan, device, norm=norm, compile=args.compile)
+            free(device)
+            note = f"{r['groups']} groups, {r['units']} units"
+            row = partial(_row, "enorm", spec, f"norm={norm}, every step", r["px"], r["batch"])
+            rows += [row("step_ms", r["step_ms"], "ms"),
+                     row("cycle_ms", r["cycle_ms"], "ms", note),
+                     row("cycle_over_step", r["ratio"], "x"),
+                     row("ops_per_cycle", r["ops"], "ops", OPS_NOTE),
+                     row("step_with_cycle_over_step", r["loop_ratio"], "x")]
+            if "graph_ms" in r:
+                rows += [row("cycle_graph_ms", r["graph_ms"], "ms", "cuda_graph=True: the cycle as one graph"),
+                         row("cycle_graph_over_step", r["graph_ratio"], "x"),
+                         row("step_with_cycle_graph_over_step", r["graph_loop_ratio"], "x")]
+    return rows
+
+
+def run_mfu(args, plan, device, cache) -> list[dict]:
+    rows, name = [], device_name(device)
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(name)
+    note = f"peak {peak / 1e12:.0f} TFLOP/s dense bf16" if math.isfinite(peak) else "no known peak for this device"
+    for spec in args.models:
+        r = _wcnorm(args, plan, device, cache, spec)
+        if r is None:
+            continue
+        achieved = r["flops"] / r["step_s"]
+        row = partial(_row, "mfu", spec, r["setup"], r["px"], r["batch"])
+        rows += [row("gflop_per_step", r["flops"] / 1e9, "GFLOP", "FlopCounterMode, forward + backward"),
+                 row("achieved", achieved / 1e9, "GFLOP/s"),
+                 row("mfu", achieved / peak, "fraction", note)]
+    return rows
+
+
+# In the order they run: throughput before mfu, which reuses its timings.
+RUNNERS = {"throughput": run_throughput, "wc": run_wc, "enorm": run_enorm, "mfu": run_mfu}
+PARTS = tuple(RUNNERS)

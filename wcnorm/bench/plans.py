@@ -1,0 +1,47 @@
+"""The bench's sizes: which models it measures, at which batches, how many times."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..models import CIFAR_MAX_SIZE
+
+
+@dataclass(frozen=True)
+class Plan:
+    batch: int            # throughput batch at CIFAR size
+    big_batch: int        # throughput batch at ImageNet size (above CIFAR_MAX_SIZE px)
+    overhead_batch: int   # WC and ENorm ratios
+    px: int               # "CIFAR" image size
+    warmup: int
+    repeats: int
+    steps: int            # calls per timed block
+    models: tuple[str, ...]
+    enorm_models: tuple[str, ...]
+    enorm_norms: tuple[str, ...]  # norm presets with ENorm on
+    wc_model: str = "resnet18"
+    data_batches: int = 8  # synthetic images = data_batches x batch (an epoch boundary every so many steps)
+    options: dict = field(default_factory=dict)  # model options per model name
+
+    def batch_at(self, px: int) -> int:
+        return self.big_batch if px > CIFAR_MAX_SIZE else self.batch
+
+
+SIZES = {
+    # the test suite's: the smallest shapes that reach every code path (ResNet-18 at 8 px,
+    # a narrow ViT, a short ENorm FC net)
+    "tiny": Plan(8, 2, 8, 8, 2, 3, 1, ("resnet18", "vit"), ("enorm_fc",), ("enorm",), wc_model="vit",
+                 options={"vit": {"dim": 64, "depth": 2, "heads": 2}, "enorm_fc": {"depth": 2, "width": 128}}),
+    # CPU-size batches of the real models
+    "cpu": Plan(16, 4, 16, 32, 2, 3, 2, ("resnet18", "densenet121", "vit", "resnet18@224"),
+                ("resnet18", "densenet121"), ("enorm", "bn_enorm")),
+    # the real shapes
+    "gpu": Plan(512, 128, 128, 32, 10, 5, 20, ("resnet18", "densenet121", "vit", "resnet18@224"),
+                ("resnet18", "densenet121"), ("enorm", "bn_enorm"), data_batches=32),
+}
+
+
+def parse_spec(spec: str, px: int) -> tuple[str, int]:
+    """'resnet18' -> (resnet18, CIFAR px); 'resnet18@224' -> (resnet18, 224)."""
+    name, _, size = spec.partition("@")
+    return name, int(size) if size else px
