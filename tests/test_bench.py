@@ -13,6 +13,7 @@ from torch import nn
 
 from wcnorm import bench
 from wcnorm.bench.setups import norm_preset
+from wcnorm.data import synthetic_split
 from wcnorm.methods import describe_weight_method
 
 # The smallest plan that still exercises every code path: fast nets, 1 warm-up, 2 repeats.
@@ -149,7 +150,7 @@ def test_the_bench_trains_what_wcnorm_train_assembles():
     assert describe_weight_method(run.model)["method"] == "wc" and len(run.train_loader) == 3
     assert run.optimizer.param_groups[0]["lr"] == cfg.optim.lr and run.trainer.callbacks == []
     # the images of a `dataset=synthetic` run of that size, which the reference loop reads too
-    assert torch.equal(run.data.train.x, bench.synthetic(12, 8).x)
+    assert torch.equal(run.data.train.x, synthetic_split(12, 8).x)
     _, setup = bench.build_trainer("enorm_fc", 8, batch=4, device="cpu", act_norm="none", weight="wc", options=fc)
     assert setup == "wcnorm[fp32,ArrayLoader,foreach]"
     # each model against its usual normalizer: BN for the CNNs, LayerNorm for the ViT

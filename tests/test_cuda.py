@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from wcnorm.bench import build_trainer
-from wcnorm.data import synthetic_split as synthetic
-from wcnorm.training.callbacks import ENormCallback
 from wcnorm.data import ArrayLoader
+from wcnorm.data import synthetic_split as synthetic
 from wcnorm.methods.enorm import ENorm
 from wcnorm.models import build_model
+from wcnorm.training.callbacks import ENormCallback
 from wcnorm.training.train import train
 
 pytestmark = [pytest.mark.cuda,

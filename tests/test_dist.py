@@ -58,8 +58,8 @@ def _worker(rank: int, out: Path) -> None:
     current = [None]
     step = Trainer.train_step
 
-    def checked_step(self, x, y):
-        loss_correct = step(self, x, y)  # the optimizer step, then ENorm's cycle (a callback)
+    def checked_step(self, *batch):
+        loss_correct = step(self, *batch)  # the optimizer step, then ENorm's cycle (a callback)
         weights = dist.gather(dist.param_checksums(self.model))
         state = dist.gather(dist.state_checksums(self.optimizer, torch.device("cpu")))
         name = current[0]

@@ -80,9 +80,12 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(cfg_factory, m
     cfg = cfg_factory(*FAST, "trainer.epochs=3")
     original = Trainer.train_step
 
-    def nan_from_epoch_2(self, x, y):  # the loss turns NaN once epoch 1 is done
-        loss, correct = original(self, x, y)
-        return (loss * float("nan") if self.epoch >= 1 else loss), correct
+    def nan_from_epoch_2(self, *batch):  # the loss turns NaN once epoch 1 is done
+        loss, sums = original(self, *batch)
+        if self.epoch >= 1:
+            sums = sums.clone()
+            sums[0] = float("nan")
+        return loss, sums
 
     monkeypatch.setattr(Trainer, "train_step", nan_from_epoch_2)
     with pytest.raises(DivergedError, match=r"nan in epoch 2.*Last good checkpoint: .*last.pt.*\(epoch 1\)"):

@@ -21,7 +21,8 @@ from torchvision.transforms import v2
 
 from ..data import load_dataset
 from ..models import supported_act_norms
-from ..training.assemble import Run, assemble, build_classifier, seed_everything
+from ..tasks.classification import build_classifier
+from ..training.assemble import Run, assemble, seed_everything
 from ..training.config import validate
 
 # The synthetic images are normalised with CIFAR-10's statistics, as CIFAR's would be.

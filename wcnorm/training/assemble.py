@@ -1,13 +1,12 @@
 """From a config to the objects of one training run: `assemble`.
 
-    seed -> task (data, model + weight method, loaders) -> optimizer, schedule
+    seed -> task (data, model, loaders) -> weight method -> optimizer, schedule
     -> ENorm (the step hook) -> callbacks -> DDP wrap, compile -> Trainer
 
 `wcnorm train` and `wcnorm bench` both build their runs here, so what the bench times
-is what training runs. The task-specific pieces come from `classification` (an image
-dataset, a classifier shaped for it, loaders of (x, y) batches); everything after
-them needs only a model on the device and its loaders, so another task family can
-supply its own pieces in their place.
+is what training runs. The task (`wcnorm.tasks`: classification, neural fields)
+supplies the data, the model on the device and its loaders, the loss and the
+evaluation; everything after it is the same for every task.
 """
 
 from __future__ import annotations
@@ -21,18 +20,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from ..data import ArrayLoader, DataBundle, FolderLoader, load_dataset, make_loaders
 from ..errors import WcnormError
 from ..methods import apply_weight_method
 from ..methods.enorm import ENorm
-from ..models import build_model
+from ..tasks import Classification, Task, build_task
 from .callbacks import ConditioningCallback, ENormCallback
 from .dist import DistContext, ReplicaCheck
 from .optim import build_optimizer, build_scheduler
 from .trainer import Callback, Trainer
-
-# Models without convolutions: channels_last ("auto") would only cost them copies.
-CONV_FREE = ("vit", "enorm_fc")
 
 # ----------------------------------------------------------------------------- the process
 
@@ -62,21 +57,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
-# ----------------------------------------------------------------------------- classification
-
-
-def use_channels_last(cfg: DictConfig, device: torch.device) -> bool:
-    """trainer.channels_last; "auto": on CUDA, for models with convolutions."""
-    spec = cfg.trainer.channels_last
-    if spec == "auto":
-        return device.type == "cuda" and cfg.model.name not in CONV_FREE
-    return bool(spec)
-
-
-def keep_data_on_device(cfg: DictConfig, data: DataBundle, device: torch.device) -> bool:
-    """trainer.data_on_device (array datasets only); "auto": on CUDA."""
-    spec = cfg.trainer.data_on_device
-    return data.is_array and (device.type == "cuda" if spec == "auto" else bool(spec))
+# ----------------------------------------------------------------------------- the weight method
 
 
 def with_weight_method(model: nn.Module, norm: DictConfig) -> nn.Module:
@@ -85,38 +66,6 @@ def with_weight_method(model: nn.Module, norm: DictConfig) -> nn.Module:
     if norm.weight != "none":
         apply_weight_method(model, norm.weight, OmegaConf.to_container(norm[norm.weight], resolve=True))
     return model
-
-
-def build_classifier(cfg: DictConfig, data: DataBundle) -> nn.Module:
-    """The model `cfg.model` names, shaped for the dataset, with the config's
-    activation normalizer and weight-level method."""
-    options = {k: v for k, v in cfg.model.items() if k != "name"}
-    model = build_model(cfg.model.name, num_classes=data.num_classes, image_size=data.image_size,
-                        in_channels=data.in_channels, act_norm=cfg.norm.act, **options)
-    return with_weight_method(model, cfg.norm)
-
-
-@dataclass
-class Classification:
-    """What a classification run trains on: images, a classifier, (x, y) batches."""
-
-    data: DataBundle
-    model: nn.Module  # on the device
-    train_loader: ArrayLoader | FolderLoader
-    test_loader: ArrayLoader | FolderLoader
-
-
-def classification(cfg: DictConfig, device: torch.device, ctx: DistContext) -> Classification:
-    data = load_dataset(cfg.dataset)
-    model = build_classifier(cfg, data).to(device)
-    channels_last = use_channels_last(cfg, device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    train_loader, test_loader = make_loaders(
-        data, cfg.dataset, cfg.trainer, device=device, seed=cfg.seed,
-        data_on_device=keep_data_on_device(cfg, data, device), channels_last=channels_last,
-        rank=ctx.rank, world_size=ctx.world_size)
-    return Classification(data, model, train_loader, test_loader)
 
 
 # ----------------------------------------------------------------------------- the methods' hooks
@@ -129,7 +78,7 @@ def build_enorm(enorm: DictConfig, model: nn.Module, optimizer: torch.optim.Opti
                  cuda_graph=bool(enorm.cuda_graph))
 
 
-def build_callbacks(cfg: DictConfig, task: Classification, enorm: ENorm | None, run_dir,
+def build_callbacks(cfg: DictConfig, task: Task, enorm: ENorm | None, run_dir,
                     ctx: DistContext) -> tuple[list[Callback], ConditioningCallback | None]:
     """ENorm's cycle, the conditioning diagnostics, the replica check (under DDP)."""
     callbacks: list[Callback] = []
@@ -139,7 +88,7 @@ def build_callbacks(cfg: DictConfig, task: Classification, enorm: ENorm | None, 
     d = cfg.diagnostics
     if d.get("conditioning", True):
         batch = None
-        if d.hessian:
+        if d.hessian and isinstance(task, Classification):
             x, y = next(iter(task.test_loader))  # a fixed batch: the test loader is not shuffled
             batch = (x[: d.hessian_batch], y[: d.hessian_batch])
         conditioning = ConditioningCallback(
@@ -160,10 +109,8 @@ class Run:
 
     cfg: DictConfig
     device: torch.device
-    data: DataBundle
+    task: Task
     model: nn.Module  # as trained: under DDP with several processes, compiled in place if asked
-    train_loader: ArrayLoader | FolderLoader
-    test_loader: ArrayLoader | FolderLoader
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     weight_method: str  # norm.weight, registered on the model ("none": nothing)
@@ -171,6 +118,14 @@ class Run:
     conditioning: ConditioningCallback | None
     callbacks: list[Callback]
     trainer: Trainer
+
+    @property
+    def data(self):
+        return self.task.data
+
+    @property
+    def train_loader(self):
+        return self.trainer.train_loader
 
 
 def assemble(cfg: DictConfig, device: torch.device, *, run_dir=None, ctx: DistContext | None = None,
@@ -183,7 +138,8 @@ def assemble(cfg: DictConfig, device: torch.device, *, run_dir=None, ctx: DistCo
     ctx = ctx or DistContext()
     t = cfg.trainer
     seed_everything(cfg.seed, bool(t.deterministic))
-    task = classification(cfg, device, ctx)
+    task = build_task(cfg, device, rank=ctx.rank, world_size=ctx.world_size)
+    with_weight_method(task.model, cfg.norm)
     optimizer = build_optimizer(task.model, cfg.optim, fused=device.type == "cuda")
     scheduler = build_scheduler(optimizer, cfg.sched, steps_per_epoch=len(task.train_loader), epochs=int(t.epochs))
     # ENorm and the optimizer hold the bare model's tensors, which DDP and compile keep.
@@ -193,9 +149,9 @@ def assemble(cfg: DictConfig, device: torch.device, *, run_dir=None, ctx: DistCo
     if t.compile:
         model.compile()  # in place: state dicts keep their plain keys
     trainer = Trainer(
-        model, optimizer, scheduler, task.train_loader, task.test_loader, device=device, epochs=t.epochs,
-        run_dir=run_dir, amp_dtype=resolve_amp(t.amp, device), label_smoothing=t.label_smoothing,
+        model, optimizer, scheduler, task, device=device, epochs=t.epochs,
+        run_dir=run_dir, amp_dtype=resolve_amp(t.amp, device),
         grad_clip=t.grad_clip, callbacks=callbacks, progress=ctx.is_main and progress,
         stop_after=t.stop_after, is_main=ctx.is_main, all_reduce=ctx.all_reduce)
-    return Run(cfg, device, task.data, model, task.train_loader, task.test_loader, optimizer, scheduler,
-               cfg.norm.weight, enorm, conditioning, callbacks, trainer)
+    return Run(cfg, device, task, model, optimizer, scheduler, cfg.norm.weight, enorm, conditioning,
+               callbacks, trainer)

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from ..methods.diagnostics import condition_numbers, hessian_top_eigenvalue, summarize_conditioning
-from ..outputs import write_csv
 from ..modules import unwrap
+from ..outputs import write_csv
 from .trainer import Callback, Trainer
 
 CONDITIONING_COLUMNS = ["epoch", "layer", "shape", "kappa_eff", "kappa_raw", "row_norm_spread"]

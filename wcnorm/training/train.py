@@ -81,31 +81,37 @@ def _train(cfg: DictConfig, run_dir, ctx) -> dict:
         return {"status": "interrupted", "epoch": run.trainer.epoch, "run_dir": str(run_dir)}
     result = {**summarize(run, history), "run_dir": str(run_dir)}
     if ctx.is_main:
+        result.update(run.task.finish(unwrap(run.model), run_dir))  # end-of-run measurements
         write_json(run_dir / "result.json", result)
-        log.info("finished: final test_acc %.2f %% (best epoch %d: %.2f %%) in %.0f s -> %s",
-                 result["final_test_acc"], result["best_epoch"], result["best_test_acc"],
+        metric = run.task.metric
+        log.info("finished: final %s %.4g (best epoch %d: %.4g) in %.0f s -> %s", metric,
+                 result[f"final_{metric}"], result["best_epoch"], result[f"best_{metric}"],
                  time.perf_counter() - t0, run_dir)
     return result
 
 
 def summarize(run: Run, history: list[dict]) -> dict:
     """result.json: the final epoch, the best one (marked), what ran, where and on what."""
-    final = history[-1]
-    best = max(history, key=lambda r: r["test_acc"])
+    final, task = history[-1], run.task
+    metric = task.metric
+    best = history[0]
+    for row in history[1:]:
+        best = row if task.is_better(row[metric], best[metric]) else best
+    throughput = f"{task.unit}_per_s"
     model = unwrap(run.model)
     result = {
         "status": "finished",
         "epochs": final["epoch"],
-        "final_test_acc": final["test_acc"],
-        "final_test_loss": final["test_loss"],
-        "final_train_loss": final["train_loss"],
-        "final_train_acc": final["train_acc"],
+        # Every metric of the final epoch: final_test_acc, final_train_loss, ...
+        **{f"final_{k}": v for k, v in final.items() if k.startswith(("train_", "val_", "test_"))
+           and not k.endswith("_time_s")},
+        "metric": metric,
         # Reported for information only: choosing it would select a model on the test set.
-        "best_test_acc": best["test_acc"],
+        f"best_{metric}": best[metric],
         "best_epoch": best["epoch"],
-        "best_note": "best epoch on the test split, for information; never used for model selection",
+        "best_note": "best epoch on the held-out split, for information; never used for model selection",
         "wall_time_s": sum(r["epoch_time_s"] for r in history),
-        "images_per_s": float(np.median([r["images_per_s"] for r in history])),
+        throughput: float(np.median([r[throughput] for r in history])),
         "num_params": count_parameters(model),
         **environment(run.device),
         "weight_method": describe_weight_method(model),

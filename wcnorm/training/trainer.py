@@ -5,8 +5,10 @@ checkpoint after each epoch, and two hook points the methods plug into:
 * `Callback.on_epoch_end` returns extra metric columns (ENorm's objective, WC's
   conditioning diagnostics) and may write files of its own.
 
-Loss and accuracy are summed on the device and read once per `sync_every` steps,
-so the step loop does not wait on the host.
+What is trained, on what, and how it is scored is the task's (`wcnorm.tasks`): the
+loop asks it for each batch's loss and sums, and for the held-out metrics after each
+epoch. The sums stay on the device and are read once per `sync_every` steps, so the
+step loop does not wait on the host.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import DivergedError
 from ..modules import unwrap
 from ..outputs import load_checkpoint, save_checkpoint, write_metrics
+from ..tasks import Task
 
 log = logging.getLogger("wcnorm")
 
@@ -62,20 +64,24 @@ def set_rng_state(state: dict) -> None:
 
 
 class Trainer:
-    def __init__(self, model, optimizer, scheduler, train_loader, test_loader, *, device: torch.device,
+    def __init__(self, model, optimizer, scheduler, task: Task, *, device: torch.device,
                  epochs: int, run_dir: Path | None = None, amp_dtype: torch.dtype | None = None,
-                 label_smoothing: float = 0.0, grad_clip: float | None = None, callbacks=(),
+                 grad_clip: float | None = None, callbacks=(),
                  progress: bool = False, stop_after: int | None = None, is_main: bool = True,
-                 all_reduce=None, sync_every: int = 50):
-        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
-        self.train_loader, self.test_loader = train_loader, test_loader
+                 all_reduce=None, sync_every: int = 50, identity: dict | None = None):
+        self.model, self.optimizer, self.scheduler, self.task = model, optimizer, scheduler, task
+        self.train_loader = task.train_loader
         self.device, self.epochs, self.run_dir = torch.device(device), int(epochs), run_dir
-        self.amp_dtype, self.label_smoothing, self.grad_clip = amp_dtype, float(label_smoothing), grad_clip
+        self.amp_dtype, self.grad_clip = amp_dtype, grad_clip
         self.callbacks, self.progress, self.stop_after = list(callbacks), progress, stop_after
         self.is_main, self.all_reduce, self.sync_every = is_main, all_reduce, max(1, int(sync_every))
         # fp16 needs loss scaling; bf16 (the default on CUDA) does not.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
         self.epoch, self.step, self.history = 0, 0, []
+        # The run's config and data (`outputs.run_identity`), saved with every checkpoint so
+        # that a later command can tell whether last.pt is its run's.
+        self.identity = identity
+        self.last_loss: torch.Tensor | None = None  # the last step's loss, on the device
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -92,6 +98,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "history": self.history,
+            "identity": self.identity,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -122,10 +129,10 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def train_step(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_step(self, *batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on `batch`; returns the loss and the task's sums."""
         with self.autocast():
-            logits = self.model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+            loss, sums = self.task.loss(self.model, batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.grad_clip:
@@ -135,9 +142,10 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
+        self.last_loss = loss.detach()
         for cb in self.callbacks:
             cb.on_step_end(self)
-        return loss.detach(), (logits.argmax(1) == y).sum()
+        return self.last_loss, sums
 
     def _reduce(self, t: torch.Tensor) -> torch.Tensor:
         if self.all_reduce is not None:
@@ -155,48 +163,35 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict:
         self.model.train()
         self.train_loader.set_epoch(epoch)
-        sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss, correct, count
+        sums = None  # the task's per-batch sums, accumulated on the device
         bar = tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False, disable=not self.progress,
                    dynamic_ncols=True)
         t0 = time.perf_counter()
-        for i, (x, y) in enumerate(bar):
-            loss, correct = self.train_step(x, y)
-            sums[0] += loss.double() * len(y)
-            sums[1] += correct
-            sums[2] += len(y)
+        for i, batch in enumerate(bar):
+            _, batch_sums = self.train_step(*batch)
+            sums = batch_sums if sums is None else sums + batch_sums
             if (i + 1) % self.sync_every == 0:
                 # On the reduced sums: under DDP every rank must stop at the same step, or the
                 # others would wait forever in their next all-reduce.
                 self._check_finite(self._reduce(sums[:1].clone()), epoch)
                 if self.progress:
-                    bar.set_postfix(loss=f"{(sums[0] / sums[2]).item():.3f}")
+                    bar.set_postfix(loss=f"{(sums[0] / sums[-1]).item():.3f}")
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - t0
         sums = self._reduce(sums)
         self._check_finite(sums[0], epoch)
-        n = sums[2].item()
-        return {"train_loss": sums[0].item() / n, "train_acc": 100 * sums[1].item() / n,
-                "images_per_s": n / seconds, "train_time_s": seconds}
+        return {**self.task.train_metrics(sums), f"{self.task.unit}_per_s": sums[-1].item() / seconds,
+                "train_time_s": seconds}
 
     @torch.no_grad()
-    def evaluate(self) -> dict:
-        # Under DDP, evaluate the local replica: no collectives, so ranks whose test
-        # shards differ by one batch cannot wait on each other.
+    def evaluate(self, epoch: int | None = None) -> dict:
+        # Under DDP, evaluate the local replica: no collectives inside the model, so ranks
+        # whose held-out shards differ by one batch cannot wait on each other.
         model = self.model.module if isinstance(self.model, nn.parallel.DistributedDataParallel) else self.model
         model.eval()
-        self.test_loader.set_epoch(0)
-        sums = torch.zeros(3, device=self.device, dtype=torch.float64)
-        for x, y in self.test_loader:
-            with self.autocast():
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, reduction="sum")
-            sums[0] += loss.double()
-            sums[1] += (logits.argmax(1) == y).sum()
-            sums[2] += len(y)
-        sums = self._reduce(sums)
-        n = max(sums[2].item(), 1)
-        return {"test_loss": sums[0].item() / n, "test_acc": 100 * sums[1].item() / n}
+        return self.task.evaluate(model, autocast=self.autocast, reduce=self._reduce,
+                                  epoch=self.epoch if epoch is None else epoch)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> list[dict]:
@@ -208,18 +203,17 @@ class Trainer:
         for epoch in epochs:
             t0 = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
-            row = {"epoch": epoch, "lr": lr, **self.train_epoch(epoch), **self.evaluate()}
+            row = {"epoch": epoch, "lr": lr, **self.train_epoch(epoch), **self.evaluate(epoch)}
             self.epoch = epoch
             for cb in self.callbacks:
                 row.update(cb.on_epoch_end(self, epoch))
             row["epoch_time_s"] = time.perf_counter() - t0
             self.history.append(row)
             self.save()
-            msg = (f"epoch {epoch}/{self.epochs} train_loss {row['train_loss']:.4f} "
-                   f"train_acc {row['train_acc']:.2f} test_loss {row['test_loss']:.4f} "
-                   f"test_acc {row['test_acc']:.2f} ({row['epoch_time_s']:.1f}s)")
-            if self.progress:
-                epochs.set_postfix(test_acc=f"{row['test_acc']:.2f}")
+            shown = " ".join(f"{k} {row[k]:.4g}" for k in self.task.log_keys if k in row)
+            msg = f"epoch {epoch}/{self.epochs} {shown} ({row['epoch_time_s']:.1f}s)"
+            if self.progress and self.task.metric in row:
+                epochs.set_postfix({self.task.metric: f"{row[self.task.metric]:.4g}"})
                 tqdm.write(msg)
             elif self.is_main:
                 log.info(msg)
