@@ -5,9 +5,11 @@
 
 One folder per experiment preset, ``<out>/<preset>/``, holding what `wcnorm table`
 and `wcnorm plot` write (table.md/.csv, table_best_epoch.csv, table_long.csv,
-provenance.json, claims.csv, curves.png, fc_depth.png, conditioning.png), plus
-runs.csv: one row per run directory the numbers come from. A hand-written
-README.md in that folder (how the runs were made) is never touched.
+provenance.json, claims.csv, curves.png, fc_depth.png, conditioning.png; for the
+neural-field presets wc_nerf and wc_shape, tables per scene or shape and
+gallery_nerf.png / gallery_shape.png), plus runs.csv: one row per run directory the
+numbers come from. A hand-written README.md in that folder (how the runs were made)
+is never touched.
 
 Runs on `dataset=npz` are labelled with the npz file's name (e.g.
 ``cifar10-partial``) in tables and figures. For the claims check, npz files named
@@ -28,17 +30,23 @@ import pandas as pd
 
 from wcnorm.outputs import atomic_write_text
 from wcnorm.report.claims import evaluate_claims, write_claims
-from wcnorm.report.plot import plot_conditioning, plot_curves, plot_fc_depth
-from wcnorm.report.runs import load_conditioning, load_curves, load_runs
+from wcnorm.report.plot import plot_conditioning, plot_curves, plot_fc_depth, plot_gallery
+from wcnorm.report.runs import CLASSIFICATION, load_conditioning, load_curves, load_runs
 from wcnorm.report.table import build_table, to_markdown, write_table
 
 SKIP_BY_DEFAULT = ("demo",)  # `make demo` writes its own table under runs/demo
 # Extra row keys of a table when a preset varies them (e.g. the small-batch studies).
 SPLIT_CANDIDATES = ("batch_size",)
-RUN_COLUMNS = ["run_dir", "experiment", "budget", "model", "dataset", "dataset_file", "depth", "norm", "seed",
-               "epochs", "batch_size", "lr", "status", "final_test_acc", "best_test_acc",
-               "best_epoch", "final_train_loss", "wall_time_s", "device_name", "torch_version",
-               "git_commit", "date"]
+RUN_COLUMNS = ["run_dir", "experiment", "budget", "task", "model", "dataset", "dataset_file", "scene",
+               "shape", "depth", "norm", "seed", "epochs", "batch_size", "lr", "status", "metric",
+               "final_test_acc", "best_test_acc", "final_test_psnr", "final_test_ssim",
+               "final_val_psnr", "best_val_psnr", "final_test_iou", "best_test_iou",
+               "final_test_chamfer", "best_epoch", "final_train_loss", "wall_time_s", "device_name",
+               "torch_version", "git_commit", "date"]
+# Columns only the neural-field presets fill: written where some run of the preset does.
+FIELD_COLUMNS = ("task", "scene", "shape", "metric", "final_test_psnr", "final_test_ssim",
+                 "final_val_psnr", "best_val_psnr", "final_test_iou", "best_test_iou",
+                 "final_test_chamfer")
 
 
 def npz_label(path) -> str | None:
@@ -84,9 +92,12 @@ def rel(path, base: Path) -> str:
 def write_runs_csv(df: pd.DataFrame, runs_root: Path, path: Path) -> Path:
     df = df.assign(dataset_file=[Path(p).name if isinstance(p, str) and p else ""
                                  for p in df.get("cfg.dataset.path", pd.Series("", index=df.index))])
-    out = df[[c for c in RUN_COLUMNS if c in df]].copy()
+    fields = "task" in df and (df["task"] != CLASSIFICATION).any()
+    out = df[[c for c in RUN_COLUMNS if c in df and (c not in FIELD_COLUMNS
+                                                     or fields and df[c].notna().any())]].copy()
     out["run_dir"] = [rel(p, runs_root) for p in out["run_dir"]]
-    out = out.sort_values(["dataset", "model", "depth", "norm", "seed", "run_dir"], na_position="first")
+    keys = [k for k in ("dataset", "model", "scene", "shape", "depth", "norm", "seed") if k in out]
+    out = out.sort_values([*keys, "run_dir"], na_position="first")
     atomic_write_text(path, out.to_csv(index=False, float_format="%.4f"))
     return path
 
@@ -114,6 +125,7 @@ def make_preset(preset: str, runs: pd.DataFrame, curves: pd.DataFrame, cond: pd.
     files += plot_curves(curves, out)
     files += plot_fc_depth(df, out)
     files += plot_conditioning(cond, out)
+    files += plot_gallery(df, out)
     print(to_markdown(result))
     print(claims[["claim_id", "verdict", "numbers"]][claims["finished_runs"] > 0].to_string(index=False))
     return files

@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 try:
-    from tests.fabricate import make_fc_grid, make_run
+    from tests.fabricate import make_fc_grid, make_nerf_run, make_run, make_shape_run
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from fabricate import make_fc_grid, make_run
+    from fabricate import make_fc_grid, make_nerf_run, make_run, make_shape_run
 
 from wcnorm.report.claims import (
     ALIASES,
@@ -397,6 +397,8 @@ def test_claims_name_what_the_presets_run():
     presets = {p.stem: _sweep(p.stem) for p in PRESETS.glob("*.yaml")}
     keys = {"batch_size": "trainer.batch_size", "depth": "model.depth"}
     for c in CLAIMS:
+        if c.per in FIELD_KEYS:
+            continue  # test_field_claims_name_what_the_field_presets_run
         candidates = [presets[c.experiment]] if c.experiment else presets.values()
         runs = [g for g in candidates if c.model in g["model"] and c.dataset in g["dataset"]
                 and any(n in g["norm"] for n in ALIASES.get(c.methods()[0],
@@ -407,6 +409,99 @@ def test_claims_name_what_the_presets_run():
             if m not in c.worse or not c.min_worse:
                 assert ran & set(ALIASES.get(m, (m,))), f"{c.id}: no preset runs {m}"
         assert not c.per or all(keys[c.per] in g for g in runs), c.id
+
+
+FIELD_KEYS = ("scene", "shape")
+FIELD_CLAIMS = [c for c in CLAIMS if c.per in FIELD_KEYS]
+
+
+def test_field_claims_name_what_the_field_presets_run():
+    assert {c.experiment for c in FIELD_CLAIMS} == {"wc_nerf", "wc_shape"}
+    files = [PRESETS / f"{c.experiment}.yaml" for c in FIELD_CLAIMS]
+    if not all(f.is_file() for f in files):
+        pytest.skip("the neural-field presets wc_nerf and wc_shape are not in conf/experiment")
+    for c in FIELD_CLAIMS:
+        g = _sweep(c.experiment)
+        assert c.model in g["model"], c.id
+        # Its scenes or shapes are swept: by dataset (a scene per layout) or by name.
+        assert any(len(g.get(k, ())) > 1 for k in ("dataset", f"dataset.{c.per}")), c.id
+        assert "wc" in g["norm"] and set(c.worse) & g["norm"], c.id
+        if not c.min_worse:
+            assert set(c.worse) <= g["norm"], c.id
+
+
+def _field_cells(root, cells: dict, metric: str):
+    """``cells[(scene or shape, norm)]`` = the metric's values, one run per seed."""
+    for (subject, norm), values in cells.items():
+        for seed, v in enumerate(values):
+            if metric == "final_test_psnr":
+                make_nerf_run(root, scene=subject, norm=norm, seed=seed, test_psnr=v, views=())
+            else:
+                kw = {"test_iou": v} if metric == "final_test_iou" else {"chamfer": v}
+                make_shape_run(root, shape=subject, norm=norm, seed=seed, mesh_picture=False, **kw)
+
+
+def _field_verdicts(root) -> pd.DataFrame:
+    return evaluate_claims(load_runs(root), FIELD_CLAIMS).set_index("claim_id")
+
+
+def test_nerf_claims_per_scene(tmp_path):
+    # lego: WC 5 dB above WN and WS, 7 above none. fern: WC 5 dB above WN (WS did not
+    # run), but 5 dB below the plain MLP.
+    _field_cells(tmp_path, {("lego", "wc"): [33, 34, 35], ("lego", "wn"): [28, 29, 30],
+                            ("lego", "ws"): [28, 29, 30], ("lego", "none"): [26, 27, 28],
+                            ("fern", "wc"): [26, 27, 28], ("fern", "wn"): [21, 22, 23],
+                            ("fern", "none"): [31, 32, 33]}, "final_test_psnr")
+    v = _field_verdicts(tmp_path)
+    norms = v.loc["wc_vs_weight_norms_nerf_psnr"]
+    assert norms["verdict"] == SUPPORTED
+    # WS is compared where it ran, and its absence elsewhere costs nothing (WN suffices).
+    assert [(r.level, r.worse) for r in norms["tests"]] == [("fern", "wn"), ("lego", "wn"),
+                                                           ("lego", "ws")]
+    assert {r.family_size for r in norms["tests"]} == {3}  # one Holm family over the scenes
+    assert norms["numbers"].startswith("scene=fern: wc 27.00±1.00 (n=3) vs wn 22.00±1.00")
+    none = v.loc["wc_vs_none_nerf_psnr"]
+    assert none["verdict"] == CONTRADICTED
+    assert [(r.level, r.level_verdict) for r in none["tests"]] == [("fern", CONTRADICTED),
+                                                                  ("lego", SUPPORTED)]
+    # The claim of the abstract and the reading of the baseline say how they were read.
+    assert "'outperforms existing weight normalization techniques'" in norms["note"]
+    assert "not in the abstract's words" in none["note"]
+    # The shape claims have no runs here.
+    assert v.loc["wc_vs_weight_norms_shape_iou", "verdict"] == NOT_ENOUGH
+
+
+@pytest.mark.parametrize("wc_chamfer, verdict", [(1e-3, SUPPORTED), (6e-3, CONTRADICTED)])
+def test_chamfer_claim_lower_is_better(tmp_path, wc_chamfer, verdict):
+    spread = [0.95, 1.0, 1.05]
+    cells = {(shape, norm): [cd * f for f in spread]
+             for shape in ("armadillo", "bunny")
+             for norm, cd in (("wc", wc_chamfer), ("wn", 3e-3), ("ws", 3.5e-3), ("none", 4e-3))}
+    _field_cells(tmp_path, cells, "final_test_chamfer")
+    v = _field_verdicts(tmp_path)
+    for cid in ("wc_vs_weight_norms_shape_chamfer", "wc_vs_none_shape_chamfer"):
+        row = v.loc[cid]
+        assert row["verdict"] == verdict, cid
+        assert {r.claimed for r in row["tests"]} == {"lower"}
+        assert all((r.diff < 0) == (verdict == SUPPORTED) for r in row["tests"])
+    assert len(v.loc["wc_vs_weight_norms_shape_chamfer", "tests"]) == 4  # 2 shapes x WN, WS
+    assert "(lower is better)" in v.loc["wc_vs_weight_norms_shape_chamfer", "claim"]
+
+
+def test_shape_iou_claim_and_preset_only(tmp_path):
+    # WC's IoU above WN, WS and none on both shapes, but above WS by a hair on bunny.
+    means = {"wc": 0.95, "wn": 0.92, "ws": 0.91, "none": 0.90}
+    cells = {(shape, norm): [m - 0.005, m, m + 0.005] for shape in ("armadillo", "bunny")
+             for norm, m in means.items()}
+    cells[("bunny", "ws")] = [0.944, 0.949, 0.954]
+    _field_cells(tmp_path, cells, "final_test_iou")
+    # Ad-hoc occupancy runs outside the preset do not count, however good.
+    make_shape_run(tmp_path, norm="ws", seed=5, test_iou=0.99, experiment=None)
+    v = _field_verdicts(tmp_path)
+    assert v.loc["wc_vs_weight_norms_shape_iou", "verdict"] == DIRECTION_ONLY
+    assert v.loc["wc_vs_weight_norms_shape_iou", "finished_runs"] == 18
+    assert v.loc["wc_vs_none_shape_iou", "verdict"] == SUPPORTED
+    assert v.loc["wc_vs_weight_norms_shape_iou", "seeds_needed"].startswith("about ")
 
 
 # --- files -------------------------------------------------------------------------------
@@ -428,3 +523,14 @@ def test_custom_claim_and_files(wc_root, tmp_path):
     md = (tmp_path / "out" / "claims.md").read_text()
     assert "## x (WC): contradicted" in md and "> BN beats BN + WC on ResNet-18." in md
     assert "| bn > bn_wc | -3 | [-5.27, -0.733] | 0.0213 | 0.0213 | 3/3 | contradicted |" in md
+
+
+def test_infinite_chamfer_counts_against_wc(tmp_path):
+    # One WC run extracted no surface: its Chamfer distance is infinite. No t-test is
+    # defined, but WC's mean (infinite) stands against the claim.
+    _field_cells(tmp_path, {("bunny", "wc"): [float("inf"), 1e-3, 1.1e-3],
+                            ("bunny", "wn"): [3e-3, 3.1e-3, 3.2e-3]}, "final_test_chamfer")
+    row = _field_verdicts(tmp_path).loc["wc_vs_weight_norms_shape_chamfer"]
+    assert row["verdict"] == NOT_SUPPORTED
+    assert "wc - wn: +inf, not tested (an infinite value), n=3/3" in row["comparisons"]
+    assert row["numbers"].startswith("shape=bunny: wc inf (n=3) vs wn 0.0031±0.0001 (n=3)")

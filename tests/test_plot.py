@@ -1,15 +1,41 @@
 """`wcnorm plot` draws non-empty, sane figures from fabricated runs."""
 
+import shutil
+
 import matplotlib.image as mpimg
 import pytest
 
 try:
-    from tests.fabricate import make_fc_grid, make_wc_grid
+    from tests.fabricate import (
+        make_fc_grid,
+        make_nerf_grid,
+        make_nerf_run,
+        make_run,
+        make_shape_grid,
+        make_shape_run,
+        make_wc_grid,
+    )
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from fabricate import make_fc_grid, make_wc_grid
+    from fabricate import (
+        make_fc_grid,
+        make_nerf_grid,
+        make_nerf_run,
+        make_run,
+        make_shape_grid,
+        make_shape_run,
+        make_wc_grid,
+    )
 
-from wcnorm.report.plot import main, plot_all, plot_conditioning, plot_curves, plot_fc_depth
-from wcnorm.report.runs import load_conditioning, load_curves, load_runs
+from wcnorm.report.plot import (
+    gallery_rows,
+    main,
+    plot_all,
+    plot_conditioning,
+    plot_curves,
+    plot_fc_depth,
+    plot_gallery,
+)
+from wcnorm.report.runs import load_conditioning, load_curves, load_runs, rendered_views
 
 FC_ACCS = {(d, m): 50 + 2 * i + 0.1 * d
            for d in (1, 3, 5, 7) for i, m in enumerate(("none", "bn", "enorm", "bn_enorm"))}
@@ -69,3 +95,114 @@ def test_nothing_to_plot(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 1
     assert "no run data" in capsys.readouterr().err
+
+
+# --- neural fields -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def field_roots(tmp_path_factory):
+    base = tmp_path_factory.mktemp("fields")
+    return make_nerf_grid(base / "nerf"), make_shape_grid(base / "shape")
+
+
+def test_field_curves(field_roots, tmp_path):
+    curves = load_curves(list(field_roots))
+    nerf = curves[curves["task"] == "nerf"]
+    assert nerf["val_psnr"].isna().any() and nerf["val_psnr"].notna().any()  # sparse evals
+    files = plot_curves(curves, tmp_path)
+    assert [f.name for f in files] == ["curves_wc_nerf.png", "curves_wc_shape.png"]
+    for f in files:
+        _assert_png(f)
+
+
+def test_nerf_gallery_picks_one_seed_one_view_per_scene(field_roots):
+    seed, rows = gallery_rows(load_runs(field_roots[0]), "nerf")
+    assert seed == 0 and [r.name for r in rows] == ["fern", "lego"]
+    fern, lego = rows
+    assert set(fern.runs) == {"none", "wn", "wc"} and set(lego.runs) == {"none", "wn", "ws", "wc"}
+    assert lego.view == "r_0" and lego.truth.name == "r_0_gt.png"
+    for norm, png in lego.pictures.items():
+        # The test render (not the val render of the last epoch) of that norm's own run.
+        assert png.parts[-5:] == (f"nerf_lego_{norm}", "seed0", "renders", "test", "r_0_pred.png")
+
+
+@pytest.mark.parametrize("names", ["{view}_{role}.png", "{role}_{view}.png",
+                                   "{role}/{view}.png", "{view}-rgb-{role}.png"])
+def test_render_pairs_by_common_name(tmp_path, names):
+    names_gt = names.replace("{role}", "gt")
+    run = make_nerf_run(tmp_path, views=("r_10", "r_2"), render_names=names)
+    # A depth map beside the renders names neither role: it is no view's picture.
+    (run / "renders" / "test" / "r_2_depth.png").write_bytes(b"")
+    views = rendered_views(run, "renders/test")
+    assert list(views) == ["r_2", "r_10"]  # natural order; the epoch renders are no test views
+    assert rendered_views(run) == rendered_views(run, "renders") == views  # result.json silent
+    for view in views:
+        assert set(views[view]) == {"pred", "gt"}
+        assert views[view]["gt"] == run / "renders" / "test" / names_gt.format(view=view)
+    assert "r_2_depth" not in " ".join(p.name for v in views.values() for p in v.values())
+
+
+def test_trainer_render_names_are_read_exactly(tmp_path):
+    # <view>_pred.png / <view>_gt.png, as the trainer writes them: the view is the rest,
+    # whatever words it holds (a view named "ref_3" is no ground truth).
+    run = make_nerf_run(tmp_path, views=("ref_3", "IMG_4026"))
+    views = rendered_views(run, "renders/test")
+    assert {v: sorted(f) for v, f in views.items()} == {"IMG_4026": ["gt", "pred"],
+                                                        "ref_3": ["gt", "pred"]}
+    assert views["ref_3"]["pred"].name == "ref_3_pred.png"
+    # Without its test renders, a run's val renders of an epoch are not taken for them.
+    shutil.rmtree(run / "renders" / "test")
+    assert (run / "renders" / "epoch_006").is_dir() and rendered_views(run) == {}
+
+
+def test_gallery_seed_with_most_pictures_and_missing_pictures(tmp_path):
+    for norm in ("none", "wc"):
+        make_nerf_run(tmp_path, norm=norm, seed=0, views=())  # seed 0 rendered nothing
+        make_nerf_run(tmp_path, norm=norm, seed=1)
+    make_nerf_run(tmp_path, norm="wn", seed=0, views=())
+    seed, rows = gallery_rows(load_runs(tmp_path), "nerf")
+    assert seed == 1 and set(rows[0].pictures) == {"none", "wc"}
+    files = plot_gallery(load_runs(tmp_path), tmp_path / "out")
+    assert [f.name for f in files] == ["gallery_nerf.png"]
+    _assert_png(files[0])
+    # The seed asked for has no renders: no figure, and a warning says why.
+    with pytest.warns(UserWarning, match="no test renders in the nerf runs of seed 0"):
+        assert plot_gallery(load_runs(tmp_path), tmp_path / "none", seed=0) == []
+
+
+def test_shape_gallery(field_roots, tmp_path):
+    runs = load_runs(field_roots[1])
+    seed, rows = gallery_rows(runs, "shape")
+    assert seed == 0 and [r.name for r in rows] == ["armadillo", "bunny"]
+    for row in rows:
+        for norm, png in row.pictures.items():
+            assert png.name == "mesh.png" and f"occupancy_{row.name}_{norm}" in png.parts
+    files = plot_gallery(runs, tmp_path / "all")
+    assert [f.name for f in files] == ["gallery_shape.png"]
+    _assert_png(files[0])
+
+
+def test_shape_gallery_missing_picture(tmp_path):
+    for seed in (0, 1):
+        make_shape_run(tmp_path, norm="none", seed=seed)
+        make_shape_run(tmp_path, norm="wc", seed=seed, mesh_picture=seed == 1)
+    runs = load_runs(tmp_path)
+    # Seed 1 has both pictures, seed 0 one: the gallery shows seed 1.
+    seed, rows = gallery_rows(runs, "shape")
+    assert seed == 1 and all(rows[0].pictures.values())
+    # Asked for seed 0: the run without a mesh picture gets an empty panel, not a hole.
+    seed, rows = gallery_rows(runs, "shape", seed=0)
+    assert rows[0].pictures["wc"] is None and rows[0].pictures["none"].name == "mesh.png"
+    files = plot_gallery(runs, tmp_path / "out", seed=0)
+    assert [f.name for f in files] == ["gallery_shape.png"]
+    _assert_png(files[0])
+
+
+def test_plot_all_field_runs(field_roots, tmp_path):
+    files = plot_all(list(field_roots), tmp_path)
+    assert sorted(f.name for f in files) == ["curves_wc_nerf.png", "curves_wc_shape.png",
+                                             "gallery_nerf.png", "gallery_shape.png"]
+    for f in files:
+        _assert_png(f)
+    # Classification runs: no gallery, and no warning about one.
+    assert plot_gallery(load_runs(make_run(tmp_path / "cls")), tmp_path / "cls_out") == []

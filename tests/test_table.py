@@ -9,9 +9,25 @@ import pytest
 import yaml
 
 try:
-    from tests.fabricate import make_fc_grid, make_run, make_wc_grid
+    from tests.fabricate import (
+        make_fc_grid,
+        make_nerf_grid,
+        make_nerf_run,
+        make_run,
+        make_shape_grid,
+        make_shape_run,
+        make_wc_grid,
+    )
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from fabricate import make_fc_grid, make_run, make_wc_grid
+    from fabricate import (
+        make_fc_grid,
+        make_nerf_grid,
+        make_nerf_run,
+        make_run,
+        make_shape_grid,
+        make_shape_run,
+        make_wc_grid,
+    )
 
 from wcnorm.report.runs import find_runs, load_conditioning, load_curves, load_runs
 from wcnorm.report.table import BEST_METRIC, build_table, main, write_table
@@ -204,3 +220,128 @@ def test_cli_unknown_preset_fails(wc_root, tmp_path, capsys):
     with pytest.warns(UserWarning):
         assert main([str(wc_root), "--out", str(tmp_path), "--preset", "nope"]) == 1
     assert "no run directories" in capsys.readouterr().err
+
+
+# --- neural fields -------------------------------------------------------------------------
+
+PSNR = "test PSNR (dB), the test views rendered after the last epoch"
+SSIM = "test SSIM, the test views rendered after the last epoch"
+
+
+@pytest.fixture
+def nerf_df(tmp_path):
+    return load_runs(make_nerf_grid(tmp_path / "nerf", views=()))  # tables need no renders
+
+
+@pytest.fixture
+def shape_df(tmp_path):
+    return load_runs(make_shape_grid(tmp_path / "shape", mesh_picture=False))
+
+
+def test_load_runs_reads_field_runs(tmp_path, nerf_df, shape_df):
+    lego = nerf_df[(nerf_df["scene"] == "lego") & (nerf_df["norm"] == "wc")].sort_values("seed")
+    assert set(nerf_df["task"]) == {"nerf"} and nerf_df["shape"].isna().all()
+    assert list(lego["final_test_psnr"]) == [33.0, 33.5, 34.0]
+    assert list(lego["best_val_psnr"]) == [32.0, 32.5, 33.0] and set(lego["metric"]) == {"val_psnr"}
+    assert set(nerf_df.groupby("scene")["dataset"].first().items()) == {("lego", "blender"),
+                                                                        ("fern", "llff")}
+    # The unfinished run logged nothing that may enter a mean.
+    unfinished = nerf_df[~nerf_df["finished"]].iloc[0]
+    assert pd.isna(unfinished["final_test_psnr"]) and unfinished["epochs_done"] == 3
+    assert set(shape_df["task"]) == {"shape"} and set(shape_df["shape"]) == {"armadillo", "bunny"}
+    bunny_ws = shape_df.set_index(["shape", "norm", "seed"]).loc[("bunny", "ws", 1)]
+    assert pd.isna(bunny_ws["final_test_chamfer"]) and bunny_ws["mesh"] == "mesh.obj"
+    # Without dataset.scene / dataset.shape the name comes from the data folder or file.
+    run = make_nerf_run(tmp_path / "bare", scene="ship", scene_key=False)
+    assert load_runs(run).loc[0, "scene"] == "ship"
+    cfg_path = make_shape_run(tmp_path / "bare", shape="lucy") / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    del cfg["dataset"]["shape"]
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    assert load_runs(cfg_path.parent).loc[0, "shape"] == "lucy"
+    # Classification runs are untouched: their task, no scene or shape.
+    cls = load_runs(make_run(tmp_path / "cls"))
+    assert cls.loc[0, "task"] == "classification" and cls[["scene", "shape"]].isna().all().all()
+
+
+def test_nerf_table_rows_scenes_blocks_metrics(nerf_df, tmp_path):
+    result = build_table(nerf_df)
+    assert (result.layout, result.task) == ("nerf", "nerf")
+    assert list(result.wide.columns) == ["metric", "scene", "Baseline", "WS", "WN", "WC"]
+    assert list(result.wide["metric"]) == [PSNR, PSNR, SSIM, SSIM]
+    wide = result.wide.set_index(["metric", "scene"])
+    assert wide.loc[(PSNR, "lego"), "WC"] == "33.50 ± 0.50 (n=3)"
+    assert wide.loc[(PSNR, "lego"), "WS"] == "31.00 ± 0.71 (n=2/3)"
+    assert wide.loc[(SSIM, "lego"), "WC"] == "0.8375 ± 0.0125 (n=3)"
+    # WS never ran on fern: the cell is named missing, in both blocks, not dropped.
+    assert wide.loc[(PSNR, "fern"), "WS"] == wide.loc[(SSIM, "fern"), "WS"] == "missing"
+    assert "fern/ws: missing, no finished run" in result.missing
+    assert "seeds found 2/3 for lego/ws (missing seed 2)" in result.missing
+    assert any("lego/ws: 1 unfinished" in u for u in result.provenance["unfinished"])
+    # The best-epoch table: the validation PSNR of the best epoch, marked as such.
+    assert result.best["metric"].str.contains("not used for selection").all()
+    assert result.best.set_index("scene").loc["lego", "WC"] == "32.50 ± 0.50 (n=3)"
+    # The long table holds every metric, the validation ones too.
+    long = result.long.set_index(["scene", "norm"])
+    assert long.loc[("lego", "wc"), "mean"] == 33.5
+    assert long.loc[("lego", "wc"), ["val_psnr_mean", "val_psnr_n"]].tolist() == [32.5, 3]
+    assert long.loc[("fern", "wn"), "val_ssim_mean"] == pytest.approx(24.5 / 40)
+    assert result.provenance["task"] == "nerf" and result.provenance["row_keys"] == ["scene"]
+    write_table(result, tmp_path / "out")
+    md = (tmp_path / "out" / "table.md").read_text()
+    assert "## NeRF: test PSNR and SSIM, nerf layout" in md
+    assert md.index("### Test PSNR") < md.index("### Test SSIM") < md.index("### Best-epoch")
+    assert "| lego | 30.50 ± 0.50 (n=3) | 31.00 ± 0.71 (n=2/3) |" in md
+
+
+def test_shape_table_chamfer_lower_is_better(shape_df):
+    result = build_table(shape_df)
+    assert result.layout == "shape"
+    blocks = list(dict.fromkeys(result.wide["metric"]))
+    assert blocks[0].startswith("test IoU") and "Chamfer" in blocks[1]
+    assert blocks[1].endswith("lower is better")
+    better = {m["column"]: m["better"] for m in result.provenance["metrics"]}
+    assert better["final_test_chamfer"] == "lower" and better["final_test_iou"] == "higher"
+    wide = result.wide.set_index(["metric", "shape"])
+    assert wide.loc[(blocks[0], "armadillo"), "WC"] == "0.9520 ± 0.0020 (n=3)"
+    assert wide.loc[(blocks[1], "armadillo"), "WC"] == "1.05e-03 ± 5.00e-05 (n=3)"
+    # One run reports no Chamfer distance: that block's cell says so, and the list names it.
+    assert wide.loc[(blocks[1], "bunny"), "WS"].endswith("(n=2/3)")
+    assert wide.loc[(blocks[0], "bunny"), "WS"].endswith("(n=3)")
+    assert "test_chamfer found in 2 of 3 finished runs of bunny/ws" in result.missing
+    assert result.long.set_index(["shape", "norm"]).loc[("bunny", "ws"), "test_chamfer_n"] == 2
+
+
+def test_field_long_layout_and_refusals(nerf_df, shape_df, wc_df):
+    long = build_table(nerf_df, layout="long").wide
+    assert list(long.columns[:2]) == ["scene", "norm"] and PSNR in long and SSIM in long
+    with pytest.raises(ValueError, match="does not suit nerf runs"):
+        build_table(nerf_df, layout="wc")
+    with pytest.raises(ValueError, match="several tasks"):
+        build_table(pd.concat([nerf_df, shape_df], ignore_index=True))
+    with pytest.raises(ValueError, match="does not suit classification runs"):
+        build_table(wc_df, layout="shape")
+
+
+def test_cli_field_tables(tmp_path, capsys):
+    root = make_shape_grid(tmp_path / "runs" / "shape", mesh_picture=False)
+    make_nerf_grid(tmp_path / "runs" / "nerf", views=())
+    out = tmp_path / "table"
+    assert main([str(root), "--out", str(out)]) == 0
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["layout"] == "shape" and prov["command"].startswith("wcnorm table ")
+    assert (out / "claims.csv").stat().st_size > 0
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "mixed")]) == 1
+    assert "several tasks" in capsys.readouterr().err
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "nerf"),
+                 "--preset", "wc_nerf"]) == 0
+
+
+def test_infinite_chamfer_is_shown_not_hidden(tmp_path):
+    for seed, cd in enumerate((float("inf"), 1e-3, 1.1e-3)):
+        make_shape_run(tmp_path, norm="wc", seed=seed, chamfer=cd, mesh_picture=False)
+    result = build_table(load_runs(tmp_path))
+    chamfer = result.wide[result.wide["metric"].str.startswith("Chamfer")].iloc[0]
+    assert chamfer["WC"] == "inf (n=3)"
+    assert result.missing == ["test_chamfer infinite in 1 of 3 finished runs of armadillo/wc: "
+                              "its mean is infinite"]

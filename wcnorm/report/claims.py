@@ -75,10 +75,14 @@ ALIAS_NOTE = ("BN + E read as BN + WC (E is the paper's row equilibration matrix
 METRICS = {
     "final_test_acc": ("final test acc %", True),
     "mean_train_loss": ("train loss averaged over epochs", False),
+    "final_test_psnr": ("test PSNR (dB)", True),  # the test views rendered at the end
+    "final_test_iou": ("final test IoU", True),
+    "final_test_chamfer": ("Chamfer distance of the extracted surface", False),
 }
 
 # How a level of a grid key is written: p is the ENorm paper's name for the depth.
-LEVEL_NAMES = {"depth": ("p", "depths"), "batch_size": ("batch", "batch sizes")}
+LEVEL_NAMES = {"depth": ("p", "depths"), "batch_size": ("batch", "batch sizes"),
+               "scene": ("scene", "scenes"), "shape": ("shape", "shapes")}
 
 _BN_SCHEMES = ("bn", "bn_ws", "bn_wn")
 _WEIGHT_NORMS = ("bn_ws", "bn_wn")
@@ -90,7 +94,7 @@ class Claim:
     paper: str  # "WC" or "ENorm"
     text: str
     model: str
-    dataset: str
+    dataset: str  # "" = every dataset of the model (a field claim spans Blender and LLFF)
     # `better` beats each of `worse` (at least `min_worse` of them need runs; the others
     # that have runs are compared too)...
     better: str = ""
@@ -136,6 +140,52 @@ def _weight_norms_claim(model: str, label: str, dataset: str, ds_label: str, wc:
              "that runs BN + WC beside BN + WS or BN + WN: a higher mean final accuracy "
              "than each of them that has runs" + ("; at every depth the preset sweeps"
                                                   if per else ""))
+
+
+# The abstract's claim on neural fields: "[WC] outperforms existing weight normalization
+# techniques", on NeRF and 3D shape modelling. The existing techniques of a field MLP
+# (no batch statistics) are WN and WS (methods.md section 5).
+_FIELD_WEIGHT_NORMS = ("wn", "ws")
+# model -> (claim id part, task, what one run fits = its grid key, preset)
+_FIELD_TASKS = {"nerf": ("nerf", "NeRF", "scene", "wc_nerf"),
+                "occupancy": ("shape", "3D shape modelling", "shape", "wc_shape")}
+_FIELD_NOTES = {
+    "final_test_psnr": "; SSIM is tabled, not claimed (the abstract names no metric; PSNR "
+                       "is NeRF's headline)",
+}
+
+
+def _field_claim(model: str, metric: str, rivals: tuple[str, ...]) -> Claim:
+    """WC beats ``rivals`` (the weight normalizations, or none) on one field metric at
+    every scene or shape of the field preset, all of them one Holm family."""
+    tag, task, per, preset = _FIELD_TASKS[model]
+    what, higher = METRICS[metric]
+    lower = "" if higher else " (lower is better)"
+    sense = f"{'a higher' if higher else 'a lower'} mean {what}"
+    where = (f"at every {per} of the {preset} preset (only its runs), the comparisons of "
+             f"all {per}s one Holm family" + _FIELD_NOTES.get(metric, ""))
+    if rivals == _FIELD_WEIGHT_NORMS:
+        return Claim(
+            id=f"wc_vs_weight_norms_{tag}_{metric.split('_')[-1]}", paper="WC",
+            text=f"{task}, every {per}: WC outperforms existing weight normalization "
+                 f"techniques (WN, WS) in {what}{lower}.",
+            model=model, dataset="", better="wc", worse=rivals, min_worse=1, per=per,
+            experiment=preset, metric=metric,
+            note="the abstract's words ('outperforms existing weight normalization "
+                 f"techniques', said of NeRF and 3D shape modelling) read as {sense} of WC "
+                 f"than of each of WN and WS that has runs (at least one), {where}; no "
+                 "normalization is not a weight normalization technique: the plain MLP is "
+                 "a claim of its own")
+    return Claim(
+        id=f"wc_vs_none_{tag}_{metric.split('_')[-1]}", paper="WC",
+        text=f"{task}, every {per}: WC improves on the plain MLP (no normalization) in "
+             f"{what}{lower}.",
+        model=model, dataset="", better="wc", worse=rivals, per=per, experiment=preset,
+        metric=metric,
+        note="not in the abstract's words, which set WC against weight normalization "
+             "techniques only: our reading of what validating WC on neural fields presumes, "
+             f"that WC helps a field MLP at all; {sense} of WC than of the MLP without "
+             f"normalization, {where}")
 
 
 # (dataset, label, preset) of the ENorm small-batch studies on ResNet-18.
@@ -213,6 +263,12 @@ CLAIMS: list[Claim] = [
                  "'contradicted' verdict; the preset's batch sizes read as the small "
                  "ones; " + _SMALL_BATCH_NOTE.format(preset=preset))
       for ds, lab, preset in _SMALL_BATCH],
+    # Neural fields: NeRF on test PSNR (its headline; SSIM is tabled, not claimed) per
+    # scene, shapes on test IoU and on Chamfer distance per shape.
+    *[_field_claim(model, metric, rivals)
+      for model, metric in (("nerf", "final_test_psnr"), ("occupancy", "final_test_iou"),
+                            ("occupancy", "final_test_chamfer"))
+      for rivals in (_FIELD_WEIGHT_NORMS, ("none",))],
 ]
 
 
@@ -230,13 +286,18 @@ class _Cell:
         return float(self.values.mean()) if self.n else math.nan
 
     @property
+    def finite(self) -> bool:
+        """False where a run's number is infinite (a Chamfer distance of no surface)."""
+        return bool(np.isfinite(self.values).all())
+
+    @property
     def std(self) -> float:
-        return float(self.values.std(ddof=1)) if self.n > 1 else math.nan
+        return float(self.values.std(ddof=1)) if self.n > 1 and self.finite else math.nan
 
     def __str__(self) -> str:
         if self.n == 0:
             return f"{self.name}: no finished run"
-        std = "" if self.n < 2 else f"±{self.std:.2f}" if abs(self.mean) >= 1 \
+        std = "" if math.isnan(self.std) else f"±{self.std:.2f}" if abs(self.mean) >= 1 \
             else f"±{self.std:.3g}"
         return f"{self.name} {_num(self.mean)}{std} (n={self.n})"
 
@@ -265,7 +326,9 @@ class _Comparison:
 
     @property
     def testable(self) -> bool:
-        return self.a.n >= MIN_RUNS and self.b.n >= MIN_RUNS
+        # An infinite value has no t-test; its cell's mean (infinite) still gives the
+        # direction.
+        return self.a.n >= MIN_RUNS and self.b.n >= MIN_RUNS and self.a.finite and self.b.finite
 
     @property
     def in_direction(self) -> bool:
@@ -287,7 +350,7 @@ class _Comparison:
         """Seeds per cell for POWER at the first Holm step (see SEEDS_RULE); None where
         no gap or no spread is observed, SEEDS_CAP + 1 for more than SEEDS_CAP."""
         diff, sd_a, sd_b = self.a.mean - self.b.mean, self.a.std, self.b.std
-        if math.isnan(diff) or diff == 0 or (math.isnan(sd_a) and math.isnan(sd_b)):
+        if not math.isfinite(diff) or diff == 0 or (math.isnan(sd_a) and math.isnan(sd_b)):
             return None
         sd_a, sd_b = (sd_b if math.isnan(sd_a) else sd_a), (sd_a if math.isnan(sd_b) else sd_b)
         if sd_a == sd_b == 0:
@@ -476,8 +539,9 @@ class ComparisonRow:
             return (f"{head}{self.diff:+.4g} [{self.ci_low:+.4g}, {self.ci_high:+.4g}], "
                     f"p={self.p:.3g}, p_holm={self.p_holm:.3g}, {n}")
         gap = "" if math.isnan(self.diff) else f"{self.diff:+.4g}, "
-        why = "no spread" if min(self.n_better, self.n_worse) >= MIN_RUNS \
-            else f"fewer than {MIN_RUNS} runs"
+        why = (f"fewer than {MIN_RUNS} runs" if min(self.n_better, self.n_worse) < MIN_RUNS
+               else "an infinite value" if math.isinf(self.mean_better + self.mean_worse)
+               else "no spread")
         return f"{head}{gap}not tested ({why}), {n}"
 
 
@@ -501,7 +565,9 @@ def _runs_of(c: Claim, runs: pd.DataFrame) -> pd.DataFrame:
         return runs.assign(**{c.metric: pd.Series(dtype=float)}) \
             if c.metric not in runs.columns else runs
     names = [n for m in c.methods() for n in ALIASES.get(m, (m,))]
-    keep = (runs["model"] == c.model) & (runs["dataset"] == c.dataset) & runs["norm"].isin(names)
+    keep = (runs["model"] == c.model) & runs["norm"].isin(names)
+    if c.dataset:
+        keep &= runs["dataset"] == c.dataset
     if c.experiment:
         keep &= runs["experiment"] == c.experiment
     sel = runs[keep]

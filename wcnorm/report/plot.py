@@ -1,10 +1,14 @@
 """`wcnorm plot`: the papers' figures from run directories.
 
-- curves: training loss and test accuracy vs epoch, one line per normalizer (mean over
-  seeds, shaded band = ±1 std), one panel per model/dataset;
+- curves: training loss and the held-out metric vs epoch (test accuracy; NeRF's
+  validation PSNR; a shape's test IoU), one line per normalizer (mean over seeds,
+  shaded band = ±1 std), one panel per model/dataset, scene or shape;
 - fc_depth: the ENorm fully connected study, final test accuracy vs depth p;
 - conditioning: median condition number over layers of the effective (solid) and raw
-  (dashed) weights vs epoch, for runs that logged conditioning.csv.
+  (dashed) weights vs epoch, for runs that logged conditioning.csv;
+- gallery_nerf, gallery_shape: for one seed, each normalizer's result side by side:
+  a test view rendered by each NeRF beside its ground truth (one view per scene), the
+  picture of each shape's extracted surface.
 
 Figures are drawn on bare ``Figure`` objects with the Agg canvas, so importing this
 module never changes the caller's matplotlib backend.
@@ -18,8 +22,10 @@ import math
 import sys
 import warnings
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import matplotlib.image as mpimg
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -27,16 +33,30 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from ..outputs import atomic_write_bytes
-from .runs import load_conditioning, load_curves, load_runs
+from .runs import (
+    CLASSIFICATION,
+    FIELD_TASKS,
+    NERF,
+    SHAPE,
+    load_conditioning,
+    load_curves,
+    load_runs,
+    mesh_picture,
+    rendered_views,
+    view_order,
+)
 from .table import norm_label, norm_sort_key
 
 # The studied method is red in both papers' figures, its main baseline blue.
 COLORS = {
     "none": "#444444", "bn": "tab:blue", "bn_ws": "tab:green", "bn_wn": "tab:purple",
     "bn_wc": "tab:red", "bn_e": "#8b0000", "gn": "tab:cyan", "gn_wc": "tab:pink",
-    "ln": "tab:olive", "ln_wc": "tab:brown", "wc": "tab:gray", "enorm": "tab:orange",
-    "bn_enorm": "tab:red",
+    "ln": "tab:olive", "ln_wc": "tab:brown", "ws": "tab:green", "wn": "tab:purple",
+    "wc": "tab:red", "enorm": "tab:orange", "bn_enorm": "tab:red",
 }
+# The held-out curve of each task: (metrics.csv column, axis label).
+HELD_OUT = {CLASSIFICATION: ("test_acc", "test accuracy (%)"),
+            NERF: ("val_psnr", "validation PSNR (dB)"), SHAPE: ("test_iou", "test IoU")}
 _SPARE = ["#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d"]
 MAX_COLS = 4
 
@@ -47,7 +67,10 @@ def _color(norm) -> str:
 
 
 def _panel_keys(df: pd.DataFrame) -> list[str]:
-    keys = ["model", "dataset"]
+    # A field run is named by its scene or shape (which implies model and dataset).
+    subjects = [c for c in FIELD_TASKS.values() if c in df and df[c].notna().any()]
+    fields_only = bool(subjects) and df[subjects].notna().any(axis=1).all()
+    keys = ([] if fields_only else ["model", "dataset"]) + subjects
     if df["depth"].notna().any():
         keys.append("depth")  # ENorm FC: one panel per depth, never pooled
     if df["experiment"].nunique(dropna=False) > 1:
@@ -58,7 +81,7 @@ def _panel_keys(df: pd.DataFrame) -> list[str]:
 def _title(keys, values) -> str:
     values = values if isinstance(values, tuple) else (values,)
     parts = [f"p={v}" if k == "depth" else str(v) for k, v in zip(keys, values)
-             if not (k == "depth" and pd.isna(v))]
+             if not (k in ("depth", *FIELD_TASKS.values()) and pd.isna(v))]
     return " / ".join(parts)
 
 
@@ -80,13 +103,13 @@ def _norms(df) -> list:
     return sorted(df["norm"].dropna().unique(), key=norm_sort_key)
 
 
-def _band(ax, df, x, y, norm, label=None, ls="-", spread="std"):
+def _band(ax, df, x, y, norm, label=None, ls="-", spread="std", marker=None):
     """Mean over runs at each x, with a shaded ±std (or min-max) band."""
     agg = df.groupby(x)[y].agg(["mean", "std", "min", "max", "count"]).dropna(subset=["mean"])
     if agg.empty:
         return
     c = _color(norm)
-    ax.plot(agg.index, agg["mean"], ls=ls, color=c, lw=1.8, label=label)
+    ax.plot(agg.index, agg["mean"], ls=ls, color=c, lw=1.8, label=label, marker=marker)
     lo, hi = ((agg["mean"] - agg["std"], agg["mean"] + agg["std"]) if spread == "std"
               else (agg["min"], agg["max"]))
     ok = agg["count"] > 1
@@ -117,49 +140,64 @@ def _safe(name) -> str:
 
 def plot_curves(curves: pd.DataFrame, out, formats=("png",),
                 include_unfinished: bool = False) -> list[Path]:
-    """Training loss (top) and test accuracy (bottom) vs epoch, per model/dataset.
+    """Training loss (top) and the held-out metric (bottom, `HELD_OUT`) vs epoch, per
+    model/dataset, scene or shape.
 
     One figure per experiment preset (``curves.png``, or ``curves_<preset>.png`` when
-    several are given). Unfinished runs are left out by default, as in the tables:
-    a mean over a seed set that shrinks mid-curve would jump.
+    several are given; ``curves_<preset>_<task>.png`` for a preset of several tasks).
+    Unfinished runs are left out by default, as in the tables: a mean over a seed set
+    that shrinks mid-curve would jump.
     """
     if not include_unfinished and len(curves):
         curves = curves[curves["finished"].astype(bool)]
     if curves.empty:
         return []
-    exps = sorted(curves.groupby(curves["experiment"].fillna("none")), key=lambda kv: kv[0])
+    task = curves["task"].fillna(CLASSIFICATION) if "task" in curves else CLASSIFICATION
+    curves = curves.assign(experiment=curves["experiment"].fillna("none"), task=task)
+    groups = sorted(curves.groupby(["experiment", "task"]), key=lambda kv: kv[0])
     files = []
-    for exp, df in exps:
-        stem = "curves" if len(exps) == 1 else f"curves_{_safe(exp)}"
-        files += _curves_figure(df, Path(out), stem, formats, exp)
+    for (exp, task), df in groups:
+        stem = "curves" if len(groups) == 1 else f"curves_{_safe(exp)}"
+        if (curves["experiment"] == exp).sum() > len(df):  # the preset mixes tasks
+            stem += f"_{task}"
+        files += _curves_figure(df, Path(out), stem, formats, exp, task)
     return files
 
 
-def _curves_figure(curves, out, stem, formats, exp) -> list[Path]:
+def _curves_figure(curves, out, stem, formats, exp, task) -> list[Path]:
+    held_out, held_label = HELD_OUT[task]
     keys, panels = _panels(curves)
     fig, axes, ncols = _grid(len(panels), 2)
     for i, (values, g) in enumerate(panels):
         r, c = 2 * (i // ncols), i % ncols
-        loss_ax, acc_ax = axes[r, c], axes[r + 1, c]
+        loss_ax, eval_ax = axes[r, c], axes[r + 1, c]
         for norm in _norms(g):
             gn = g[g["norm"] == norm]
             label = f"{norm_label(norm)} ({gn['run_dir'].nunique()} runs)"
             _band(loss_ax, gn, "epoch", "train_loss", norm, label)
-            _band(acc_ax, gn, "epoch", "test_acc", norm, label)
+            # Epochs without evaluation hold no value: the line joins those that do,
+            # each marked.
+            if held_out in gn:
+                sparse = gn[held_out].isna().any()
+                _band(eval_ax, gn, "epoch", held_out, norm, label, marker="." if sparse else None)
         if (g["train_loss"] > 0).all():
             loss_ax.set_yscale("log")
         title = _title(keys, values)
         loss_ax.set(title=title, xlabel="epoch", ylabel="training loss (log)")
-        acc_ax.set(title=title, xlabel="epoch", ylabel="test accuracy (%)")
+        eval_ax.set(title=title, xlabel="epoch", ylabel=held_label)
         loss_ax.legend(fontsize=7, loc="upper right")
-        acc_ax.legend(fontsize=7, loc="lower right")
-        for ax in (loss_ax, acc_ax):
+        if eval_ax.lines:
+            eval_ax.legend(fontsize=7, loc="lower right")
+        else:
+            eval_ax.text(0.5, 0.5, f"no {held_out} logged", ha="center", va="center",
+                         transform=eval_ax.transAxes)
+        for ax in (loss_ax, eval_ax):
             ax.grid(alpha=0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     last = len(panels) % ncols
     if last:
         _hide_unused(axes, last, ncols, slice(-2, None))
-    fig.suptitle(f"{exp}: training loss and test accuracy "
+    fig.suptitle(f"{exp}: training loss and {held_label.split(' (')[0]} "
                  "(mean over seeds, band = ±1 std)", fontsize=10)
     return _save(fig, out, stem, formats)
 
@@ -228,6 +266,129 @@ def plot_conditioning(cond: pd.DataFrame, out, formats=("png",),
     return _save(fig, Path(out), "conditioning", formats)
 
 
+@dataclass
+class GalleryRow:
+    """One row of a gallery: a scene or shape, each norm's run and its picture (a test
+    render, or the surface's mesh.png), and for NeRF the view and its ground truth."""
+
+    name: str
+    runs: dict = field(repr=False)  # norm -> its run (a load_runs row)
+    pictures: dict = field(default_factory=dict)  # norm -> PNG path, or None
+    view: str | None = None
+    truth: Path | None = None
+
+
+# What a gallery shows per task, and where a run keeps it.
+_PICTURES = {NERF: ("test renders", lambda run: rendered_views(run.run_dir, run.renders)),
+             SHAPE: ("mesh pictures",
+                     lambda run: mesh_picture(run.run_dir, run.mesh, run.mesh_picture))}
+
+
+def _pick_view(views: list[dict[str, dict[str, Path]]]) -> str | None:
+    """The first view (natural order) that every run rendered beside its ground truth;
+    else the first that any run has in a pair; else the first of any."""
+    paired = [{v for v, files in vs.items() if {"pred", "gt"} <= set(files)} for vs in views]
+    pool = (set.intersection(*paired) if paired else set()) or set().union(*paired) \
+        or set().union(*views)
+    return min(pool, key=view_order) if pool else None
+
+
+def _gallery_row(name: str, g: pd.DataFrame, found: dict, task: str) -> GalleryRow:
+    # One seed has one run per norm; the first by directory should there be more.
+    by_norm = {n: runs.iloc[0] for n, runs in g.sort_values("run_dir").groupby("norm")}
+    if task == SHAPE:
+        return GalleryRow(name, by_norm, {n: found[r.run_dir] for n, r in by_norm.items()})
+    view = _pick_view([found[r.run_dir] for r in by_norm.values()])
+    shots = {n: found[r.run_dir].get(view, {}) for n, r in by_norm.items()}
+    truth = next((shot["gt"] for shot in shots.values() if "gt" in shot), None)
+    return GalleryRow(name, by_norm, {n: shot.get("pred") for n, shot in shots.items()},
+                      view, truth)
+
+
+def gallery_rows(runs: pd.DataFrame, task: str, seed: int | None = None
+                 ) -> tuple[int | None, list[GalleryRow]]:
+    """The pictures a gallery of ``task`` (nerf or shape) shows: the finished runs of one
+    seed (``seed``, else the seed whose runs have the most pictures, the lowest on a
+    tie), a row per scene or shape; no rows where that seed's runs have no picture."""
+    runs = runs[runs["finished"].astype(bool) & (runs["task"] == task)]
+    found = {run.run_dir: _PICTURES[task][1](run) for run in runs.itertuples()}
+    has = runs["run_dir"].map(lambda d: bool(found[d]))
+    if seed is None and has.any():
+        counts = has.groupby(runs["seed"]).sum()
+        seed = int(counts.idxmax())  # the first (lowest) seed of the most pictures
+    chosen = runs[runs["seed"].eq(seed).fillna(False)]
+    if not has[chosen.index].any():
+        return seed, []
+    groups = sorted(chosen.groupby(FIELD_TASKS[task]), key=lambda kv: str(kv[0]))
+    return seed, [_gallery_row(str(name), g, found, task) for name, g in groups]
+
+
+def _imshow(ax, png: Path | None, title: str, missing: str) -> None:
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=8)
+    if png is None:
+        ax.text(0.5, 0.5, missing, ha="center", va="center", fontsize=8, color="0.4",
+                transform=ax.transAxes)
+    else:
+        ax.imshow(mpimg.imread(png))
+
+
+def _scores(run, task: str) -> str:
+    """A panel's numbers: NeRF's test PSNR; a shape's IoU and Chamfer distance (CD)."""
+    if run is None:
+        return ""
+    shown = ([("test PSNR {:.2f} dB", run.final_test_psnr)] if task == NERF else
+             [("IoU {:.4f}", run.final_test_iou), ("CD {:.2e}", run.final_test_chamfer)])
+    text = ", ".join(fmt.format(v) for fmt, v in shown if pd.notna(v))
+    return f"\n{text}" if text else ""
+
+
+def _gallery_figure(rows: list[GalleryRow], norms: list, task: str, seed, out: Path,
+                    formats) -> list[Path]:
+    lead = 1 if task == NERF else 0  # NeRF: the ground truth first
+    fig = Figure(figsize=(2.6 * (lead + len(norms)), 2.9 * len(rows)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(rows), lead + len(norms), squeeze=False)
+    for row, row_axes in zip(rows, axes):
+        if lead:
+            _imshow(row_axes[0], row.truth, f"{row.name}: ground truth\nview {row.view}",
+                    "no ground truth")
+        for ax, norm in zip(row_axes[lead:], norms):
+            run = row.runs.get(norm)
+            _imshow(ax, row.pictures.get(norm), f"{row.name}: {norm_label(norm)}"
+                    f"{_scores(run, task)}", "no run" if run is None else "no picture")
+    fig.suptitle(f"Test renders, seed {seed} (one view per scene)" if task == NERF else
+                 f"Extracted surfaces, seed {seed} (CD: Chamfer distance, lower is better)",
+                 fontsize=10)
+    return _save(fig, out, f"gallery_{task}", formats)
+
+
+def plot_gallery(runs: pd.DataFrame, out, formats=("png",), seed: int | None = None
+                 ) -> list[Path]:
+    """For one seed, each normalizer's result side by side, a row per scene or shape
+    (`gallery_rows`): ``gallery_nerf`` (a test view per scene, its ground truth first)
+    and ``gallery_shape`` (each extracted surface's ``mesh.png``).
+
+    Field runs whose directories hold no such pictures get no figure, with a warning
+    that says so; a panel whose run or picture is absent says so.
+    """
+    files = []
+    for task, (what, _) in _PICTURES.items():
+        done = runs[runs["finished"].astype(bool) & (runs["task"] == task)] \
+            if "task" in runs else runs.iloc[0:0]
+        if done.empty:
+            continue
+        chosen, rows = gallery_rows(done, task, seed)
+        if not rows:
+            warnings.warn(f"wcnorm: no {what} in the {task} runs"
+                          + (f" of seed {chosen}" if chosen is not None else "")
+                          + f": no gallery_{task} figure", stacklevel=2)
+            continue
+        # Every norm of the task gets its column: one without a run of this seed says so.
+        files += _gallery_figure(rows, _norms(done), task, chosen, Path(out), formats)
+    return files
+
+
 def plot_all(paths, out, formats=("png",)) -> list[Path]:
     """Every figure the runs below ``paths`` support; returns the written files."""
     files = plot_curves(load_curves(paths), out, formats)
@@ -236,6 +397,7 @@ def plot_all(paths, out, formats=("png",)) -> list[Path]:
         runs, cond = load_runs(paths), load_conditioning(paths)
     files += plot_fc_depth(runs, out, formats)
     files += plot_conditioning(cond, out, formats)
+    files += plot_gallery(runs, out, formats)
     return files
 
 

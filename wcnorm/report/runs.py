@@ -3,11 +3,17 @@
 A run directory holds ``config.yaml`` and ``metrics.csv`` while it trains and gains
 ``result.json`` when it finishes. Everything here reads only those files, so tables
 and figures can be rebuilt anywhere from copied run folders.
+
+Three tasks write run directories: classification, NeRF (a radiance field fitted to
+one scene) and 3D shape modelling (an occupancy field fitted to one shape). A run's
+``task`` column says which; a NeRF run names its scene in ``scene``, a shape run its
+shape in ``shape`` (both empty for classification).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,7 +23,15 @@ import pandas as pd
 import yaml
 
 # Columns that identify a run's cell in a table or a line in a figure.
-ID_COLUMNS = ["run_dir", "experiment", "budget", "model", "dataset", "depth", "norm", "seed"]
+ID_COLUMNS = ["run_dir", "experiment", "budget", "task", "model", "dataset", "scene", "shape",
+              "depth", "norm", "seed"]
+
+CLASSIFICATION, NERF, SHAPE = "classification", "nerf", "shape"
+# field task -> the run column that names what a run of it was fitted to.
+FIELD_TASKS = {NERF: "scene", SHAPE: "shape"}
+# A field run is known by its model: only a scene (dataset=blender or llff) trains a
+# NeRF, only a mesh (dataset=mesh) an occupancy network; the trainer refuses the rest.
+_FIELD_MODELS = {"nerf": NERF, "occupancy": SHAPE}
 
 # (column, dotted config key)
 _CONFIG_FIELDS = [
@@ -33,10 +47,19 @@ _CONFIG_FIELDS = [
     ("lr", "optim.lr"),
 ]
 
+# The numbers of result.json: the last epoch's (final_*), the headline metric's best
+# epoch (best_*), and what a field run measures once at the end (test views, the mesh).
+METRIC_FIELDS = [
+    "final_test_acc", "final_test_loss", "final_train_loss", "best_test_acc",  # classification
+    "final_train_psnr", "final_val_psnr", "final_val_ssim", "best_val_psnr",  # NeRF, per epoch
+    "final_test_psnr", "final_test_ssim",  # NeRF, the test views at the end
+    "final_train_acc", "final_test_iou", "best_test_iou",  # shape, per epoch
+    "final_test_chamfer",  # shape, the extracted surface at the end (lower is better)
+]
 _RESULT_FIELDS = [
-    "final_test_acc", "final_test_loss", "final_train_loss", "best_test_acc",
-    "best_epoch", "wall_time_s", "num_params", "torch_version", "cuda_version",
-    "device_name", "git_commit", "date",
+    *METRIC_FIELDS, "metric", "best_epoch", "wall_time_s", "num_params", "torch_version",
+    "cuda_version", "device_name", "git_commit", "date",
+    "renders", "mesh", "mesh_picture",  # paths of a field run's pictures, below its directory
 ]
 
 
@@ -81,6 +104,87 @@ def _get(cfg: dict, dotted: str):
             return None
         node = node[key]
     return node
+
+
+def run_task(cfg: dict) -> str:
+    """classification, nerf or shape: the task a run's config describes."""
+    return _FIELD_MODELS.get(_get(cfg, "model.name"), CLASSIFICATION)
+
+
+def _stem(path) -> str | None:
+    if not isinstance(path, str) or not path:
+        return None
+    return Path(path).stem or None
+
+
+def field_subject(cfg: dict) -> str | None:
+    """The scene or shape a field run was fitted to: ``dataset.scene`` or
+    ``dataset.shape``, else the name of its data file or folder (``.../lego`` -> lego,
+    ``.../armadillo.ply`` -> armadillo). None for classification runs."""
+    if run_task(cfg) == CLASSIFICATION:
+        return None
+    for key in ("dataset.scene", "dataset.shape"):
+        if _get(cfg, key) not in (None, ""):
+            return str(_get(cfg, key))
+    return _stem(_get(cfg, "dataset.root")) or _stem(_get(cfg, "dataset.path"))
+
+
+# The trainer names a render <view>_pred.png and its ground truth <view>_gt.png. Other
+# namings are read by words that say what a PNG holds, wherever they stand in its name
+# (gt_r_0.png, 000_rgb_gt.png) or as its folder's name (pred/r_0.png).
+_ROLE_SUFFIX = re.compile(r"(.+)_(pred|gt)", re.IGNORECASE)
+_TRUTH_WORDS = {"gt", "target", "truth", "groundtruth", "reference", "ref"}
+_PREDICTION_WORDS = {"pred", "prediction", "rgb", "render", "rendered", "output", "est"}
+
+
+def _view_and_role(png: Path) -> tuple[str, str] | None:
+    """(view, "gt" | "pred") of a render: the file name without its role words names
+    the view, so a prediction and its ground truth pair by their common rest."""
+    exact = _ROLE_SUFFIX.fullmatch(png.stem)
+    if exact:
+        return exact[1], exact[2].lower()
+    words = [w for w in re.split(r"[_\-.]+", png.stem) if w]
+    lower = [w.lower() for w in words]
+    view = "_".join(w for w, lw in zip(words, lower)
+                    if lw not in _TRUTH_WORDS | _PREDICTION_WORDS) or png.parent.name or "view"
+    for role, marks in (("gt", _TRUTH_WORDS), ("pred", _PREDICTION_WORDS)):
+        if marks & set(lower) or png.parent.name.lower() in marks:
+            return view, role
+    return None
+
+
+def view_order(view: str) -> list:
+    """Natural order of view names: r_2 before r_10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", view)]
+
+
+def rendered_views(run_dir, renders=None) -> dict[str, dict[str, Path]]:
+    """A NeRF run's rendered test views, ``{view: {"pred": png, "gt": png}}`` (either may
+    be absent), in natural view order: the PNGs below result.json's ``renders`` folder
+    (its ``test/`` subfolder where it has one), else below ``renders/``. Left out: the
+    val views rendered after an epoch (``epoch_<NNN>/``), and files whose name says
+    neither prediction nor ground truth (depth maps, say)."""
+    base = Path(run_dir) / (renders if isinstance(renders, str) and renders else "renders")
+    folder = base / "test" if (base / "test").is_dir() else base
+    views: dict[str, dict[str, Path]] = {}
+    for png in sorted(folder.rglob("*.png")) if folder.is_dir() else []:
+        rel = png.relative_to(folder)
+        found = _view_and_role(rel)
+        if found and not any(part.startswith("epoch_") for part in rel.parts[:-1]):
+            views.setdefault(found[0], {}).setdefault(found[1], png)
+    return dict(sorted(views.items(), key=lambda kv: view_order(kv[0])))
+
+
+def mesh_picture(run_dir, mesh=None, picture=None) -> Path | None:
+    """A shape run's picture of its extracted surface: result.json's ``mesh_picture``,
+    else ``mesh.png`` (or ``<stem>.png``) beside its ``mesh``, else the first
+    ``mesh.png`` in the run directory; None where there is none."""
+    run_dir = Path(run_dir)
+    named = [run_dir / picture] if isinstance(picture, str) and picture else []
+    if isinstance(mesh, str) and mesh:
+        named += [(run_dir / mesh).with_name("mesh.png"), (run_dir / mesh).with_suffix(".png")]
+    return next((png for png in named if png.is_file()), None) \
+        or next(iter(sorted(run_dir.rglob("mesh.png"))), None)
 
 
 def _flatten(cfg: dict, prefix: str = "") -> dict:
@@ -135,6 +239,9 @@ def read_run(run_dir: str | Path) -> dict:
     row.update({col: _get(cfg, key) for col, key in _CONFIG_FIELDS})
     if row["model"] is None or row["norm"] is None:
         raise RunReadError(f"{run_dir}: config lacks model.name or norm.name")
+    row["task"] = run_task(cfg)
+    for task, column in FIELD_TASKS.items():
+        row[column] = field_subject(cfg) if row["task"] == task else None
     finished = result is not None and result.get("status") == "finished"
     row["finished"] = finished
     row["status"] = (result or {}).get("status", "unfinished")
@@ -142,8 +249,7 @@ def read_run(run_dir: str | Path) -> dict:
         row[key] = result.get(key) if result else None
     if not finished:
         # Partial numbers must never leak into a mean: blank them.
-        for key in ("final_test_acc", "final_test_loss", "final_train_loss",
-                    "best_test_acc", "best_epoch"):
+        for key in (*METRIC_FIELDS, "best_epoch"):
             row[key] = np.nan
     n_done = 0 if metrics is None else len(metrics)
     row["epochs_done"] = n_done
@@ -163,8 +269,7 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     for col in ("depth", "seed", "epochs", "batch_size", "epochs_done", "best_epoch", "num_params"):
         if col in df:
             df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
-    for col in ("lr", "final_test_acc", "final_test_loss", "final_train_loss", "best_test_acc",
-                "wall_time_s"):
+    for col in ("lr", *METRIC_FIELDS, "wall_time_s"):
         if col in df:
             df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     df["finished"] = df["finished"].astype(bool)

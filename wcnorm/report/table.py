@@ -1,9 +1,15 @@
 """`wcnorm table`: result tables in the papers' layouts, with their provenance.
 
-Every cell is the final-epoch test accuracy, mean ± sample std over seeds, with the
-number of finished runs it rests on. The best-epoch accuracy is reported in a separate
-table, labelled as such, and never used to pick anything. Cells that the grid expects
-but no finished run fills are written as "missing" and listed by name.
+Every cell is a final number (classification: the last epoch's test accuracy), mean ±
+sample std over seeds, with the number of finished runs it rests on. The best epoch is
+reported in a separate table, labelled as such, and never used to pick anything. Cells
+that the grid expects but no finished run fills are written as "missing" and listed by
+name.
+
+Neural-field runs get the field papers' layout: one row per scene (NeRF) or shape,
+one column per normalization, one block of rows per metric: test PSNR and SSIM of the
+test views rendered at the end of a run (NeRF); test IoU of the held-out points and
+the Chamfer distance of the extracted surface, lower is better (shapes).
 """
 
 from __future__ import annotations
@@ -15,16 +21,18 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..outputs import atomic_write_text, write_json
 from .claims import evaluate_claims, write_claims
-from .runs import load_runs
+from .runs import CLASSIFICATION, FIELD_TASKS, NERF, SHAPE, load_runs
 
 NORM_LABELS = {
     "none": "Baseline", "bn": "BN", "bn_ws": "BN + WS", "bn_wn": "BN + WN",
     "bn_wc": "BN + WC", "bn_e": "BN + E", "gn": "GN", "gn_wc": "GN + WC", "ln": "LN",
-    "ln_wc": "LN + WC", "wc": "WC", "enorm": "ENorm", "bn_enorm": "ENorm + BN",
+    "ln_wc": "LN + WC", "ws": "WS", "wn": "WN", "wc": "WC", "enorm": "ENorm",
+    "bn_enorm": "ENorm + BN",
 }
 # Column order of the tables: known norms in this order, unknown ones after, sorted.
 NORM_ORDER = list(NORM_LABELS)
@@ -32,7 +40,63 @@ NORM_ORDER = list(NORM_LABELS)
 FINAL_METRIC = "final-epoch test accuracy (%)"
 BEST_METRIC = "best-epoch test accuracy (%), best epoch (not used for selection)"
 NO_EXPERIMENT = "(none)"
-LAYOUTS = ("auto", "wc", "enorm_fc", "long")
+LAYOUTS = ("auto", "wc", "enorm_fc", "nerf", "shape", "long")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One metric of a table: a block of rows of the wide table (its ``metric`` column
+    holds ``title``), mean ± std (n) per cell."""
+
+    column: str  # the run column it averages (see `runs.METRIC_FIELDS`)
+    title: str
+    spec: str = ".2f"  # number format of its cells
+    higher_is_better: bool = True
+
+    @property
+    def key(self) -> str:
+        """Prefix of its columns in table_long.csv: test_ssim_mean, test_ssim_std, ..."""
+        return self.column.removeprefix("final_")
+
+
+@dataclass(frozen=True)
+class TaskTables:
+    """What the tables of one task show: ``blocks`` in the wide table (the first is the
+    headline: its numbers are the long table's plain mean, std, min, max and decide a
+    cell's status), ``extra`` in the long table only, ``best`` in the best-epoch table."""
+
+    heading: str
+    blocks: tuple[Block, ...]
+    best: Block
+    best_name: str  # what the best-epoch table holds, in the provenance's words
+    layouts: tuple[str, ...]  # the layouts that suit the task, the first chosen by auto
+    extra: tuple[Block, ...] = ()
+
+
+_AFTER_RUN = "the test views rendered after the last epoch"
+TASK_TABLES = {
+    CLASSIFICATION: TaskTables(
+        "Final-epoch test accuracy (%)", (Block("final_test_acc", FINAL_METRIC),),
+        Block("best_test_acc", BEST_METRIC), "accuracy", ("wc", "enorm_fc", "long")),
+    NERF: TaskTables(
+        "NeRF: test PSNR and SSIM",
+        (Block("final_test_psnr", f"test PSNR (dB), {_AFTER_RUN}"),
+         Block("final_test_ssim", f"test SSIM, {_AFTER_RUN}", ".4f")),
+        Block("best_val_psnr", "best-epoch validation PSNR (dB), best epoch "
+                               "(not used for selection)"),
+        "validation PSNR", (NERF, "long"),
+        extra=(Block("final_val_psnr", "validation PSNR (dB), last epoch"),
+               Block("final_val_ssim", "validation SSIM, last epoch", ".4f"))),
+    SHAPE: TaskTables(
+        "3D shapes: test IoU and Chamfer distance",
+        (Block("final_test_iou", "test IoU of the held-out points, last epoch", ".4f"),
+         Block("final_test_chamfer", "Chamfer-L1 distance of the extracted surface to the "
+                                     "mesh, lower is better", ".2e", higher_is_better=False)),
+        Block("best_test_iou", "best-epoch test IoU, best epoch (not used for selection)",
+              ".4f"),
+        "test IoU", (SHAPE, "long"),
+        extra=(Block("final_test_acc", "test occupancy accuracy (%), last epoch"),)),
+}
 
 # The ENorm settings that change what a run computes (methods.md section 2): every table
 # names them, so that a run of the official code's cycle is never read as one of the
@@ -43,25 +107,26 @@ ENORM_CYCLES = {("jacobi", False): "official code", ("sequential", True): "wcnor
 
 @dataclass
 class TableResult:
-    wide: pd.DataFrame  # paper layout, final-epoch accuracy
-    best: pd.DataFrame  # same layout, best-epoch accuracy (information only)
+    wide: pd.DataFrame  # paper layout, the task's final numbers (a block per metric)
+    best: pd.DataFrame  # same layout, the best epoch's number (information only)
     long: pd.DataFrame  # one row per cell, machine-readable
     provenance: dict
     missing: list[str] = field(default_factory=list)
     layout: str = "wc"
+    task: str = CLASSIFICATION
 
 
 def norm_label(norm) -> str:
     return NORM_LABELS.get(norm, str(norm))
 
 
-def _fmt(mean: float, std: float, n: int, n_expected) -> str:
+def _fmt(mean: float, std: float, n: int, n_expected, spec: str = ".2f") -> str:
     count = f"n={n}" if n_expected is None or n >= n_expected else f"n={n}/{n_expected}"
     if n == 0:
         return "missing"
     if n == 1 or pd.isna(std):
-        return f"{mean:.2f} ({count})"
-    return f"{mean:.2f} ± {std:.2f} ({count})"
+        return f"{mean:{spec}} ({count})"
+    return f"{mean:{spec}} ± {std:{spec}} ({count})"
 
 
 def _setting(value) -> str:
@@ -93,22 +158,42 @@ def _values(s: pd.Series) -> str:
 
 
 def _cell_id(keys: list[str], row: tuple, norm) -> str:
-    parts = [f"{k}={v}" if k not in ("model", "dataset", "experiment") else str(v)
-             for k, v in zip(keys, row)]
+    named = ("model", "dataset", "experiment", *FIELD_TASKS.values())
+    parts = [f"{k}={v}" if k not in named else str(v) for k, v in zip(keys, row)]
     return "/".join(parts + [str(norm)])
 
 
-def _resolve_layout(df: pd.DataFrame, layout: str) -> str:
+def _task(df: pd.DataFrame) -> str:
+    """The one task of the runs: a table never mixes accuracies with PSNRs or IoUs."""
+    tasks = sorted(df["task"].dropna().unique())
+    if len(tasks) > 1:
+        raise ValueError(f"runs of several tasks ({', '.join(tasks)}): make one table per "
+                         "task (e.g. one per preset, --preset)")
+    return tasks[0] if tasks else CLASSIFICATION
+
+
+def _resolve_layout(df: pd.DataFrame, layout: str, task: str) -> str:
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    if layout != "auto":
-        return layout
-    fc = (df["model"] == "enorm_fc").all() and df["depth"].notna().all()
-    return "enorm_fc" if fc else "wc"
+    suits = TASK_TABLES[task].layouts
+    if layout == "auto":
+        fc = task == CLASSIFICATION and (df["model"] == "enorm_fc").all() \
+            and df["depth"].notna().all()
+        return "enorm_fc" if fc else suits[0]
+    if layout not in suits:
+        raise ValueError(f"layout {layout!r} does not suit {task} runs; "
+                         f"use one of {', '.join(suits)}")
+    return layout
 
 
-def _row_keys(df: pd.DataFrame, layout: str, split_by) -> list[str]:
-    if layout == "enorm_fc":
+def _row_keys(df: pd.DataFrame, layout: str, split_by, task: str) -> list[str]:
+    if task in FIELD_TASKS:
+        # The field papers' tables: one row per scene or shape. A scene's name implies
+        # its dataset and model; name those only where one name spans several.
+        subject = FIELD_TASKS[task]
+        keys = [k for k in ("model", "dataset")
+                if df.groupby(subject)[k].nunique().max() > 1] + [subject]
+    elif layout == "enorm_fc":
         # The paper's FC table: one row per depth p. Name the model/dataset only when
         # several are mixed, so rows never silently pool different set-ups.
         keys = [k for k in ("model", "dataset") if df[k].nunique() > 1] + ["depth"]
@@ -121,19 +206,54 @@ def _row_keys(df: pd.DataFrame, layout: str, split_by) -> list[str]:
     return keys + [k for k in split_by if k not in keys]
 
 
-def _cell_stats(g: pd.DataFrame) -> dict:
-    done = g[g["finished"] & g["final_test_acc"].notna()]
-    acc, best = done["final_test_acc"], done["best_test_acc"]
-    return {
+def _std(v: pd.Series) -> float:
+    """Sample std; NaN where a value is infinite (a run that extracted no surface has an
+    infinite Chamfer distance: its cell's mean is infinite, its spread undefined)."""
+    return v.std() if np.isfinite(v).all() else np.nan
+
+
+def _cell_stats(g: pd.DataFrame, tables: TaskTables) -> dict:
+    head = tables.blocks[0]
+    done = g[g["finished"] & g[head.column].notna()]
+    values, best = done[head.column], done[tables.best.column]
+    stats = {
         "n": len(done), "n_unfinished": int((~g["finished"]).sum()),
-        "mean": acc.mean(), "std": acc.std(), "min": acc.min(), "max": acc.max(),
+        "mean": values.mean(), "std": _std(values), "min": values.min(), "max": values.max(),
         "seeds": " ".join(str(s) for s in sorted(done["seed"].dropna())),
-        "best_epoch_mean": best.mean(), "best_epoch_std": best.std(),
+        "best_epoch_mean": best.mean(), "best_epoch_std": _std(best),
+    }
+    for b in _other_blocks(tables):
+        # Each metric over the finished runs that report it (a run may lack one).
+        v = g.loc[g["finished"], b.column].dropna()
+        stats.update({f"{b.key}_n": len(v), f"{b.key}_mean": v.mean(), f"{b.key}_std": _std(v),
+                      f"_{b.key}_infinite": int(np.isinf(v).sum())})
+    return stats | {
         "budget": _values(g["budget"]), "epochs": _values(g["epochs"]),
         "lr": _values(g["lr"]), "batch_size": _values(g["batch_size"]),
         "enorm_variant": _values(g["enorm_variant"]),
         "_found": set(done["seed"].dropna()),
     }
+
+
+def _other_blocks(tables: TaskTables) -> tuple[Block, ...]:
+    """Every metric of the task but the headline, in table order."""
+    return (*tables.blocks[1:], *tables.extra)
+
+
+def _cell_column(tables: TaskTables, b: Block) -> str:
+    return "cell" if b == tables.blocks[0] else f"{b.key}_cell"
+
+
+def _block_cells(s: dict, tables: TaskTables, n_exp) -> dict:
+    """Each wide-table block's text for one cell, and the best-epoch one."""
+    head, best = tables.blocks[0], tables.best
+    cells = {"cell": _fmt(s["mean"], s["std"], s["n"], n_exp, head.spec)}
+    for b in tables.blocks[1:]:
+        cells[_cell_column(tables, b)] = _fmt(s[f"{b.key}_mean"], s[f"{b.key}_std"],
+                                              s[f"{b.key}_n"], n_exp, b.spec)
+    cells["best_cell"] = _fmt(s["best_epoch_mean"], s["best_epoch_std"], s["n"], n_exp,
+                              best.spec)
+    return cells
 
 
 def _key(cell: tuple) -> tuple:
@@ -206,10 +326,12 @@ def build_table(df: pd.DataFrame, layout: str = "auto", expected_seeds: int | No
     for k in split_by:
         if k not in df.columns:
             raise ValueError(f"--split-by {k}: no such run column or config key")
-    layout = _resolve_layout(df, layout)
-    keys = _row_keys(df, layout, split_by)
+    task = _task(df)
+    tables = TASK_TABLES[task]
+    layout = _resolve_layout(df, layout, task)
+    keys = _row_keys(df, layout, split_by, task)
 
-    stats = {_key(cell): _cell_stats(g)
+    stats = {_key(cell): _cell_stats(g, tables)
              for cell, g in df.groupby(keys + ["norm"], dropna=False, sort=False)}
     seed_sets = _seed_expectation(df, expected_seeds)
     exp_pos = keys.index("experiment") if "experiment" in keys else None
@@ -217,7 +339,7 @@ def build_table(df: pd.DataFrame, layout: str = "auto", expected_seeds: int | No
 
     rows, missing, unfinished = [], [], []
     for cell in sorted(_expected_cells(df, keys) | set(stats), key=str):
-        s = stats.get(cell) or _cell_stats(df.iloc[0:0])
+        s = stats.get(cell) or _cell_stats(df.iloc[0:0], tables)
         exp = cell[exp_pos] if exp_pos is not None else only_exp
         seen = seed_sets[exp]
         n_exp = expected_seeds if expected_seeds is not None else (len(seen) if seen else None)
@@ -234,37 +356,49 @@ def build_table(df: pd.DataFrame, layout: str = "auto", expected_seeds: int | No
             missing.append(f"seeds found {s['n']}/{n_exp} for {cid}{lost_txt}")
         else:
             status = "ok"
+        for b in tables.blocks[1:]:  # a metric some finished runs did not report
+            if s[f"{b.key}_n"] < s["n"]:
+                missing.append(f"{b.key} found in {s[f'{b.key}_n']} of {s['n']} finished "
+                               f"runs of {cid}")
+            if s[f"_{b.key}_infinite"]:
+                missing.append(f"{b.key} infinite in {s[f'_{b.key}_infinite']} of "
+                               f"{s[f'{b.key}_n']} finished runs of {cid}: its mean is "
+                               "infinite")
         if s["n_unfinished"]:
             unfinished.append(f"{cid}: {s['n_unfinished']} unfinished run(s), "
                               "counted, not in the mean")
         row = {k: v for k, v in s.items() if not k.startswith("_")}
         row.update(dict(zip(keys + ["norm"], cell)))  # a split key wins over its summary
-        row.update(status=status, n_expected=n_exp,
-                   cell=_fmt(s["mean"], s["std"], s["n"], n_exp),
-                   best_cell=_fmt(s["best_epoch_mean"], s["best_epoch_std"], s["n"], n_exp))
+        row.update(status=status, n_expected=n_exp, **_block_cells(s, tables, n_exp))
         if s["n_unfinished"] and s["n"] == 0:
-            row["cell"] = row["best_cell"] = f"missing ({s['n_unfinished']} unfinished)"
+            for col in (*(_cell_column(tables, b) for b in tables.blocks), "best_cell"):
+                row[col] = f"missing ({s['n_unfinished']} unfinished)"
         rows.append(row)
 
     long = _sort_long(pd.DataFrame(rows), keys)
     # The ENorm column only where ENorm ran: a table without ENorm runs keeps its columns.
     variant = ["enorm_variant"] if df["enorm_variant"].notna().any() else []
+    block_stats = [f"{b.key}_{x}" for b in _other_blocks(tables) for x in ("n", "mean", "std")]
+    cell_cols = {_cell_column(tables, b): b.title for b in tables.blocks}
     stat_cols = ["status", "n", "n_expected", "n_unfinished", "mean", "std", "min", "max",
-                 "seeds", "best_epoch_mean", "best_epoch_std", "budget", "epochs", "lr",
-                 "batch_size", *variant, "cell", "best_cell"]
+                 "seeds", "best_epoch_mean", "best_epoch_std", *block_stats, "budget",
+                 "epochs", "lr", "batch_size", *variant, *cell_cols, "best_cell"]
     long = long[keys + ["norm"] + [c for c in stat_cols if c not in keys]]
     long["n_expected"] = long["n_expected"].astype("Int64")
     if layout == "long":
         # One row per cell, readable: the numbers themselves are in the long CSV.
         base = keys + ["norm", "status", "n", "n_expected", "n_unfinished", *variant]
-        wide = long[base + ["cell"]].rename(columns={"cell": FINAL_METRIC})
-        best = long[base + ["best_cell"]].rename(columns={"best_cell": BEST_METRIC})
+        wide = long[base + list(cell_cols)].rename(columns=cell_cols)
+        best = long[base + ["best_cell"]].rename(columns={"best_cell": tables.best.title})
     else:
-        wide = _pivot(long, keys, "cell", FINAL_METRIC)
-        best = _pivot(long, keys, "best_cell", BEST_METRIC)
-    prov = _provenance(df, long, layout, keys, expected_seeds, missing, unfinished, command)
-    return TableResult(wide=wide, best=best, long=long.drop(columns=["cell", "best_cell"]),
-                       provenance=prov, missing=missing, layout=layout)
+        wide = pd.concat([_pivot(long, keys, col, title) for col, title in cell_cols.items()],
+                         ignore_index=True)
+        best = _pivot(long, keys, "best_cell", tables.best.title)
+    prov = _provenance(df, long, layout, keys, expected_seeds, missing, unfinished, command,
+                       task)
+    return TableResult(wide=wide, best=best,
+                       long=long.drop(columns=[*cell_cols, "best_cell"]), provenance=prov,
+                       missing=missing, layout=layout, task=task)
 
 
 def _distinct(s: pd.Series) -> list:
@@ -293,14 +427,22 @@ def _pooled_differences(df: pd.DataFrame, keys: list[str]) -> list[str]:
     return notes
 
 
-def _provenance(df, long, layout, keys, expected_seeds, missing, unfinished, command) -> dict:
+def _provenance(df, long, layout, keys, expected_seeds, missing, unfinished, command,
+                task) -> dict:
     mixed = _pooled_differences(df, keys)
     dates = pd.to_datetime(df["date"], errors="coerce", utc=True, format="ISO8601").dropna()
     counts = long["status"].value_counts()
+    tables = TASK_TABLES[task]
     return {
         "command": command,
-        "metric": FINAL_METRIC + ": mean ± sample std over seeds of finished runs; "
-                  "best-epoch accuracy is reported for information only (not used for selection)",
+        "metric": "; ".join(b.title for b in tables.blocks)
+                  + ": mean ± sample std over seeds of finished runs; best-epoch "
+                  f"{tables.best_name} is reported for information only (not used for selection)",
+        "task": task,
+        "metrics": [{"column": b.column, "title": b.title,
+                     "better": "higher" if b.higher_is_better else "lower",
+                     "table": "wide" if b in tables.blocks else "long"}
+                    for b in (*tables.blocks, *tables.extra)],
         "layout": layout, "row_keys": keys, "column_key": "norm",
         "experiments": _distinct(df["experiment"]),
         "budgets": _distinct(df["budget"]), "epochs": _distinct(df["epochs"]),
@@ -330,12 +472,17 @@ def _md_table(df: pd.DataFrame) -> str:
     return "\n".join([head, sep, *body])
 
 
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def to_markdown(result: TableResult) -> str:
     p = result.provenance
     join = lambda xs: ", ".join(map(str, xs)) or "unknown"  # noqa: E731
     runs = p["runs"]
+    tables = TASK_TABLES[result.task]
     lines = [
-        f"## Final-epoch test accuracy (%), {result.layout} layout", "",
+        f"## {tables.heading}, {result.layout} layout", "",
         f"- budget: {join(p['budgets'])}; epochs: {join(p['epochs'])}; "
         f"preset: {join(p['experiments'])}",
         f"- seeds expected: {p['seeds_expected']}; seeds found: {join(p['seeds_found'])}",
@@ -353,9 +500,14 @@ def to_markdown(result: TableResult) -> str:
     if p["command"]:
         lines.append(f"- command: `{p['command']}`")
     lines += ["", "Cells: mean ± sample std over seeds (n = finished runs, "
-              "n=found/expected where seeds are missing).", "", _md_table(result.wide), "",
-              "### Best-epoch test accuracy (%), best epoch (not used for selection)", "",
-              _md_table(result.best), ""]
+              "n=found/expected where seeds are missing).", ""]
+    if "metric" in result.wide and len(tables.blocks) > 1:
+        for b in tables.blocks:  # one table per metric block
+            lines += [f"### {_capital(b.title)}", "",
+                      _md_table(result.wide[result.wide["metric"] == b.title]), ""]
+    else:
+        lines += [_md_table(result.wide), ""]
+    lines += [f"### {_capital(tables.best.title)}", "", _md_table(result.best), ""]
     for title, items in (("Incomplete grid", p["missing"]), ("Unfinished runs", p["unfinished"]),
                          ("Cells pooling different settings", p["mixed_settings"])):
         if items:
@@ -381,7 +533,8 @@ def parse_args(argv):
     ap.add_argument("runs", nargs="+", help="run directories or folders holding them")
     ap.add_argument("--layout", choices=LAYOUTS, default="auto",
                     help="wc: rows model/dataset, columns norms; enorm_fc: rows depth p; "
-                         "long: one row per cell (default: auto)")
+                         "nerf / shape: rows scene / shape, one block per metric; "
+                         "long: one row per cell (default: auto, from the runs)")
     ap.add_argument("--out", default="results/table", help="output folder")
     ap.add_argument("--expected-seeds", type=int, default=None,
                     help="seeds each cell should have (default: the union seen per preset)")
@@ -402,8 +555,12 @@ def main(argv=None) -> int:
               + (f" for preset {args.preset}" if args.preset else ""), file=sys.stderr)
         return 1
     split = tuple(k for k in args.split_by.split(",") if k)
-    result = build_table(df, layout=args.layout, expected_seeds=args.expected_seeds,
-                         split_by=split, command=shlex.join(["wcnorm", "table", *argv]))
+    try:
+        result = build_table(df, layout=args.layout, expected_seeds=args.expected_seeds,
+                             split_by=split, command=shlex.join(["wcnorm", "table", *argv]))
+    except ValueError as e:  # mixed tasks, a layout that does not suit, an unknown key
+        print(f"wcnorm table: {e}", file=sys.stderr)
+        return 1
     files = write_table(result, args.out)
     files.append(write_claims(evaluate_claims(df), Path(args.out) / "claims.csv"))
     print(to_markdown(result))
