@@ -9,7 +9,7 @@ import torch
 from wcnorm.errors import DivergedError
 from wcnorm.methods import describe_weight_method
 from wcnorm.methods.enorm import ENorm
-from wcnorm.outputs import METRIC_COLUMNS, load_checkpoint, run_dir_for
+from wcnorm.outputs import METRIC_COLUMNS, load_checkpoint, run_dir_for, run_identity
 from wcnorm.training.assemble import assemble
 from wcnorm.training.callbacks import ConditioningCallback, ENormCallback
 from wcnorm.training.train import train
@@ -34,6 +34,10 @@ def test_a_run_writes_the_output_contract(cfg_factory):
     assert on_disk["best_test_acc"] == metrics.test_acc.max()
     assert on_disk["config"]["model"]["name"] == "enorm_fc" and result["status"] == "finished"
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
+    # Both record whose run this is: the config (whose digest names the directory) and the data.
+    identity = run_identity(cfg)
+    assert on_disk["identity"] == load_checkpoint(run / "last.pt")["identity"] == identity
+    assert run.name.endswith(identity["config_sha1"][:8]) and identity["data"] == {"builtin": "synthetic"}
 
 
 def test_run_directories_are_readable_and_distinct(cfg_factory):

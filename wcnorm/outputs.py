@@ -8,7 +8,11 @@
 
 The run directory is derived from the config (not the clock): the same command lands
 in the same directory, so rerunning it resumes an interrupted run or skips a
-finished one, and two different configs never share a directory.
+finished one, and two different configs never share a directory. A directory
+belongs to one run: last.pt and result.json carry its identity (`run_identity`: the
+config's hash and the data's fingerprint), and a command whose identity differs is
+refused (`check_identity`) instead of resuming, skipping or overwriting someone
+else's run. docs/guarantees.md states what holds, and which test shows it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import fcntl
 import hashlib
 import io
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -29,17 +34,35 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import CheckpointError, WcnormError
+from .errors import CheckpointError, RunMismatchError, WcnormError
+
+log = logging.getLogger("wcnorm")
 
 TMP_SUFFIX = ".tmp"  # atomic writes' temporary files: `.<name>.<random>.tmp` beside the target
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s", "images_per_s"]
 
-# Keys that say where or how visibly a run happens, not what it computes: they stay
-# out of the run's identity, so e.g. `trainer.stop_after` can interrupt a run that a
-# later command (without it) resumes.
+# The files of a run (the contract above), in the order `discard_run` deletes them:
+# the result first, so an interrupted discard never leaves a finished-looking run.
+RUN_FILES = ("result.json", "last.pt", "metrics.csv", "conditioning.csv", "config.yaml")
+
+# Keys that say where or how visibly a run happens, or how this command treats the
+# directory, not what it computes: they stay out of the run's identity, so e.g.
+# `trainer.stop_after` can interrupt a run that a later command (without it) resumes,
+# and a tracker (`logger`) can be added to a run half way. `dataset.root` says where
+# the files lie, not what they are: the data's fingerprint (`data_fingerprint`) stands
+# for them instead, so a copied dataset still resumes.
 VOLATILE_KEYS = ("out_dir", "run_dir", "dataset.root", "dataset.download", "trainer.progress",
-                 "trainer.stop_after", "trainer.num_workers", "hydra")
+                 "trainer.stop_after", "trainer.num_workers", "trainer.restart", "logger", "hydra")
+
+# Datasets whose files are checked against known checksums whenever they load
+# (torchvision's md5 sums): their name says what their data is, wherever it lies.
+CHECKSUMMED_DATASETS = ("cifar10", "cifar100")
+
+# Data files up to this size are identified by their bytes, larger ones by size and
+# modification time. An array file is read whole when it loads, so hashing it costs
+# about one more read, from the page cache.
+CONTENT_HASH_LIMIT = 1 << 30
 
 
 def _drop(d: dict, dotted: str) -> None:
@@ -59,9 +82,14 @@ def config_identity(cfg: DictConfig) -> dict:
     return ident
 
 
-def config_hash(cfg: DictConfig) -> str:
+def config_digest(cfg: DictConfig) -> str:
+    """The sha1 of the config's identity; the run directory's name carries its first 8 digits."""
     blob = json.dumps(config_identity(cfg), sort_keys=True, default=str).encode()
-    return hashlib.sha1(blob).hexdigest()[:8]
+    return hashlib.sha1(blob).hexdigest()
+
+
+def config_hash(cfg: DictConfig) -> str:
+    return config_digest(cfg)[:8]
 
 
 def run_dir_for(cfg: DictConfig) -> Path:
@@ -70,6 +98,103 @@ def run_dir_for(cfg: DictConfig) -> Path:
         return Path(cfg.run_dir)
     model = cfg.model.name + (f"-d{cfg.model.depth}" if "depth" in cfg.model else "")
     return Path(cfg.out_dir) / cfg.dataset.name / model / cfg.norm.name / f"seed{cfg.seed}-{config_hash(cfg)}"
+
+
+# ----------------------------------------------------------------------------- run identity
+
+
+def listing_fingerprint(root: Path, depth: int = 3) -> dict:
+    """The names of the files under `root`, `depth` levels down (split/class/image), hashed,
+    and their count. Cheap (no file is opened or stat'ed), it changes when files are
+    added, removed or renamed, and not when the tree is copied elsewhere; an edit inside
+    a file that keeps its name goes unseen. Hidden entries (.DS_Store, .nfs*) come and go
+    without the data changing, so they are left out."""
+    digest, count = hashlib.sha256(), 0
+
+    def walk(folder: str, prefix: str, level: int) -> None:
+        nonlocal count
+        with os.scandir(folder) as entries:
+            for entry in sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name):
+                name = prefix + entry.name
+                if level < depth and entry.is_dir():
+                    walk(entry.path, name + "/", level + 1)
+                else:
+                    digest.update(name.encode() + b"\n")
+                    count += 1
+
+    walk(str(root), "", 1)
+    return {"files": count, "names_sha256": digest.hexdigest()}
+
+
+def path_fingerprint(path) -> dict:
+    """What identifies the data at `path`: a file by its bytes (by size and modification
+    time above CONTENT_HASH_LIMIT), a folder by the names in it (`listing_fingerprint`)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return listing_fingerprint(path)
+    try:
+        st = path.stat()
+    except OSError:
+        return {"missing": str(path)}  # loading the dataset will say what is wrong
+    if st.st_size > CONTENT_HASH_LIMIT:
+        return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return {"bytes": st.st_size, "sha256": digest.hexdigest()}
+
+
+def data_fingerprint(dataset: DictConfig) -> dict:
+    """What identifies the data a run trains on beyond its config: the file (or folder)
+    `dataset.path` names, the folder `dataset.root` names (an image tree, a scene). The
+    other datasets are fixed by their name and config: checksummed ones (CIFAR), digits
+    (shipped with scikit-learn), synthetic data (generated)."""
+    if dataset.get("path"):
+        return path_fingerprint(dataset.path)
+    if dataset.get("root") and dataset.name not in CHECKSUMMED_DATASETS:
+        return path_fingerprint(dataset.root)
+    return {"builtin": dataset.name}
+
+
+def run_identity(cfg: DictConfig) -> dict:
+    """What a run directory belongs to: the config (its digest, whose first 8 digits name
+    the directory) and the data (its fingerprint). Stored in last.pt and result.json."""
+    return {"config_sha1": config_digest(cfg), "data": data_fingerprint(cfg.dataset)}
+
+
+def check_identity(found, expected: dict, source: Path) -> None:
+    """Refuse `source` (a last.pt or result.json) if it belongs to another config or was
+    trained on other data. A file without an identity, from before run directories
+    recorded one, is accepted with a warning: its directory's name carries the config's
+    hash already, unless `run_dir` pinned it."""
+    if found is None:
+        log.warning("'%s' records no config or data identity (an older wcnorm wrote it): "
+                    "taking it as this run's", source)
+        return
+    found = found if isinstance(found, dict) else {}
+    restart = "or rerun with trainer.restart=true to delete that run and train this one there"
+    if found.get("config_sha1") != expected["config_sha1"]:
+        raise RunMismatchError(
+            f"'{source}' belongs to another config (config sha1 {found.get('config_sha1')}, this "
+            f"config's {expected['config_sha1']}; that run's config.yaml is beside it), so it was left "
+            f"alone. Leave `run_dir` unset (every config then gets a directory of its own) or choose "
+            f"another one, {restart}.")
+    if found.get("data") != expected["data"]:
+        raise RunMismatchError(
+            f"'{source}' was trained on other data than the dataset the config names now (then "
+            f"{found.get('data')}, now {expected['data']}), so it was left alone. Put that data back, "
+            f"train on the new data in another directory (`run_dir=...`), {restart}.")
+
+
+def discard_run(run_dir: Path) -> list[Path]:
+    """Delete the run in `run_dir` (`trainer.restart=true`), so it trains from scratch.
+    Deleted, not moved aside: a copy with a result.json in it would count as another
+    run wherever run directories are searched for (`wcnorm table`). Under the lock."""
+    gone = [run_dir / name for name in RUN_FILES if (run_dir / name).exists()]
+    for path in gone:
+        path.unlink()
+    return gone
 
 
 # ----------------------------------------------------------------------------- atomic files
@@ -119,23 +244,63 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: Path) -> dict:
+def _move_aside(path: Path) -> str:
+    return f"Move it aside (e.g. `mv '{path}' '{path}.bad'`)"
+
+
+def load_checkpoint(path: Path, *, mmap: bool = False) -> dict:
     """Read a checkpoint without unpickling arbitrary objects: a `last.pt` may come
     from someone else (a shared run directory), and a pickle can run code. Tensors,
     numbers, strings and containers load; anything else is refused with a message
-    that names the file and says how to start over."""
+    that names the file and says how to start over. `mmap`: map the tensors instead
+    of reading them (to look at the small entries of a large checkpoint)."""
     path = Path(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ... by cause
         raise CheckpointError(
             f"'{path}' is not a readable wcnorm checkpoint ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else 'empty or truncated file'}). It was not "
-            f"loaded. Move it aside (e.g. `mv '{path}' '{path}.bad'`) to start this run over.") from None
+            f"loaded. {_move_aside(path)} to start this run over.") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"'{path}' holds a {type(state).__name__}, not a wcnorm checkpoint. "
-                              f"Move it aside (e.g. `mv '{path}' '{path}.bad'`) to start this run over.")
+                              f"{_move_aside(path)} to start this run over.")
     return state
+
+
+def check_checkpoint(run_dir: Path, identity: dict) -> None:
+    """Refuse a run directory whose last.pt is another run's (read without its tensors)."""
+    path = Path(run_dir) / "last.pt"
+    if path.exists():
+        check_identity(load_checkpoint(path, mmap=True).get("identity"), identity, path)
+
+
+def read_result(path: Path) -> dict | None:
+    """A run's result.json, None if there is none; one that cannot be read is refused
+    with a message that names it."""
+    path = Path(path)
+    try:
+        result = json.loads(path.read_bytes())
+        problem = None if isinstance(result, dict) else f"it holds a JSON {type(result).__name__}"
+    except FileNotFoundError:
+        return None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        problem = f"{type(err).__name__}: {err}"
+    if problem:
+        raise CheckpointError(
+            f"'{path}' is not a readable wcnorm result ({problem}). {_move_aside(path)}: the run then "
+            f"resumes from its last.pt and writes it again. Or rerun with trainer.restart=true to train "
+            f"the run from scratch.")
+    return result
+
+
+def finished_result(run_dir: Path, identity: dict) -> dict | None:
+    """The run's result if it has finished (after checking it is this run's), else None."""
+    path = Path(run_dir) / "result.json"
+    result = read_result(path)
+    if result is not None:
+        check_identity(result.get("identity"), identity, path)
+    return result
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:

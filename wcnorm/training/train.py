@@ -1,13 +1,16 @@
 """`wcnorm train`: one run from a composed config, end to end.
 
-    validate -> run directory (skip if finished) -> assemble (seed, data, model, weight
-    method, optimizer, schedule, ENorm, callbacks, Trainer) -> Trainer.fit (resumes from
+    validate -> run directory and identity (skip if finished) -> assemble (seed, data,
+    model, weight method, optimizer, schedule, ENorm, callbacks, Trainer) -> lock the
+    directory, check it is this run's, write config.yaml -> Trainer.fit (resumes from
     last.pt) -> result.json
+
+Nothing is written before the run is assembled: a dataset that is missing or does not
+fit the config stops the command with the run directory untouched (or never made).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -23,7 +26,18 @@ from omegaconf import DictConfig, OmegaConf
 from ..methods import describe_weight_method
 from ..models import count_parameters
 from ..modules import unwrap
-from ..outputs import atomic_write_text, environment, run_dir_for, run_lock, write_json
+from ..outputs import (
+    atomic_write_text,
+    check_checkpoint,
+    discard_run,
+    environment,
+    finished_result,
+    remove_stale_temporaries,
+    run_dir_for,
+    run_identity,
+    run_lock,
+    write_json,
+)
 from . import dist
 from .assemble import Run, assemble, resolve_device
 from .config import validate
@@ -45,41 +59,68 @@ def train(cfg: DictConfig) -> dict:
     ctx = dist.init(cfg.trainer)
     try:
         # Rank 0 alone looks at the disk; every rank gets its run directory (the same one even
-        # if the config resolved differently per process) and its verdict on result.json.
-        run_dir, finished = ctx.on_main(lambda: _locate(cfg))
+        # if the config resolved differently per process), its identity and its verdict on
+        # result.json.
+        run_dir, identity, finished = ctx.on_main(lambda: _locate(cfg))
         if finished is not None:
-            log.info("already finished: %s (delete it, or change the config, to train again)",
+            log.info("already finished: %s. To train it again from scratch, rerun with trainer.restart=true "
+                     "(deleting result.json alone does not retrain: the run rewrites it from last.pt)",
                      run_dir / "result.json")
             return finished
         with ExitStack() as stack:
-            ctx.on_main(lambda: stack.enter_context(run_lock(run_dir)))  # rank 0 holds the lock
             ctx.device = ctx.device or stack.enter_context(dist.job_gpu(cfg.trainer))
-            result = _train(cfg, run_dir, ctx)
+            run = _assemble(cfg, run_dir, identity, ctx)  # loads the data: before anything is written
+            ctx.on_main(lambda: stack.enter_context(run_lock(run_dir)))  # rank 0 holds the lock
+            ctx.on_main(lambda: _claim(cfg, run_dir, identity))
+            result = _train(run, run_dir, ctx)
         ctx.barrier()  # no rank returns before rank 0's last.pt and result.json are written
         return result
     finally:
         ctx.close()
 
 
+def _restarting(cfg: DictConfig) -> bool:
+    """trainer.restart: delete what the run directory holds and train from scratch."""
+    return bool(cfg.trainer.get("restart", False))
+
+
 def _locate(cfg: DictConfig):
-    run_dir = run_dir_for(cfg)
-    done = run_dir / "result.json"
-    return run_dir, json.loads(done.read_text()) if done.exists() else None
+    """The run directory, the run's identity, and its result if it has finished (and is
+    this run's: another config's or other data's result is refused, not returned)."""
+    run_dir, identity = run_dir_for(cfg), run_identity(cfg)
+    return run_dir, identity, None if _restarting(cfg) else finished_result(run_dir, identity)
 
 
-def _train(cfg: DictConfig, run_dir, ctx) -> dict:
+def _assemble(cfg: DictConfig, run_dir, identity: dict, ctx) -> Run:
     device = ctx.device or resolve_device(str(cfg.trainer.device))
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # streams, graphs and bare "cuda" tensors follow it
-    if ctx.is_main:
-        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        log.info("run directory: %s", run_dir)
     run = assemble(cfg, device, run_dir=run_dir, ctx=ctx, progress=show_progress(cfg.trainer.progress))
+    run.trainer.identity = identity  # saved in every last.pt
+    return run
+
+
+def _claim(cfg: DictConfig, run_dir, identity: dict) -> None:
+    """Rank 0, holding the lock, before it writes anything: remove what interrupted writes
+    left, then delete the old run (`trainer.restart`) or make sure the one there is this
+    config's, on this data; then config.yaml."""
+    for tmp in remove_stale_temporaries(run_dir):
+        log.info("removed %s (left by an interrupted write)", tmp)
+    if _restarting(cfg):
+        for path in discard_run(run_dir):
+            log.info("trainer.restart: deleted %s", path)
+    else:
+        check_checkpoint(run_dir, identity)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    log.info("run directory: %s", run_dir)
+
+
+def _train(run: Run, run_dir, ctx) -> dict:
     t0 = time.perf_counter()
     history = run.trainer.fit()
     if not run.trainer.finished:
         return {"status": "interrupted", "epoch": run.trainer.epoch, "run_dir": str(run_dir)}
-    result = {**summarize(run, history), "run_dir": str(run_dir)}
+    result = {**summarize(run, history), "run_dir": str(run_dir), "identity": run.trainer.identity}
     if ctx.is_main:
         result.update(run.task.finish(unwrap(run.model), run_dir))  # end-of-run measurements
         write_json(run_dir / "result.json", result)
