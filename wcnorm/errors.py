@@ -23,3 +23,7 @@ class CheckpointError(WcnormError):
 
 class RunMismatchError(WcnormError):
     """A run directory whose checkpoint or result belongs to another config or other data."""
+
+
+class Interrupted(WcnormError):
+    """A signal (SIGTERM, Ctrl-C) stopped training; the checkpoint at that step is kept."""

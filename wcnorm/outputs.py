@@ -53,7 +53,8 @@ RUN_FILES = ("result.json", "last.pt", "metrics.csv", "conditioning.csv", "confi
 # the files lie, not what they are: the data's fingerprint (`data_fingerprint`) stands
 # for them instead, so a copied dataset still resumes.
 VOLATILE_KEYS = ("out_dir", "run_dir", "dataset.root", "dataset.download", "trainer.progress",
-                 "trainer.stop_after", "trainer.num_workers", "trainer.restart", "logger", "hydra")
+                 "trainer.stop_after", "trainer.checkpoint_every", "trainer.num_workers", "trainer.restart",
+                 "logger", "hydra")
 
 # Datasets whose files are checked against known checksums whenever they load
 # (torchvision's md5 sums): their name says what their data is, wherever it lies.

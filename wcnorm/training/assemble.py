@@ -27,6 +27,7 @@ from ..tasks import Classification, Task, build_task
 from .callbacks import ConditioningCallback, ENormCallback
 from .dist import DistContext, ReplicaCheck
 from .optim import build_optimizer, build_scheduler
+from .trackers import build_trackers
 from .trainer import Callback, Trainer
 
 # ----------------------------------------------------------------------------- the process
@@ -97,6 +98,8 @@ def build_callbacks(cfg: DictConfig, task: Task, enorm: ENorm | None, run_dir,
         callbacks.append(conditioning)
     if ctx.world_size > 1:
         callbacks.append(ReplicaCheck())  # same resume epoch, same weights on every rank
+    # Last: the trackers report the row every other callback has filled.
+    callbacks += build_trackers(cfg, run_dir, is_main=ctx.is_main)
     return callbacks, conditioning
 
 
@@ -152,6 +155,7 @@ def assemble(cfg: DictConfig, device: torch.device, *, run_dir=None, ctx: DistCo
         model, optimizer, scheduler, task, device=device, epochs=t.epochs,
         run_dir=run_dir, amp_dtype=resolve_amp(t.amp, device),
         grad_clip=t.grad_clip, callbacks=callbacks, progress=ctx.is_main and progress,
-        stop_after=t.stop_after, is_main=ctx.is_main, all_reduce=ctx.all_reduce)
+        stop_after=t.stop_after, is_main=ctx.is_main, all_reduce=ctx.all_reduce,
+        checkpoint_every=t.get("checkpoint_every"))
     return Run(cfg, device, task, model, optimizer, scheduler, cfg.norm.weight, enorm, conditioning,
                callbacks, trainer)

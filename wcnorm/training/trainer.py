@@ -13,10 +13,13 @@ step loop does not wait on the host.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import DivergedError
+from ..errors import DivergedError, Interrupted
 from ..modules import unwrap
 from ..outputs import load_checkpoint, save_checkpoint, write_metrics
 from ..tasks import Task
@@ -41,6 +44,12 @@ class Callback:
 
     def on_epoch_end(self, trainer: Trainer, epoch: int) -> dict:
         return {}
+
+    def on_epoch_logged(self, trainer: Trainer, row: dict) -> None:
+        """The epoch's row is complete and saved (metrics.csv, last.pt)."""
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """`fit` returns or raises (a tracker closes its run)."""
 
 
 def rng_state() -> dict:
@@ -68,7 +77,8 @@ class Trainer:
                  epochs: int, run_dir: Path | None = None, amp_dtype: torch.dtype | None = None,
                  grad_clip: float | None = None, callbacks=(),
                  progress: bool = False, stop_after: int | None = None, is_main: bool = True,
-                 all_reduce=None, sync_every: int = 50, identity: dict | None = None):
+                 all_reduce=None, sync_every: int = 50, identity: dict | None = None,
+                 checkpoint_every: int | None = None):
         self.model, self.optimizer, self.scheduler, self.task = model, optimizer, scheduler, task
         self.train_loader = task.train_loader
         self.device, self.epochs, self.run_dir = torch.device(device), int(epochs), run_dir
@@ -82,6 +92,13 @@ class Trainer:
         # that a later command can tell whether last.pt is its run's.
         self.identity = identity
         self.last_loss: torch.Tensor | None = None  # the last step's loss, on the device
+        # Mid-epoch checkpoints: every so many steps, and when SIGTERM/SIGINT asks to stop.
+        self.checkpoint_every = int(checkpoint_every) if checkpoint_every else None
+        self.stop_signal: str | None = None  # set by the signal handler, read by the step loop
+        # The epoch in progress when a checkpoint is taken mid-epoch (None at epoch ends):
+        # its number, batches done, accumulated sums, seconds spent and starting lr.
+        self.in_progress: dict | None = None
+        self.epoch_lr: float | None = None  # the lr the epoch in progress started with
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -99,6 +116,7 @@ class Trainer:
             "step": self.step,
             "history": self.history,
             "identity": self.identity,
+            "in_progress": self.in_progress,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -108,20 +126,26 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
+        self.in_progress = state.get("in_progress")
 
     def maybe_resume(self) -> bool:
         if self.ckpt_path and self.ckpt_path.exists():
             self.load_state_dict(load_checkpoint(self.ckpt_path))
-            log.info("resumed from %s at epoch %d", self.ckpt_path, self.epoch)
+            if self.in_progress:
+                log.info("resumed from %s in epoch %d after batch %d", self.ckpt_path,
+                         self.in_progress["epoch"], self.in_progress["batch"])
+            else:
+                log.info("resumed from %s at epoch %d", self.ckpt_path, self.epoch)
             return True
         return False
 
-    def save(self) -> None:
+    def save(self, *, metrics: bool = True) -> None:
         if self.is_main and self.run_dir:
             # The checkpoint first, then the metrics rebuilt from its history: after a
             # crash anywhere, metrics.csv never runs ahead of last.pt.
             save_checkpoint(self.ckpt_path, self.state_dict())
-            write_metrics(self.run_dir, self.history)
+            if metrics:
+                write_metrics(self.run_dir, self.history)
 
     # ------------------------------------------------------------------ steps
     def autocast(self):
@@ -161,13 +185,20 @@ class Trainer:
                 f"(sched.warmup_epochs=...), or trainer.grad_clip=1.0.")
 
     def train_epoch(self, epoch: int) -> dict:
+        """One epoch of steps; resumes inside it when a mid-epoch checkpoint says so (the
+        loaders' order is a function of (seed, epoch), so the batches already done are
+        skipped and the rest are the ones an uninterrupted run sees)."""
         self.model.train()
         self.train_loader.set_epoch(epoch)
-        sums = None  # the task's per-batch sums, accumulated on the device
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False, disable=not self.progress,
-                   dynamic_ncols=True)
+        done = self.in_progress if self.in_progress and self.in_progress["epoch"] == epoch else None
+        start = done["batch"] if done else 0
+        sums = done["sums"].to(self.device) if done else None  # the task's sums, on the device
+        spent = done["seconds"] if done else 0.0
+        batches = itertools.islice(self.train_loader, start, None)
+        bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not self.progress,
+                   dynamic_ncols=True, initial=start, total=len(self.train_loader))
         t0 = time.perf_counter()
-        for i, batch in enumerate(bar):
+        for i, batch in enumerate(bar, start=start):
             _, batch_sums = self.train_step(*batch)
             sums = batch_sums if sums is None else sums + batch_sums
             if (i + 1) % self.sync_every == 0:
@@ -176,13 +207,50 @@ class Trainer:
                 self._check_finite(self._reduce(sums[:1].clone()), epoch)
                 if self.progress:
                     bar.set_postfix(loss=f"{(sums[0] / sums[-1]).item():.3f}")
+            stop = self._stop_requested(i + 1)
+            if stop or (self.checkpoint_every and self.step % self.checkpoint_every == 0
+                        and i + 1 < len(self.train_loader)):
+                self.save_mid_epoch(epoch, i + 1, sums, spent + time.perf_counter() - t0)
+            if stop:
+                raise Interrupted(
+                    f"stopped by {self.stop_signal} in epoch {epoch} after batch {i + 1} (step "
+                    f"{self.step}); checkpoint saved to '{self.ckpt_path}'. Run the same command "
+                    "again to resume from this step." if self.ckpt_path else
+                    f"stopped by {self.stop_signal} in epoch {epoch} (no run directory: nothing saved)")
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        seconds = time.perf_counter() - t0
+        seconds = spent + time.perf_counter() - t0
         sums = self._reduce(sums)
         self._check_finite(sums[0], epoch)
+        self.in_progress = None
         return {**self.task.train_metrics(sums), f"{self.task.unit}_per_s": sums[-1].item() / seconds,
                 "train_time_s": seconds}
+
+    def _stop_requested(self, batches_done: int) -> bool:
+        """Whether a signal asked to stop. Under DDP the ranks agree at sync points only
+        (a rank that stopped alone would leave the others waiting in an all-reduce)."""
+        if self.all_reduce is None:
+            return self.stop_signal is not None
+        if batches_done % self.sync_every:
+            return False
+        flag = torch.tensor([float(self.stop_signal is not None)], device=self.device)
+        self.all_reduce(flag)
+        if flag.item() > 0 and self.stop_signal is None:
+            self.stop_signal = "another process's signal"
+        return flag.item() > 0
+
+    def save_mid_epoch(self, epoch: int, batches_done: int, sums: torch.Tensor, seconds: float) -> None:
+        """A checkpoint inside epoch `epoch`: everything `save` stores, plus where the epoch
+        stands. Under DDP the sums are reduced first and kept by rank 0 alone, so that the
+        epoch's final reduction counts every rank's batches exactly once."""
+        reduced = self._reduce(sums.clone())
+        if self.all_reduce is not None and not self.is_main:
+            sums.zero_()  # rank 0 carries the reduced sums from here on
+        elif self.all_reduce is not None:
+            sums.copy_(reduced)
+        self.in_progress = {"epoch": epoch, "batch": batches_done, "sums": reduced.cpu(),
+                            "seconds": seconds, "lr": self.epoch_lr}
+        self.save(metrics=False)
 
     @torch.no_grad()
     def evaluate(self, epoch: int | None = None) -> dict:
@@ -198,11 +266,46 @@ class Trainer:
         self.maybe_resume()
         for cb in self.callbacks:
             cb.on_fit_start(self)
+        try:
+            with self.stop_signals():
+                return self._fit()
+        finally:
+            for cb in self.callbacks:
+                cb.on_fit_end(self)
+
+    @contextmanager
+    def stop_signals(self):
+        """SIGTERM (what SLURM sends before a preemption or the time limit) and Ctrl-C ask
+        the loop to stop after the current step and checkpoint there; a second Ctrl-C
+        stops at once. Only in the main thread, where Python delivers signals."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def ask_to_stop(signum, frame):
+            if self.stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop_signal = signal.Signals(signum).name
+            log.warning("%s received: stopping after this step and saving a checkpoint "
+                        "(Ctrl-C again to stop at once)", self.stop_signal)
+
+        previous = {s: signal.signal(s, ask_to_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _fit(self) -> list[dict]:
         epochs = tqdm(range(self.epoch + 1, self.epochs + 1), desc="epochs", initial=self.epoch,
                       total=self.epochs, disable=not self.progress, dynamic_ncols=True)
         for epoch in epochs:
             t0 = time.perf_counter()
-            lr = self.optimizer.param_groups[0]["lr"]
+            resumed = self.in_progress if self.in_progress and self.in_progress["epoch"] == epoch else None
+            # The epoch's row reports its starting lr and its whole time, across a resume.
+            lr = resumed["lr"] if resumed else self.optimizer.param_groups[0]["lr"]
+            t0 -= resumed["seconds"] if resumed else 0.0
+            self.epoch_lr = lr
             row = {"epoch": epoch, "lr": lr, **self.train_epoch(epoch), **self.evaluate(epoch)}
             self.epoch = epoch
             for cb in self.callbacks:
@@ -210,6 +313,8 @@ class Trainer:
             row["epoch_time_s"] = time.perf_counter() - t0
             self.history.append(row)
             self.save()
+            for cb in self.callbacks:
+                cb.on_epoch_logged(self, row)
             shown = " ".join(f"{k} {row[k]:.4g}" for k in self.task.log_keys if k in row)
             msg = f"epoch {epoch}/{self.epochs} {shown} ({row['epoch_time_s']:.1f}s)"
             if self.progress and self.task.metric in row:
