@@ -6,11 +6,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
-try:
-    from tests.fabricate import make_fc_grid, make_nerf_run, make_run, make_shape_run
-except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from fabricate import make_fc_grid, make_nerf_run, make_run, make_shape_run
+from fabricate import (  # tests/ is on sys.path under pytest
+    make_fc_grid,
+    make_nerf_run,
+    make_run,
+    make_shape_run,
+)
 
 from wcnorm.report.claims import (
     ALIASES,

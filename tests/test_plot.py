@@ -4,27 +4,15 @@ import shutil
 
 import matplotlib.image as mpimg
 import pytest
-
-try:
-    from tests.fabricate import (
-        make_fc_grid,
-        make_nerf_grid,
-        make_nerf_run,
-        make_run,
-        make_shape_grid,
-        make_shape_run,
-        make_wc_grid,
-    )
-except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from fabricate import (
-        make_fc_grid,
-        make_nerf_grid,
-        make_nerf_run,
-        make_run,
-        make_shape_grid,
-        make_shape_run,
-        make_wc_grid,
-    )
+from fabricate import (
+    make_fc_grid,
+    make_nerf_grid,
+    make_nerf_run,
+    make_run,
+    make_shape_grid,
+    make_shape_run,
+    make_wc_grid,
+)  # tests/ is on sys.path under pytest
 
 from wcnorm.report.plot import (
     gallery_rows,

@@ -7,27 +7,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
-try:
-    from tests.fabricate import (
-        make_fc_grid,
-        make_nerf_grid,
-        make_nerf_run,
-        make_run,
-        make_shape_grid,
-        make_shape_run,
-        make_wc_grid,
-    )
-except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from fabricate import (
-        make_fc_grid,
-        make_nerf_grid,
-        make_nerf_run,
-        make_run,
-        make_shape_grid,
-        make_shape_run,
-        make_wc_grid,
-    )
+from fabricate import (
+    make_fc_grid,
+    make_nerf_grid,
+    make_nerf_run,
+    make_run,
+    make_shape_grid,
+    make_shape_run,
+    make_wc_grid,
+)  # tests/ is on sys.path under pytest
 
 from wcnorm.report.runs import find_runs, load_conditioning, load_curves, load_runs
 from wcnorm.report.table import BEST_METRIC, build_table, main, write_table
