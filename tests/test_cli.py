@@ -85,3 +85,29 @@ def test_tab_completion_completes_train_overrides(tmp_path):
                           env={"PATH": str(Path(WCNORM).parent) + ":/usr/bin:/bin", "COMP_LINE": line,
                                "COMP_POINT": str(len(line))})
     assert set(proc.stdout.split()) >= {"norm=bn_wc", "norm=bn_e", "norm=bn_enorm"}
+
+
+# ----------------------------------------------------------------------------- `wcnorm ... | head`
+
+
+def _cut_short(*args, cwd, lines: int) -> subprocess.CompletedProcess:
+    """Run wcnorm into a pipe whose reader closes it after `lines` lines, as `| head` does."""
+    proc = subprocess.Popen([WCNORM, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={"PATH": str(Path(WCNORM).parent) + ":/usr/bin:/bin", "CI": "1"})
+    for _ in range(lines):
+        proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    return subprocess.CompletedProcess(proc.args, proc.wait(timeout=300), "", err)
+
+
+@pytest.mark.parametrize("args", [("--help",), ("train", "--help"), ("train", "--cfg", "job")])
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path, args):
+    proc = _cut_short(*args, cwd=tmp_path, lines=0)
+    assert proc.returncode == 141 and proc.stderr == ""  # 128 + SIGPIPE, as for `yes | head`
+
+
+def test_a_run_whose_log_reader_has_gone_stops_quietly(tmp_path):
+    proc = _cut_short("train", *SMOKE, "trainer.epochs=3", "out_dir=out", cwd=tmp_path, lines=1)
+    assert proc.returncode == 141
+    assert "Traceback" not in proc.stderr and "Logging error" not in proc.stderr and "BrokenPipe" not in proc.stderr

@@ -72,6 +72,9 @@ def test_wc_options_override_from_the_command_line():
     ("norm.enorm.c=0", "norm.enorm.c"),
     ("norm.enorm.cuda_graph=maybe", "norm.enorm.cuda_graph"),
     ("trainer.device=tpu", "trainer.device"),
+    ("dataset.val_split=1", "dataset.val_split=1: must be a fraction in"),
+    ("dataset.val_split=-0.1", "dataset.val_split=-0.1"),
+    ("dataset.val_split=half", "dataset.val_split='half'"),
     pytest.param("trainer.device=cuda", "CUDA is not available",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
 ])

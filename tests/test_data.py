@@ -21,7 +21,9 @@ from wcnorm.data import (
     epoch_seed,
     load_dataset,
     make_loaders,
+    make_val_loader,
     random_crop,
+    split_indices,
     synthetic_split,
 )
 from wcnorm.errors import ConfigError, DatasetUnavailable
@@ -254,3 +256,79 @@ def test_make_loaders_passes_the_training_device_when_data_stays_on_the_host():
         assert loader.x.device.type == "cpu"
         x, y = next(iter(loader))
         assert x.device.type == "meta" and y.device.type == "meta"
+
+
+# ----------------------------------------------------------------------------- validation split
+
+
+def _rows(split) -> set[bytes]:
+    """Each example as bytes (image and label): what set operations compare."""
+    return {x.numpy().tobytes() + bytes([int(y)]) for x, y in zip(split.x, split.y)}
+
+
+def test_split_indices_hold_out_an_exact_stratified_seeded_share():
+    labels = torch.arange(1000) % 7
+    kept, held = split_indices(labels, 0.2)
+    assert len(held) == 200 and len(kept) == 800
+    assert set(kept.tolist()).isdisjoint(held.tolist()) and set(kept.tolist()) | set(held.tolist()) == set(range(1000))
+    per_class = torch.bincount(labels[held], minlength=7)
+    expected = torch.bincount(labels, minlength=7) * 0.2
+    assert (per_class - expected).abs().max() <= 1  # every class gives its share
+    again = split_indices(labels, 0.2)
+    assert torch.equal(kept, again[0]) and torch.equal(held, again[1])  # seeded: the same split twice
+
+
+@pytest.mark.parametrize("fraction", [0.0001, 0.9999])
+def test_a_split_that_leaves_a_side_empty_is_refused(fraction):
+    with pytest.raises(ConfigError, match="val_split"):
+        split_indices(torch.arange(100) % 2, fraction)
+
+
+def test_digits_val_split_comes_out_of_training_and_never_the_test_set():
+    whole = load_dataset(dataset_cfg("digits"))
+    d = load_dataset(dataset_cfg("digits", val_split=0.25))
+    assert len(d.val) == round(len(whole.train) * 0.25) and len(d.train) + len(d.val) == len(whole.train)
+    assert _rows(d.train).isdisjoint(_rows(d.val)) and _rows(d.train) | _rows(d.val) == _rows(whole.train)
+    assert torch.equal(d.test.x, whole.test.x) and torch.equal(d.test.y, whole.test.y)  # untouched
+    assert whole.val is None
+    again = load_dataset(dataset_cfg("digits", val_split=0.25))
+    assert torch.equal(d.val.x, again.val.x) and torch.equal(d.val.y, again.val.y)  # the same split twice
+    assert set(d.val.y.tolist()) == set(range(10))  # stratified: every class is validated
+    # statistics from the images trained on
+    assert d.mean == pytest.approx(tuple(d.train.x.float().div(255).mean(dim=(0, 2, 3)).tolist()), rel=1e-5)
+
+
+def test_the_val_loader_evaluates_the_held_out_images_in_order_without_augmentation():
+    d = load_dataset(dataset_cfg("synthetic", train_size=40, test_size=8, image_size=8, val_split=0.25, augment=True))
+    cfg = compose_cfg(["dataset=synthetic", "trainer.batch_size=4", "trainer.limit_eval_batches=null"])
+    kw = dict(device="cpu", data_on_device=False)
+    val = make_val_loader(d, cfg.trainer, **kw)
+    assert not val.train and not val.augment
+    batches = list(val)
+    assert sum(len(y) for _, y in batches) == len(d.val) == 10
+    assert torch.equal(torch.cat([y for _, y in batches]), d.val.y)
+    assert [y.tolist() for _, y in val] == [y.tolist() for _, y in batches]  # every epoch the same
+    none = load_dataset(dataset_cfg("synthetic", train_size=40, test_size=8, image_size=8))
+    assert none.val is None and make_val_loader(none, cfg.trainer, **kw) is None
+    train, test = make_loaders(d, cfg.dataset, cfg.trainer, device="cpu", seed=0, data_on_device=False)
+    assert len(train.y) == 30 and len(test.y) == 8  # make_loaders: training without the held-out part
+
+
+def test_imagefolder_val_split_reads_training_images_with_the_eval_transform(tmp_path):
+    _image_folder(tmp_path, n=10)
+    whole = load_dataset(dataset_cfg("imagefolder", root=str(tmp_path), image_size=16))
+    d = load_dataset(dataset_cfg("imagefolder", root=str(tmp_path), image_size=16, val_split=0.2))
+    kept, held = set(d.train.indices), set(d.val.indices)
+    assert len(held) == 4 and kept.isdisjoint(held) and kept | held == set(range(20))
+    assert sorted(d.val.dataset.targets[i] for i in held) == [0, 0, 1, 1]  # stratified
+    assert [s for s, _ in d.test.samples] == [s for s, _ in whole.test.samples]  # the test set untouched
+    assert d.val.dataset.samples is d.train.dataset.samples  # one file list, read twice
+    x1, _ = d.val[0]
+    x2, _ = d.val[0]
+    assert torch.equal(x1, x2)  # no random crop or flip on validation images
+    assert d.classes == ["cat", "dog"] and d.num_classes == 2
+    cfg = compose_cfg(["trainer.batch_size=2", "trainer.num_workers=0", "trainer.limit_eval_batches=null"])
+    val = make_val_loader(d, cfg.trainer, device="cpu", data_on_device=False)
+    assert sum(len(y) for _, y in val) == 4
+    again = load_dataset(dataset_cfg("imagefolder", root=str(tmp_path), image_size=16, val_split=0.2))
+    assert again.val.indices == d.val.indices  # seeded

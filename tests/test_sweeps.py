@@ -4,15 +4,21 @@ the cluster launcher configs; a clear message when a launcher's plugin is absent
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.types import RunMode
 
 from wcnorm import cli
+from wcnorm.training.sweep import invalid_jobs, job_overrides
 
 WCNORM = shutil.which("wcnorm") or str(Path(sys.executable).parent / "wcnorm")
 SMOKE = ["dataset=synthetic", "model=enorm_fc", "dataset.image_size=8", "dataset.train_size=64",
@@ -20,11 +26,11 @@ SMOKE = ["dataset=synthetic", "model=enorm_fc", "dataset.image_size=8", "dataset
          "diagnostics.conditioning=false", "out_dir=out"]
 
 
-def wcnorm(*args, cwd) -> str:
+def wcnorm(*args, cwd, status: int = 0) -> str:
     proc = subprocess.run([WCNORM, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
                           env={"PATH": str(Path(WCNORM).parent) + ":/usr/bin:/bin", "CI": "1", "OMP_NUM_THREADS": "1"})
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"wcnorm {' '.join(args)} failed ({proc.returncode}):\n{out}"
+    assert proc.returncode == status, f"wcnorm {' '.join(args)} exited {proc.returncode}, not {status}:\n{out}"
     return out
 
 
@@ -110,3 +116,100 @@ def test_a_launcher_without_its_plugin_says_what_to_install(monkeypatch, capsys,
 def test_launchers_that_need_no_plugin_pass_the_check():
     assert cli.missing_launcher_plugin(["hydra/launcher=basic", "seed=0,1"]) is None
     assert cli.missing_launcher_plugin(["model=resnet18"]) is None
+
+
+# ----------------------------------------------------------------------------- a bad job in a sweep
+
+
+def _npz_files(folder: Path) -> None:
+    """good.npz (8 px images) and garbage.npz (not an archive: fails when the job loads it)."""
+    rng = np.random.default_rng(0)
+    np.savez(folder / "good.npz", x_train=rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8), y_train=np.arange(64) % 4,
+             x_test=rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8), y_test=np.arange(16) % 4)
+    (folder / "garbage.npz").write_bytes(b"not an archive")
+
+
+# Four jobs: #0 invalid (epochs=0), #1 fails at run time (garbage data), #2 invalid, #3 trains.
+# The bad ones come first: before, the first one's sys.exit ended the sweep there.
+BAD_SWEEP = ["dataset=npz", "model=enorm_fc", "dataset.image_size=8", "trainer.device=cpu", "trainer.batch_size=16",
+             "diagnostics.conditioning=false", "out_dir=out", "dataset.path=garbage.npz,good.npz", "trainer.epochs=0,1"]
+
+
+def _check_bad_sweep(log: str, root: Path) -> None:
+    [result] = root.rglob("result.json")  # the good job trained, after three bad ones
+    assert "good.npz" in (result.parent / "config.yaml").read_text()
+    # every invalid job listed before any job started, with its own overrides
+    precheck, _, rest = log.partition("2 of 4 jobs of this sweep are invalid")
+    assert rest and "Launching" not in precheck and rest.index("Launching") > rest.index("#2")
+    assert "#0 dataset.path=garbage.npz trainer.epochs=0:" in rest and "#2 dataset.path=good.npz trainer.epochs=0:" in rest
+    # the summary at the end: which failed, why, where their logs are
+    summary = log[log.index("3 of 4 jobs failed"):]
+    [sweep_dir] = (root / ".sweeps").iterdir()
+    for num, job, why in [(0, "garbage.npz trainer.epochs=0", "trainer.epochs=0: must be a positive integer"),
+                          (1, "garbage.npz trainer.epochs=1", "'garbage.npz': not an .npz archive"),
+                          (2, "good.npz trainer.epochs=0", "trainer.epochs=0: must be a positive integer")]:
+        entry = summary.split(f"  #{num} dataset.path={job}:\n")[1].split("log:")[0]
+        assert why in entry, summary
+        assert f"log: {(sweep_dir / str(num) / 'job.log').resolve()}" in summary
+        assert why in (sweep_dir / str(num) / "job.log").read_text()
+        assert json.loads((sweep_dir / str(num) / "job.json").read_text())["status"] == "failed"
+    assert "#3" not in summary
+    assert json.loads((sweep_dir / "3" / "job.json").read_text())["status"] == "finished"
+    assert "epoch 1/1" in (sweep_dir / "3" / "job.log").read_text()
+    assert "Traceback" not in log
+
+
+def test_a_bad_job_does_not_stop_a_sweep_and_is_reported(tmp_path):
+    _npz_files(tmp_path)
+    log = wcnorm("train", "-m", *BAD_SWEEP, cwd=tmp_path, status=1)
+    _check_bad_sweep(log, tmp_path / "out")
+
+
+def test_a_bad_job_does_not_stop_a_parallel_sweep(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    _npz_files(tmp_path)
+    log = wcnorm("train", "-m", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2", *BAD_SWEEP,
+                 cwd=tmp_path, status=1)
+    _check_bad_sweep(log, tmp_path / "out")
+
+
+def test_a_sweep_that_cannot_be_composed_lists_every_bad_job_and_starts_none(tmp_path):
+    log = wcnorm("train", "-m", *SMOKE, "model=enorm_fc,resnet1000", "trainer.epochs=1,0", cwd=tmp_path, status=1)
+    assert "3 of 4 jobs of this sweep are invalid" in log and "no job starts" in log
+    assert "#1 model=enorm_fc trainer.epochs=0:" in log
+    assert "#2 model=resnet1000 trainer.epochs=1:" in log and "#3 model=resnet1000 trainer.epochs=0:" in log
+    assert "Could not find 'model/resnet1000'" in log and "resnet18" in log
+    assert not (tmp_path / "out").exists()
+
+
+def _sweep(*overrides: str):
+    """(jobs, invalid jobs) of `wcnorm train -m <overrides>`, from the sweep config Hydra makes."""
+    with initialize_config_module(config_module="wcnorm.conf", version_base="1.3"):
+        config = GlobalHydra.instance().hydra.compose_config("train", list(overrides), run_mode=RunMode.MULTIRUN)
+        jobs = job_overrides(config)
+        return jobs, invalid_jobs(config, jobs)
+
+
+def test_the_jobs_are_those_the_basic_sweeper_launches_in_its_order():
+    jobs, bad = _sweep("experiment=demo", "seed=0,1", "trainer.epochs=2")
+    # the preset's hydra.sweeper.params first, then the command line: the job numbers Hydra gives
+    assert [[o for o in job if o.split("=")[0] in ("norm", "seed")] for job in jobs] == [
+        [f"norm={n}", f"seed={s}"] for n in ("bn", "bn_wc", "enorm") for s in (0, 1)]
+    assert all("trainer.epochs=2" in job for job in jobs) and bad == []
+
+
+def test_each_bad_job_is_named_with_all_its_problems():
+    jobs, bad = _sweep(*SMOKE, "trainer.epochs=1,0", "trainer.batch_size=16,1", "+trainer.epoch=3")
+    assert len(jobs) == 4 and [b.num for b in bad] == [0, 1, 2, 3]  # +trainer.epoch: every job
+    [job3] = [b for b in bad if b.num == 3]
+    assert any("trainer.epochs=0" in p for p in job3.problems) and any("batch_size=1" in p for p in job3.problems)
+    assert any("did you mean trainer.epochs?" in p for p in job3.problems) and job3.composes
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_jobs_for_other_machines_are_not_judged_by_this_one():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    _, here = _sweep(*SMOKE, "trainer.device=cuda", "seed=0,1")
+    assert [b.num for b in here] == [0, 1] and "CUDA is not available" in here[0].problems[0]
+    _, cluster = _sweep("hydra/launcher=slurm", *SMOKE, "trainer.device=cuda", "seed=0,1")
+    assert cluster == []  # the cluster's nodes have GPUs; this login node need not

@@ -7,6 +7,7 @@ completion); the others are plain argparse tools that read run directories.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 COMMANDS = {
@@ -32,6 +33,38 @@ USAGE = "usage: wcnorm <command> [args]\n\ncommands:\n" + "\n".join(
 LAUNCHER_PLUGINS = {
     name: ("hydra_submitit_launcher", "hydra-submitit-launcher") for name in ("slurm", "submitit_slurm", "submitit_local")
 } | {name: ("hydra_joblib_launcher", "hydra-joblib-launcher") for name in ("local_parallel", "joblib")}
+
+
+# What a process killed by SIGPIPE reports (128 + 13): `wcnorm ... | head` ends as any
+# other command cut short by its reader does, also under `set -o pipefail`.
+BROKEN_PIPE_STATUS = 141
+
+
+class StdoutClosed(BrokenPipeError):
+    """A log record could not be written: the reader of stdout has gone."""
+
+
+def _stdout_closed() -> int:
+    """Stop quietly once stdout's reader has gone. Python flushes stdout again at exit
+    and would report that failure too: point stdout at the null device first."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return BROKEN_PIPE_STATUS
+
+
+def _stop_logging_into_a_closed_stdout() -> None:
+    """Make a log record that cannot reach stdout raise StdoutClosed: `logging` would
+    print a traceback of its own for every record, and the run would go on."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+            handle_error = handler.handleError
+
+            def raise_if_closed(record, handle_error=handle_error):
+                if isinstance(sys.exc_info()[1], BrokenPipeError):
+                    raise StdoutClosed() from sys.exc_info()[1]
+                handle_error(record)
+
+            handler.handleError = raise_if_closed
 
 
 def missing_launcher_plugin(argv: list[str]) -> str | None:
@@ -63,15 +96,21 @@ def _train(argv: list[str]) -> int:
     import hydra
     from omegaconf import DictConfig
 
-    from .errors import WcnormError
-    from .models import ModelConfigError
+    from .training.sweep import USER_ERRORS, in_multirun, job_failed
     from .training.train import train
 
     @hydra.main(config_path="pkg://wcnorm.conf", config_name="train", version_base="1.3")
-    def app(cfg: DictConfig) -> None:
+    def app(cfg: DictConfig):
+        _stop_logging_into_a_closed_stdout()
         try:
-            train(cfg)
-        except (WcnormError, ModelConfigError) as err:
+            return train(cfg)
+        except StdoutClosed:
+            raise SystemExit(_stdout_closed()) from None
+        except Exception as err:
+            if in_multirun():  # recorded as this job's failure; the sweep goes on
+                return job_failed(err)
+            if not isinstance(err, USER_ERRORS):
+                raise
             logging.getLogger("wcnorm").error("%s", err)
             sys.exit(1)
 
@@ -108,6 +147,16 @@ def _complete(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:  # flushed here (also on Hydra's sys.exit), where a closed pipe can be caught
+            sys.stdout.flush()
+    except BrokenPipeError:  # `wcnorm ... | head`: the reader has all it wanted
+        return _stdout_closed()
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)

@@ -12,26 +12,40 @@ Two kinds of data, two loaders:
 Every random choice of an epoch (order, crops, flips) is drawn from a generator
 seeded by (seed, epoch), so a resumed run sees exactly the batches an uninterrupted
 run would have seen.
+
+`dataset.val_split` holds a fraction of the TRAINING set out as a validation set
+(stratified, the same examples for every run seed); the test set is never touched.
 """
 
 from __future__ import annotations
 
+import copy
+import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, RandomSampler, Subset
 from torchvision import datasets, transforms
 
-from .errors import ConfigError, DatasetUnavailable
+from .errors import ConfigError, DatasetUnavailable, WcnormError
 
 ARRAY_DATASETS = ("cifar10", "cifar100", "npz", "digits", "synthetic")
 FOLDER_DATASETS = ("imagenet", "imagefolder")
 DATASETS = ARRAY_DATASETS + FOLDER_DATASETS
 
 OFFLINE_HINT = "To run offline right now, use `dataset=digits` (bundled, no download)."
+
+# The validation split is drawn once from this seed, not from the run's: runs with
+# different seeds (and different methods) are validated on the same examples.
+VAL_SPLIT_SEED = 0
+
+
+class UnreadableImage(WcnormError):
+    """An image file of an ImageFolder tree that cannot be decoded (corrupt or truncated)."""
 
 
 @dataclass
@@ -54,6 +68,7 @@ class DataBundle:
     train: ArraySplit | torch.utils.data.Dataset
     test: ArraySplit | torch.utils.data.Dataset
     classes: list[str] | None = None
+    val: ArraySplit | torch.utils.data.Dataset | None = None  # held out of train (dataset.val_split)
 
     @property
     def is_array(self) -> bool:
@@ -81,7 +96,8 @@ def load_dataset(cfg) -> DataBundle:
 
 
 def _bundle(cfg, train: ArraySplit, test: ArraySplit, classes=None) -> DataBundle:
-    """Finish an array dataset: check shapes, fill in class count and channel stats."""
+    """Finish an array dataset: check shapes, fill in class count and channel stats,
+    hold out the validation split."""
     c, h, w = train.x.shape[1:]
     if h != w or h != cfg.image_size or c != cfg.in_channels:
         raise ConfigError(
@@ -93,6 +109,10 @@ def _bundle(cfg, train: ArraySplit, test: ArraySplit, classes=None) -> DataBundl
     num_classes = num_classes or int(max(train.y.max(), test.y.max())) + 1
     if int(max(train.y.max(), test.y.max())) >= num_classes or int(min(train.y.min(), test.y.min())) < 0:
         raise ConfigError(f"dataset '{cfg.name}': labels must lie in [0, {num_classes})")
+    val = None
+    if cfg.val_split:
+        keep, held = split_indices(train.y, cfg.val_split, what=f"dataset '{cfg.name}'")
+        train, val = ArraySplit(train.x[keep], train.y[keep]), ArraySplit(train.x[held], train.y[held])
     mean, std = cfg.get("mean"), cfg.get("std")
     if not (mean and std):  # the training images' channel statistics, where the config has none
         xf = train.x.float().div_(255)
@@ -100,8 +120,28 @@ def _bundle(cfg, train: ArraySplit, test: ArraySplit, classes=None) -> DataBundl
         std = std or xf.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
     return DataBundle(
         cfg.name, int(num_classes), h, c, tuple(mean), tuple(std), train, test,
-        list(classes) if classes is not None else None,
+        list(classes) if classes is not None else None, val,
     )
+
+
+def split_indices(labels: torch.Tensor, fraction: float, *, what: str = "the dataset"):
+    """(kept, held-out) indices: round(fraction * N) examples held out, stratified.
+
+    The examples are put in a random order (seeded by VAL_SPLIT_SEED), grouped by
+    class, and every (N / held)-th one is taken: each class gives its share to within
+    one example, and the total is exact."""
+    labels = torch.as_tensor(labels)
+    n = len(labels)
+    n_held = round(n * fraction)
+    if not 0 < n_held < n:
+        raise ConfigError(f"{what}: dataset.val_split={fraction} of its {n} training examples "
+                          f"holds out {n_held}; choose a fraction that leaves at least one on each side")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
+    order = order[torch.sort(labels[order], stable=True).indices]
+    held = order[(2 * torch.arange(n_held) + 1) * n // (2 * n_held)]  # centres of N / held strides
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[held] = True
+    return (~mask).nonzero().squeeze(1), mask.nonzero().squeeze(1)
 
 
 def _nhwc_split(x, y) -> ArraySplit:
@@ -131,17 +171,87 @@ def _load_cifar(cfg) -> DataBundle:
     return _bundle(cfg, _nhwc_split(train.data, train.targets), _nhwc_split(test.data, test.targets), train.classes)
 
 
+NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+ZIP_MAGIC, NPY_MAGIC = b"PK\x03\x04", b"\x93NUMPY"  # an .npz is a zip archive of .npy files
+
+
 def _load_npz(cfg) -> DataBundle:
     path = Path(cfg.path).expanduser()
     if not path.is_file():
         raise DatasetUnavailable(f"npz dataset: no file '{path.resolve()}' (set dataset.path=...). {OFFLINE_HINT}")
-    with np.load(path, allow_pickle=False) as z:
-        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z]
+    where = f"npz dataset '{path}'"
+    with _open_npz(path, where) as z:
+        missing = [k for k in NPZ_ARRAYS if k not in z]
         if missing:
-            raise ConfigError(f"npz dataset '{path}': missing arrays {missing}; it has {list(z.keys())}")
-        classes = [str(c) for c in z["classes"]] if "classes" in z else None
-        train, test = _nhwc_split(z["x_train"], z["y_train"]), _nhwc_split(z["x_test"], z["y_test"])
+            raise ConfigError(f"{where}: missing arrays {missing}; it has {list(z.keys())}")
+        arrays = {k: _npz_array(z, k, where) for k in (*NPZ_ARRAYS, "classes") if k in z}
+    classes = [str(c) for c in arrays["classes"]] if "classes" in arrays else None
+    train, test = (_npz_split(arrays, part, where) for part in ("train", "test"))
     return _bundle(cfg, train, test, classes)
+
+
+def _open_npz(path: Path, where: str):
+    with path.open("rb") as f:
+        magic = f.read(len(NPY_MAGIC))
+    # np.load takes any other file for a pickle, and would answer with advice about
+    # allow_pickle; a data file is never unpickled here, so say what the file is instead.
+    if magic.startswith(NPY_MAGIC):
+        raise ConfigError(f"{where}: this is a single .npy array, not an .npz archive; save the arrays "
+                          f"with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)")
+    if not magic.startswith(ZIP_MAGIC):
+        raise ConfigError(f"{where}: not an .npz archive (an .npz is a zip of arrays, made with np.savez); "
+                          f"save the arrays with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise ConfigError(f"{where}: the archive cannot be read ({type(err).__name__}); "
+                          f"is it truncated or corrupt? save it again with np.savez") from err
+
+
+def _npz_array(z, key: str, where: str) -> np.ndarray:
+    try:
+        return z[key]
+    except ValueError as err:
+        if "pickle" in str(err):  # an array of Python objects: reading it would mean unpickling
+            raise ConfigError(f"{where}: '{key}' holds Python objects (dtype=object), which are never "
+                              f"unpickled; save it as a numeric (or, for classes, string) array") from err
+        raise ConfigError(f"{where}: '{key}' cannot be read ({type(err).__name__}: {err})") from err
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ConfigError(f"{where}: '{key}' cannot be read ({type(err).__name__}: {err}); "
+                          f"is the archive truncated? save it again with np.savez") from err
+
+
+def _npz_split(arrays: dict, part: str, where: str) -> ArraySplit:
+    """One split of an npz dataset, checked: N x H x W x C uint8 images, N integer labels."""
+    xk, yk = f"x_{part}", f"y_{part}"
+    x, y = arrays[xk], arrays[yk]
+    if x.ndim == 3:
+        raise ConfigError(f"{where}: {xk} has shape {x.shape}, N x H x W without channels; wcnorm reads "
+                          f"N x H x W x C: add the channel axis, {xk}[..., None]")
+    if x.ndim != 4:
+        raise ConfigError(f"{where}: {xk} has shape {x.shape}; images must be N x H x W x C")
+    n, a, b, c = x.shape
+    if a != b and b == c:  # square images stored channels first
+        raise ConfigError(f"{where}: {xk} has shape {x.shape}, which is N x C x H x W (channels first); "
+                          f"wcnorm reads N x H x W x C: transpose it, {xk}.transpose(0, 2, 3, 1)")
+    if x.dtype != np.uint8:
+        hint = f" (images in [0, 1]: ({xk} * 255).round().astype(np.uint8))" if x.dtype.kind == "f" else ""
+        raise ConfigError(f"{where}: {xk} is {x.dtype}; images must be uint8 in 0..255{hint}")
+    if y.ndim != 1:
+        hint = f"; one-hot labels: {yk}.argmax(1)" if y.ndim == 2 else ""
+        raise ConfigError(f"{where}: {yk} has shape {y.shape}; labels must be N class indices{hint}")
+    if n != len(y):
+        raise ConfigError(f"{where}: {xk} has {n} images but {yk} has {len(y)} labels")
+    if n == 0:
+        raise ConfigError(f"{where}: {xk} and {yk} are empty")
+    if y.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
+        if len(bad):
+            raise ConfigError(f"{where}: {yk} holds labels that are not whole numbers ({y[bad[0]]:g} at "
+                              f"index {bad[0]}, {len(bad)} in all); labels are class indices 0..K-1")
+    elif y.dtype.kind not in "iub":
+        raise ConfigError(f"{where}: {yk} is {y.dtype}; labels must be integer class indices")
+    return _nhwc_split(x, y.astype(np.int64))
 
 
 def _load_digits(cfg) -> DataBundle:
@@ -182,6 +292,30 @@ def _folder_split(root: Path, names: tuple[str, ...]) -> Path | None:
     return next((root / n for n in names if (root / n).is_dir()), None)
 
 
+def read_image(path: str):
+    """torchvision's image loader, naming the file when it cannot be decoded."""
+    try:
+        return datasets.folder.default_loader(path)
+    except (OSError, ValueError, SyntaxError) as err:  # what PIL raises for broken files
+        raise UnreadableImage(f"cannot read the image '{path}' ({type(err).__name__}: {err}): the file "
+                              f"is corrupt or truncated; replace or remove it") from err
+
+
+def _image_folder(split_dir: Path, transform, name: str) -> datasets.ImageFolder:
+    try:
+        return datasets.ImageFolder(str(split_dir), transform, loader=read_image)
+    except FileNotFoundError as err:  # torchvision's words for a class folder without images
+        empty = [d.name for d in sorted(split_dir.iterdir()) if d.is_dir() and not any(
+            datasets.folder.has_file_allowed_extension(f, datasets.folder.IMG_EXTENSIONS)
+            for _, _, files in os.walk(d, followlinks=True) for f in files)]
+        found = (f"class folders without images: {', '.join(empty)}" if empty
+                 else "no class folders (expected <class>/<image> inside)")
+        raise ConfigError(
+            f"{name}: '{split_dir}' has {found}; every class folder of train/ and "
+            f"val/ (or test/) needs at least one image ({' '.join(datasets.folder.IMG_EXTENSIONS)})"
+        ) from err
+
+
 def _load_folder(cfg) -> DataBundle:
     root = Path(cfg.root).expanduser()
     train_dir, test_dir = _folder_split(root, ("train",)), _folder_split(root, ("val", "test"))
@@ -196,16 +330,23 @@ def _load_folder(cfg) -> DataBundle:
     norm = transforms.Normalize(cfg.mean, cfg.std)
     aug = [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()] if cfg.augment else [
         transforms.Resize(size), transforms.CenterCrop(size)]
-    train = datasets.ImageFolder(str(train_dir), transforms.Compose([*aug, transforms.ToTensor(), norm]))
     # The classic eval transform: resize to 256/224 of the size, centre crop.
-    test = datasets.ImageFolder(str(test_dir), transforms.Compose([
-        transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size), transforms.ToTensor(), norm]))
+    evaluation = transforms.Compose([
+        transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size), transforms.ToTensor(), norm])
+    train = _image_folder(train_dir, transforms.Compose([*aug, transforms.ToTensor(), norm]), cfg.name)
+    test = _image_folder(test_dir, evaluation, cfg.name)
     if train.classes != test.classes:
         raise ConfigError(f"{cfg.name}: train/ and {test_dir.name}/ have different class folders")
     n = cfg.get("num_classes") or len(train.classes)
     if n != len(train.classes):
         raise ConfigError(f"{cfg.name}: dataset.num_classes={n} but '{train_dir}' has {len(train.classes)} class folders")
-    return DataBundle(cfg.name, n, size, 3, tuple(cfg.mean), tuple(cfg.std), train, test, train.classes)
+    classes, val = train.classes, None
+    if cfg.val_split:
+        keep, held = split_indices(torch.as_tensor(train.targets), cfg.val_split, what=cfg.name)
+        plain = copy.copy(train)  # the same file list, read with the eval transform: no augmentation
+        plain.transform = evaluation
+        train, val = Subset(train, keep.tolist()), Subset(plain, held.tolist())
+    return DataBundle(cfg.name, n, size, 3, tuple(cfg.mean), tuple(cfg.std), train, test, classes, val)
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -323,13 +464,18 @@ class FolderLoader:
         return min(len(self.loader), self.limit) if self.limit else len(self.loader)
 
     def __iter__(self):
-        for b, (x, y) in enumerate(self.loader):
-            if b >= len(self):
-                break
-            x = x.to(self.device, non_blocking=True)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y.to(self.device, non_blocking=True)
+        try:
+            for b, (x, y) in enumerate(self.loader):
+                if b >= len(self):
+                    break
+                x = x.to(self.device, non_blocking=True)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                yield x, y.to(self.device, non_blocking=True)
+        except UnreadableImage as err:
+            # From a worker process the error comes back with the worker's traceback in
+            # its message; the last line is ours and names the file.
+            raise UnreadableImage(str(err).rpartition(f"{UnreadableImage.__name__}: ")[2].strip()) from None
 
 
 def make_loaders(data: DataBundle, dataset_cfg, trainer_cfg, *, device, seed: int, data_on_device: bool,
@@ -337,16 +483,34 @@ def make_loaders(data: DataBundle, dataset_cfg, trainer_cfg, *, device, seed: in
     """The (train, test) loaders for a bundle, following the dataset and trainer configs."""
     # batch sizes are global: each of `world_size` ranks takes an even share
     bs = int(trainer_cfg.batch_size) // world_size
-    ebs = max(1, int(trainer_cfg.eval_batch_size or 2 * trainer_cfg.batch_size) // world_size)
     common = dict(device=device, seed=seed, channels_last=channels_last, rank=rank, world_size=world_size)
     if data.is_array:
-        stats = dict(mean=data.mean, std=data.std, store_on_device=data_on_device)
         train = ArrayLoader(data.train, bs, train=True, augment=bool(dataset_cfg.augment),
-                            pad=int(dataset_cfg.get("crop_padding", 4)),
-                            limit=trainer_cfg.limit_batches, **stats, **common)
-        test = ArrayLoader(data.test, ebs, train=False, limit=trainer_cfg.limit_eval_batches, **stats, **common)
-        return train, test
-    workers = int(trainer_cfg.num_workers)
-    train = FolderLoader(data.train, bs, train=True, num_workers=workers, limit=trainer_cfg.limit_batches, **common)
-    test = FolderLoader(data.test, ebs, train=False, num_workers=workers, limit=trainer_cfg.limit_eval_batches, **common)
-    return train, test
+                            pad=int(dataset_cfg.get("crop_padding", 4)), limit=trainer_cfg.limit_batches,
+                            mean=data.mean, std=data.std, store_on_device=data_on_device, **common)
+    else:
+        train = FolderLoader(data.train, bs, train=True, num_workers=int(trainer_cfg.num_workers),
+                             limit=trainer_cfg.limit_batches, **common)
+    return train, _eval_loader(data, data.test, trainer_cfg, data_on_device=data_on_device, **common)
+
+
+def make_val_loader(data: DataBundle, trainer_cfg, *, device, data_on_device: bool, channels_last: bool = False,
+                    rank: int = 0, world_size: int = 1):
+    """The evaluation loader of the validation split (`dataset.val_split` of the training
+    set, see `split_indices`), or None when there is none. Like the test loader: no
+    augmentation, in order, `trainer.eval_batch_size`, `trainer.limit_eval_batches`."""
+    if data.val is None:
+        return None
+    # seed=0: evaluation draws nothing at random (fixed order, no augmentation)
+    return _eval_loader(data, data.val, trainer_cfg, device=device, seed=0, data_on_device=data_on_device,
+                        channels_last=channels_last, rank=rank, world_size=world_size)
+
+
+def _eval_loader(data: DataBundle, split, trainer_cfg, *, data_on_device: bool, world_size: int, **common):
+    ebs = max(1, int(trainer_cfg.eval_batch_size or 2 * trainer_cfg.batch_size) // world_size)
+    limit = trainer_cfg.limit_eval_batches
+    if data.is_array:
+        return ArrayLoader(split, ebs, train=False, limit=limit, mean=data.mean, std=data.std,
+                           store_on_device=data_on_device, world_size=world_size, **common)
+    return FolderLoader(split, ebs, train=False, num_workers=int(trainer_cfg.num_workers), limit=limit,
+                        world_size=world_size, **common)
