@@ -431,3 +431,14 @@ def test_a_data_problem_leaves_no_run_directory(cfg_factory, tmp_path):
     with pytest.raises(ConfigError, match="image_size"):
         train(cfg_factory(*npz, f"dataset.path={tmp_path / 'small.npz'}", "dataset.image_size=32"))
     assert not (tmp_path / "runs").exists()
+
+
+def test_new_options_at_their_neutral_value_keep_existing_run_directories():
+    # Recorded with wcnorm before model.width, dataset.val_split, trainer.checkpoint_every,
+    # trainer.restart and the logger group existed: those runs must still resume.
+    from conftest import compose_cfg
+
+    cfg = compose_cfg(["model=resnet18", "norm=bn_wc"], smoke=False)
+    assert run_dir_for(cfg).name == "seed0-937510ac"
+    wider = compose_cfg(["model=resnet18", "norm=bn_wc", "model.width=0.5"], smoke=False)
+    assert run_dir_for(wider).name != "seed0-937510ac"

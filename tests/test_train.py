@@ -1,6 +1,7 @@
 """The runner end to end, in process: outputs, resume, skip, divergence."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -165,3 +166,13 @@ def test_assemble_is_a_function_of_the_config(cfg_factory):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     other = assemble(cfg_factory(*FAST, "seed=4"), torch.device("cpu")).model.state_dict()
     assert not all(torch.equal(a[k], other[k]) for k in a)
+
+
+def test_a_validation_split_is_scored_beside_the_test_set(cfg_factory):
+    result = train(cfg_factory(*FAST, "dataset.val_split=0.25"))
+    rows = pd.read_csv(Path(result["run_dir"]) / "metrics.csv")
+    assert {"val_loss", "val_acc", "test_loss", "test_acc"} <= set(rows.columns)
+    assert 0 <= result["final_val_acc"] <= 100 and "final_test_acc" in result
+    without = train(cfg_factory(*FAST))
+    assert "final_val_acc" not in without
+    assert "val_acc" not in pd.read_csv(Path(without["run_dir"]) / "metrics.csv").columns

@@ -76,10 +76,28 @@ def _drop(d: dict, dotted: str) -> None:
         d.pop(leaf, None)
 
 
+# Options added after runs already existed, at the value that computes what those runs
+# computed: left out of the identity at that value, so an existing run directory keeps
+# its name (and resumes) when wcnorm gains an option.
+NEUTRAL_DEFAULTS = {"model.width": 1, "dataset.val_split": 0}
+
+
+def _get(d: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
 def config_identity(cfg: DictConfig) -> dict:
     ident = OmegaConf.to_container(cfg, resolve=True)
     for key in VOLATILE_KEYS:
         _drop(ident, key)
+    for key, neutral in NEUTRAL_DEFAULTS.items():
+        value = _get(ident, key)
+        if value is not None and not isinstance(value, bool) and value == neutral:
+            _drop(ident, key)
     return ident
 
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from ..data import ArrayLoader, DataBundle, FolderLoader, load_dataset, make_loaders
+from ..data import ArrayLoader, DataBundle, FolderLoader, load_dataset, make_loaders, make_val_loader
 from ..models import build_model
 from .base import Task, sums_tensor
 
@@ -40,12 +40,13 @@ def build_classifier(cfg: DictConfig, data: DataBundle) -> nn.Module:
 
 class Classification(Task):
     metric, higher_is_better, unit = "test_acc", True, "images"
-    log_keys = ("train_loss", "train_acc", "test_loss", "test_acc")
+    log_keys = ("train_loss", "train_acc", "val_acc", "test_loss", "test_acc")
 
     def __init__(self, data: DataBundle, model: nn.Module, train_loader: ArrayLoader | FolderLoader,
-                 test_loader: ArrayLoader | FolderLoader, *, label_smoothing: float = 0.0):
+                 test_loader: ArrayLoader | FolderLoader, *, label_smoothing: float = 0.0,
+                 val_loader: ArrayLoader | FolderLoader | None = None):
         self.data, self.model = data, model
-        self.train_loader, self.test_loader = train_loader, test_loader
+        self.train_loader, self.test_loader, self.val_loader = train_loader, test_loader, val_loader
         self.label_smoothing = float(label_smoothing)
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -60,9 +61,19 @@ class Classification(Task):
         return {"train_loss": sums[0].item() / n, "train_acc": 100 * sums[1].item() / n}
 
     def evaluate(self, model, *, autocast, reduce, epoch: int) -> dict:
-        self.test_loader.set_epoch(0)
+        """val_loss/val_acc on the validation split (`dataset.val_split`: held out of the
+        training set, the one to tune on), then test_loss/test_acc on the test split."""
+        scores = {}
+        if self.val_loader is not None:
+            scores |= {f"val_{k}": v for k, v in self.score(model, self.val_loader, autocast, reduce).items()}
+        scores |= {f"test_{k}": v for k, v in self.score(model, self.test_loader, autocast, reduce).items()}
+        return scores
+
+    @staticmethod
+    def score(model, loader, autocast, reduce) -> dict:
+        loader.set_epoch(0)
         sums = None
-        for x, y in self.test_loader:
+        for x, y in loader:
             with autocast():
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y, reduction="sum")
@@ -70,7 +81,7 @@ class Classification(Task):
             sums = batch if sums is None else sums + batch
         sums = reduce(sums)
         n = max(sums[2].item(), 1)
-        return {"test_loss": sums[0].item() / n, "test_acc": 100 * sums[1].item() / n}
+        return {"loss": sums[0].item() / n, "acc": 100 * sums[1].item() / n}
 
 
 def classification(cfg: DictConfig, device: torch.device, *, rank: int = 0, world_size: int = 1) -> Classification:
@@ -80,8 +91,11 @@ def classification(cfg: DictConfig, device: torch.device, *, rank: int = 0, worl
     channels_last = use_channels_last(cfg, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    on_device = keep_data_on_device(cfg, data, device)
     train_loader, test_loader = make_loaders(
-        data, cfg.dataset, cfg.trainer, device=device, seed=cfg.seed,
-        data_on_device=keep_data_on_device(cfg, data, device), channels_last=channels_last,
-        rank=rank, world_size=world_size)
-    return Classification(data, model, train_loader, test_loader, label_smoothing=cfg.trainer.label_smoothing)
+        data, cfg.dataset, cfg.trainer, device=device, seed=cfg.seed, data_on_device=on_device,
+        channels_last=channels_last, rank=rank, world_size=world_size)
+    val_loader = make_val_loader(data, cfg.trainer, device=device, data_on_device=on_device,
+                                 channels_last=channels_last, rank=rank, world_size=world_size)
+    return Classification(data, model, train_loader, test_loader, val_loader=val_loader,
+                          label_smoothing=cfg.trainer.label_smoothing)

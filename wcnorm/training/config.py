@@ -22,13 +22,15 @@ from ..methods.enorm import BN_MODES, ORDERS
 from ..methods.wc import P_VALUES, SIDES, parse_p
 from ..models import ModelConfigError, check_model
 from .optim import OPTIMIZERS, SCHEDULES
+from .trackers import check_trackers
 
 AMP_CHOICES = ("auto", True, False, "bf16", "fp16")
 
 # The config nodes that take keys they do not declare, added with `+`: a model's
 # options (`+model.depth=12`; each model lists its own, and `check_model` refuses the
-# rest). A `+key` anywhere else names a setting nothing reads: a typo, refused.
-OPEN_NODES = ("model",)
+# rest) and a tracker's (`+logger.wandb.notes=...`, passed to the tracker). A `+key`
+# anywhere else names a setting nothing reads: a typo, refused.
+OPEN_NODES = ("model", "logger")
 
 
 def _model_options(cfg: DictConfig) -> dict:
@@ -63,7 +65,8 @@ def problems(cfg: DictConfig, hydra: DictConfig | None = None, *, this_machine: 
     p: list[str] = []
     for key in ("trainer.epochs", "trainer.batch_size"):
         _positive_int(p, cfg, key)
-    for key in ("trainer.limit_batches", "trainer.limit_eval_batches", "trainer.eval_batch_size", "trainer.stop_after"):
+    for key in ("trainer.limit_batches", "trainer.limit_eval_batches", "trainer.eval_batch_size", "trainer.stop_after",
+                "trainer.checkpoint_every"):
         _positive_int(p, cfg, key, allow_none=True)
     if cfg.norm.act == "bn" and cfg.trainer.batch_size == 1:
         p.append("trainer.batch_size=1 with BatchNorm (norm.act=bn): a training batch of one example "
@@ -102,6 +105,7 @@ def problems(cfg: DictConfig, hydra: DictConfig | None = None, *, this_machine: 
         p.append(f"dataset.val_split={v!r}: must be a fraction in [0, 1) (0: no validation set)")
     p += _norm_problems(cfg)
     p += _added_key_problems(cfg, hydra)
+    p += check_trackers(cfg, this_machine=this_machine)
     try:
         check_model(cfg.model.name, image_size=cfg.dataset.image_size, act_norm=cfg.norm.act, **_model_options(cfg))
     except ModelConfigError as err:
