@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["PIXEL_CENTER", "NDC_NEAR", "pixel_directions", "camera_rays", "viewing_directions",
-           "ndc_rays"]
+__all__ = ["PIXEL_CENTER", "NDC_NEAR", "pixel_directions", "camera_rays", "pixel_rays",
+           "viewing_directions", "ndc_rays"]
 
 # A ray passes through the *centre* of its pixel (x + 0.5, y + 0.5). The NeRF paper's
 # code shoots through the pixel's corner (offset 0); the half-pixel shift is the
@@ -37,8 +37,13 @@ def pixel_directions(height: int, width: int, focal: float, *, dtype=torch.float
     Row ``j`` grows downwards in the image and camera y points up, hence the sign."""
     j, i = torch.meshgrid(torch.arange(height, dtype=dtype, device=device),
                           torch.arange(width, dtype=dtype, device=device), indexing="ij")
-    x = (i + PIXEL_CENTER - 0.5 * width) / focal
-    y = -(j + PIXEL_CENTER - 0.5 * height) / focal
+    return _directions(j, i, height, width, focal)
+
+
+def _directions(rows: Tensor, cols: Tensor, height: int, width: int, focal: float) -> Tensor:
+    """Camera-space directions through the centres of pixels (rows, cols), shape (..., 3)."""
+    x = (cols + PIXEL_CENTER - 0.5 * width) / focal
+    y = -(rows + PIXEL_CENTER - 0.5 * height) / focal
     return torch.stack([x, y, -torch.ones_like(x)], dim=-1)
 
 
@@ -52,6 +57,17 @@ def camera_rays(c2w: Tensor, height: int, width: int, focal: float) -> tuple[Ten
     directions = (rotation @ dirs[..., None]).squeeze(-1)
     origins = c2w[..., None, None, :3, 3].expand_as(directions)
     return origins, directions
+
+
+def pixel_rays(c2w: Tensor, rows: Tensor, cols: Tensor, height: int, width: int,
+               focal: float) -> tuple[Tensor, Tensor]:
+    """World-space (origins, directions) of single pixels: ray k passes through pixel
+    (rows[k], cols[k]) of camera ``c2w[k]``. ``c2w`` has shape (R, 3, 4) or (R, 4, 4),
+    ``rows`` and ``cols`` shape (R,); both outputs (R, 3). A batch of random training
+    rays, made where it is used without the rays of whole images."""
+    dirs = _directions(rows.to(c2w.dtype), cols.to(c2w.dtype), height, width, focal)
+    directions = (c2w[:, :3, :3] @ dirs[..., None]).squeeze(-1)
+    return c2w[:, :3, 3], directions
 
 
 def viewing_directions(directions: Tensor) -> Tensor:

@@ -37,7 +37,7 @@ from torch import Tensor
 from .rays import viewing_directions
 
 __all__ = ["Field", "LAST_DELTA", "PDF_PADDING", "Rendering", "RenderSettings",
-           "stratified_depths", "composite", "sample_pdf", "render_rays", "render_view"]
+           "stratified_depths", "composite", "sample_pdf", "render_rays", "final_pass", "render_view"]
 
 Field = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -173,6 +173,11 @@ def render_rays(coarse: Field, fine: Field | None, origins: Tensor, directions: 
     return out
 
 
+def final_pass(passes: dict[str, Rendering]) -> Rendering:
+    """The pass whose colour is the rendering's: the fine one, if there is one."""
+    return passes.get("fine", passes["coarse"])
+
+
 @torch.no_grad()
 def render_view(coarse: Field, fine: Field | None, origins: Tensor, directions: Tensor,
                 settings: RenderSettings, *, viewdirs: Tensor | None = None,
@@ -188,7 +193,7 @@ def render_view(coarse: Field, fine: Field | None, origins: Tensor, directions: 
         window = slice(start, start + chunk)
         passes = render_rays(coarse, fine, flat[0][window], flat[1][window], settings,
                              viewdirs=None if flat_viewdirs is None else flat_viewdirs[window])
-        final = passes["fine" if "fine" in passes else "coarse"]
+        final = final_pass(passes)
         for key in parts:
             parts[key].append(getattr(final, key))
     return {"rgb": torch.cat(parts["rgb"]).reshape(*shape, 3),

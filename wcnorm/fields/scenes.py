@@ -10,19 +10,24 @@ onto white (``rgb * alpha + 1 - alpha``), as in the NeRF paper, and then area-av
 by ``downscale``; focal = W / (2 tan(camera_angle_x / 2)) at the loaded width;
 near 2, far 6, white background.
 
-*LLFF* (``poses_bounds.npy`` + ``images_<downscale>/``, or ``images/`` resized): as
+*LLFF* (``poses_bounds.npy`` + ``images_<downscale>/``, or the images of the largest
+factor folder dividing ``downscale`` (``images/`` for the originals), resized): as
 the NeRF code's ``load_llff_data`` with its defaults. The poses' axes [down, right,
 back] become [right, up, back]; poses and bounds are scaled so that the nearest bound
 is 1 / 0.75 (so the NDC near plane at 1 lies in front of the scene); poses are
 recentred on their average pose. Every 8th view (0, 8, 16, ...) is held out as the
 test split, the others train. Rays are warped to NDC (near 0, far 1) by default; without
 NDC, near and far are 0.9 x the smallest and 1 x the largest scene bound.
+
+A training run checks a scene's files first (`check_scene`: metadata and file names,
+no image read) and makes its rays where it uses them: a whole view's
+(`Scene.view_rays`) or single pixels' (`Scene.pixel_rays`, a batch of random rays).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -33,12 +38,12 @@ from PIL import Image
 from torch import Tensor
 
 from ..errors import ConfigError, DatasetUnavailable, WcnormError
-from .rays import NDC_NEAR, camera_rays, ndc_rays, viewing_directions
+from .rays import NDC_NEAR, camera_rays, ndc_rays, pixel_rays, viewing_directions
 from .render import RenderSettings
 
 __all__ = ["SceneError", "Scene", "Rays", "BLENDER_SPLITS", "LLFF_SPLITS", "BLENDER_NEAR",
            "BLENDER_FAR", "LLFF_HOLDOUT", "LLFF_BOUND_FACTOR", "load_blender", "load_llff",
-           "load_scene"]
+           "load_scene", "check_scene"]
 
 BLENDER_SPLITS = ("train", "val", "test")
 LLFF_SPLITS = ("train", "test")
@@ -80,13 +85,33 @@ class Scene:
     def width(self) -> int:
         return self.images.shape[2]
 
-    def rays(self) -> Rays:
-        origins, directions = camera_rays(self.poses, self.height, self.width, self.focal)
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device) -> Scene:
+        """The scene with its images and poses on `device` (where its rays are made)."""
+        return replace(self, images=self.images.to(device), poses=self.poses.to(device))
+
+    def _rays(self, origins: Tensor, directions: Tensor) -> Rays:
+        """World-space rays as the renderer reads them: warped to NDC if the scene is."""
         viewdirs = viewing_directions(directions)
         if self.ndc:
             origins, directions = ndc_rays(origins, directions, self.height, self.width,
                                            self.focal, NDC_NEAR)
         return Rays(origins, directions, viewdirs)
+
+    def rays(self) -> Rays:
+        """The rays of every pixel of every view, each (N, H, W, 3)."""
+        return self._rays(*camera_rays(self.poses, self.height, self.width, self.focal))
+
+    def view_rays(self, view: int) -> Rays:
+        """The rays of every pixel of one view, each (H, W, 3)."""
+        return self._rays(*camera_rays(self.poses[view], self.height, self.width, self.focal))
+
+    def pixel_rays(self, views: Tensor, rows: Tensor, cols: Tensor) -> Rays:
+        """The rays of single pixels (views[k], rows[k], cols[k]), each (R, 3)."""
+        return self._rays(*pixel_rays(self.poses[views], rows, cols, self.height, self.width,
+                                      self.focal))
 
     def render_settings(self, n_coarse: int = 64, n_fine: int = 128) -> RenderSettings:
         return RenderSettings(near=self.near, far=self.far, n_coarse=n_coarse, n_fine=n_fine,
@@ -133,11 +158,9 @@ def _stack(files: list[Path]) -> Tensor:
 
 
 # ------------------------------------------------------------------------- Blender
-def load_blender(root: str | Path, split: str = "train", *, downscale: int = 1) -> Scene:
-    """A split of a Blender-synthetic scene folder (see the module docstring)."""
+def _blender_frames(root: Path, split: str) -> tuple[float, np.ndarray, list[Path]]:
+    """A split's transforms file: (camera_angle_x, 4x4 poses (N, 4, 4), image files)."""
     _check_split(split, BLENDER_SPLITS, "Blender")
-    _check_downscale(downscale)
-    root = Path(root)
     path = root / f"transforms_{split}.json"
     if not path.is_file():
         raise DatasetUnavailable(f"{path} is missing: a Blender scene folder holds "
@@ -152,6 +175,13 @@ def load_blender(root: str | Path, split: str = "train", *, downscale: int = 1) 
         raise SceneError(f"{path} is not a Blender transforms file ({type(err).__name__}: {err})") from err
     if not files or poses.shape[1:] != (4, 4):
         raise SceneError(f"{path}: need at least one frame with a 4x4 transform_matrix")
+    return angle, poses, files
+
+
+def load_blender(root: str | Path, split: str = "train", *, downscale: int = 1) -> Scene:
+    """A split of a Blender-synthetic scene folder (see the module docstring)."""
+    _check_downscale(downscale)
+    angle, poses, files = _blender_frames(Path(root), split)
     images = _area_downscale(_stack(files), downscale)
     focal = 0.5 * images.shape[2] / np.tan(0.5 * angle)
     return Scene(images, torch.from_numpy(poses[:, :3]), float(focal), BLENDER_NEAR, BLENDER_FAR,
@@ -181,28 +211,25 @@ def recenter_poses(c2w: np.ndarray) -> np.ndarray:
     return (np.linalg.inv(average) @ homogeneous)[:, :3]
 
 
-def _llff_images(root: Path, downscale: int) -> tuple[Tensor, list[Path]]:
-    folder = root / f"images_{downscale}"
-    scale = 1
-    if not folder.is_dir():  # fall back to the originals, resized here
-        folder, scale = root / "images", downscale
-        if not folder.is_dir():
-            raise DatasetUnavailable(f"{root / f'images_{downscale}'} is missing (and so is {folder} "
-                                     "to downscale from): an LLFF scene holds images_<factor>/")
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise SceneError(f"{folder} holds no .png or .jpg image")
-    return _area_downscale(_stack(files), scale), files
+def _llff_source(root: Path, downscale: int) -> tuple[list[Path], int]:
+    """(image files, factor still to apply): those of ``images_<downscale>/``, else of the
+    folder of the largest factor that divides `downscale` (``images/`` for factor 1),
+    area-averaged by the rest (e.g. fern at 16: images_8/ halved)."""
+    factors = [k for k in range(downscale, 0, -1) if downscale % k == 0]
+    for k in factors:
+        folder = root / ("images" if k == 1 else f"images_{k}")
+        if folder.is_dir():
+            files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise SceneError(f"{folder} holds no .png or .jpg image")
+            return files, downscale // k
+    raise DatasetUnavailable(f"{root / f'images_{downscale}'} is missing (and so are images/ and the "
+                             f"images_<k>/ of the factors k dividing {downscale}, to downscale from): "
+                             "an LLFF scene holds images_<factor>/")
 
 
-def load_llff(root: str | Path, split: str = "train", *, downscale: int = 8, ndc: bool = True,
-              holdout: int = LLFF_HOLDOUT) -> Scene:
-    """A split of an LLFF scene folder (see the module docstring)."""
-    _check_split(split, LLFF_SPLITS, "LLFF")
-    _check_downscale(downscale)
-    if holdout < 2:
-        raise ConfigError(f"holdout must be >= 2 (every holdout-th view is a test view), got {holdout}")
-    root = Path(root)
+def _llff_table(root: Path) -> np.ndarray:
+    """poses_bounds.npy: per view a 3x5 pose (flattened) and the near/far bounds, (N, 17)."""
     path = root / "poses_bounds.npy"
     if not path.is_file():
         raise DatasetUnavailable(f"{path} is missing: an LLFF scene folder holds poses_bounds.npy "
@@ -211,9 +238,27 @@ def load_llff(root: str | Path, split: str = "train", *, downscale: int = 8, ndc
     if table.ndim != 2 or table.shape[1] != 17:
         raise SceneError(f"{path}: expected an (N, 17) array of 3x5 poses and 2 bounds, "
                          f"got shape {table.shape}")
-    images, files = _llff_images(root, downscale)
+    return table
+
+
+def _llff_views(root: Path, downscale: int) -> tuple[np.ndarray, list[Path], int]:
+    """(poses and bounds, image files, factor still to apply), checked to match."""
+    table = _llff_table(root)
+    files, scale = _llff_source(root, downscale)
     if len(files) != len(table):
-        raise SceneError(f"{path} has {len(table)} poses but {files[0].parent} holds {len(files)} images")
+        raise SceneError(f"{root / 'poses_bounds.npy'} has {len(table)} poses but {files[0].parent} "
+                         f"holds {len(files)} images")
+    return table, files, scale
+
+
+def load_llff(root: str | Path, split: str = "train", *, downscale: int = 8, ndc: bool = True,
+              holdout: int = LLFF_HOLDOUT) -> Scene:
+    """A split of an LLFF scene folder (see the module docstring)."""
+    _check_split(split, LLFF_SPLITS, "LLFF")
+    _check_downscale(downscale)
+    _check_holdout(holdout)
+    table, files, scale = _llff_views(Path(root), downscale)
+    images = _area_downscale(_stack(files), scale)
     poses, bounds = table[:, :15].reshape(-1, 3, 5), table[:, 15:]
     full_width = poses[0, 1, 4]  # the [H, W, focal] column is of the full-size originals
     focal = poses[0, 2, 4] * images.shape[2] / full_width
@@ -229,6 +274,37 @@ def load_llff(root: str | Path, split: str = "train", *, downscale: int = 8, ndc
     return Scene(images[torch.from_numpy(keep)], torch.from_numpy(c2w[keep]).float(), float(focal),
                  float(near), float(far), ndc=ndc, white_background=False,
                  files=[f for f, k in zip(files, keep) if k])
+
+
+def _check_holdout(holdout: int) -> None:
+    if not isinstance(holdout, int) or isinstance(holdout, bool) or holdout < 2:
+        raise ConfigError(f"holdout must be an integer >= 2 (every holdout-th view is a test view), "
+                          f"got {holdout!r}")
+
+
+# ------------------------------------------------------------------------- checks
+def check_scene(layout: str, root: str | Path, splits: tuple[str, ...], *, downscale: int,
+                **options) -> None:
+    """Raise what loading `splits` of a ``"blender"`` or ``"llff"`` scene would raise about
+    its files and options, without reading an image: an unknown split, a missing or
+    malformed transforms file or poses_bounds.npy, missing images. Cheap enough to run
+    before a training run builds anything."""
+    root = Path(root)
+    _check_downscale(downscale)
+    if layout == "blender":
+        for split in splits:
+            _, _, files = _blender_frames(root, split)
+            missing = [f for f in files if not f.is_file()]
+            if missing:
+                more = f" (and {len(missing) - 1} more of the {split} split)" if len(missing) > 1 else ""
+                raise DatasetUnavailable(f"image {missing[0]} is missing{more}")
+    elif layout == "llff":
+        for split in splits:
+            _check_split(split, LLFF_SPLITS, "LLFF")
+        _check_holdout(options.get("holdout", LLFF_HOLDOUT))
+        _llff_views(root, downscale)
+    else:
+        raise ConfigError(f"unknown scene layout {layout!r}; choose one of blender, llff")
 
 
 def load_scene(root: str | Path, split: str = "train", **options) -> Scene:

@@ -8,6 +8,11 @@ when ``image_size > 64`` (``weights=None``, never downloaded). ``enorm_fc`` and
 ``check_model`` validates a configuration without building anything; every
 problem is a `ModelConfigError` that names the valid choices.
 
+The coordinate MLPs of neural fields (`fields`: NeRF and the occupancy MLP, named in
+``FIELD_MODELS``) read points, not images: `fields.build` makes them, and the
+conventions below, but for the named output layers (``wcnorm_classifier``), are not
+theirs.
+
 Conventions the rest of wcnorm relies on:
 
 - Input is NCHW float, output is logits of shape (N, num_classes).
@@ -36,9 +41,10 @@ import numbers
 from torch import nn
 
 from . import densenet, enorm_nets, googlenet, imagenet, resnet, vit
+from .fields import FIELD_MODELS
 from .layers import ACT_NORMS, WIDTH, ModelConfigError, gn_groups, norm1d, norm2d, swap_norm
 
-__all__ = ["MODELS", "ACT_NORMS", "CIFAR_MAX_SIZE", "ModelConfigError", "supported_act_norms",
+__all__ = ["MODELS", "FIELD_MODELS", "ACT_NORMS", "CIFAR_MAX_SIZE", "ModelConfigError", "supported_act_norms",
            "check_model", "build_model", "count_parameters", "default_options", "is_torchvision",
            "gn_groups", "norm1d", "norm2d", "swap_norm"]
 

@@ -141,7 +141,7 @@ def assemble(cfg: DictConfig, device: torch.device, *, run_dir=None, ctx: DistCo
     ctx = ctx or DistContext()
     t = cfg.trainer
     seed_everything(cfg.seed, bool(t.deterministic))
-    task = build_task(cfg, device, rank=ctx.rank, world_size=ctx.world_size)
+    task = build_task(cfg, device, rank=ctx.rank, world_size=ctx.world_size, run_dir=run_dir)
     with_weight_method(task.model, cfg.norm)
     optimizer = build_optimizer(task.model, cfg.optim, fused=device.type == "cuda")
     scheduler = build_scheduler(optimizer, cfg.sched, steps_per_epoch=len(task.train_loader), epochs=int(t.epochs))

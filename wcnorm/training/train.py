@@ -135,8 +135,9 @@ def summarize(run: Run, history: list[dict]) -> dict:
     """result.json: the final epoch, the best one (marked), what ran, where and on what."""
     final, task = history[-1], run.task
     metric = task.metric
-    best = history[0]
-    for row in history[1:]:
+    evaluated = [row for row in history if metric in row]  # tasks may evaluate every few epochs
+    best = evaluated[0]
+    for row in evaluated[1:]:
         best = row if task.is_better(row[metric], best[metric]) else best
     throughput = f"{task.unit}_per_s"
     model = unwrap(run.model)
