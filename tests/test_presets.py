@@ -237,7 +237,22 @@ def first_point(cfg) -> list[str]:
     return [o for o in without_seed(grid(cfg))[0] if not o.startswith("dataset=")]
 
 
-@pytest.mark.parametrize("name", PRESETS)
+FIELD_PRESETS = ("wc_nerf", "wc_shape")  # neural fields: real scenes and shapes, no image stand-in
+
+
+@pytest.mark.parametrize("name", FIELD_PRESETS)
+def test_one_grid_point_of_every_field_preset_runs_at_smoke_budget(name, tmp_path, shared_data):
+    base = compose_preset(name, "budget=smoke")
+    overrides = ["budget=smoke", *first_point(base), f"out_dir={tmp_path}"]
+    result = train(task(compose_preset(name, *overrides)))
+    assert result["status"] == "finished", result
+    run = Path(result["run_dir"])
+    assert result["metric"] in ("val_psnr", "test_iou") and f"final_{result['metric']}" in result
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["budget"] == "smoke" and saved["experiment"] == name
+
+
+@pytest.mark.parametrize("name", [p for p in PRESETS if p not in FIELD_PRESETS])
 def test_one_grid_point_of_every_preset_runs_at_smoke_budget(name, tmp_path):
     base = compose_preset(name, "budget=smoke")
     point = first_point(base)
