@@ -82,7 +82,8 @@ def _drop(d: dict, dotted: str) -> None:
 NEUTRAL_DEFAULTS = {"model.width": 1, "dataset.val_split": 0}
 
 
-def _get(d: dict, dotted: str):
+def dotted_get(d: dict, dotted: str):
+    """``d["a"]["b"]`` for ``"a.b"`` in a plain config dict; None where any level is absent."""
     for part in dotted.split("."):
         if not isinstance(d, dict) or part not in d:
             return None
@@ -95,7 +96,7 @@ def config_identity(cfg: DictConfig) -> dict:
     for key in VOLATILE_KEYS:
         _drop(ident, key)
     for key, neutral in NEUTRAL_DEFAULTS.items():
-        value = _get(ident, key)
+        value = dotted_get(ident, key)
         if value is not None and not isinstance(value, bool) and value == neutral:
             _drop(ident, key)
     return ident

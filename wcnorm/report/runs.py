@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from ..outputs import dotted_get
+
 # Columns that identify a run's cell in a table or a line in a figure.
 ID_COLUMNS = ["run_dir", "experiment", "budget", "task", "model", "dataset", "scene", "shape",
               "depth", "norm", "seed"]
@@ -96,19 +98,9 @@ def find_runs(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     return sorted(found)
 
 
-def _get(cfg: dict, dotted: str):
-    """``cfg["a"]["b"]`` for ``"a.b"``; None where any level is absent."""
-    node = cfg
-    for key in dotted.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
-
-
 def run_task(cfg: dict) -> str:
     """classification, nerf or shape: the task a run's config describes."""
-    return _FIELD_MODELS.get(_get(cfg, "model.name"), CLASSIFICATION)
+    return _FIELD_MODELS.get(dotted_get(cfg, "model.name"), CLASSIFICATION)
 
 
 def _stem(path) -> str | None:
@@ -124,9 +116,9 @@ def field_subject(cfg: dict) -> str | None:
     if run_task(cfg) == CLASSIFICATION:
         return None
     for key in ("dataset.scene", "dataset.shape"):
-        if _get(cfg, key) not in (None, ""):
-            return str(_get(cfg, key))
-    return _stem(_get(cfg, "dataset.root")) or _stem(_get(cfg, "dataset.path"))
+        if dotted_get(cfg, key) not in (None, ""):
+            return str(dotted_get(cfg, key))
+    return _stem(dotted_get(cfg, "dataset.root")) or _stem(dotted_get(cfg, "dataset.path"))
 
 
 # The trainer names a render <view>_pred.png and its ground truth <view>_gt.png. Other
@@ -236,7 +228,7 @@ def read_run(run_dir: str | Path) -> dict:
         raise RunReadError(f"{run_dir}/metrics.csv: {e}") from e
 
     row: dict = {"run_dir": str(run_dir)}
-    row.update({col: _get(cfg, key) for col, key in _CONFIG_FIELDS})
+    row.update({col: dotted_get(cfg, key) for col, key in _CONFIG_FIELDS})
     if row["model"] is None or row["norm"] is None:
         raise RunReadError(f"{run_dir}: config lacks model.name or norm.name")
     row["task"] = run_task(cfg)
