@@ -2,7 +2,9 @@
 
 Every preset composes at every budget, every point of its sweep grid is a valid
 override of the real config, the budget numbers reach the config and the sweeper,
-and one grid point per preset trains at `budget=smoke` on synthetic data.
+and one grid point per preset trains at `budget=smoke` on synthetic data. At
+`budget=cpu`, with the data scripts/run_cpu_budget.sh adds, the CNN and ViT presets
+run their grids on the real subsets in ../shared/data, or refuse with their reason.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import functools
 import itertools
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +27,8 @@ from hydra import compose, initialize_config_module
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
+from wcnorm.data import load_dataset
+from wcnorm.errors import ConfigError
 from wcnorm.training.config import validate
 from wcnorm.training.train import train
 
@@ -49,12 +54,15 @@ def compose_preset(name: str, *overrides: str):
     return copy.deepcopy(_compose(name, overrides))
 
 
-def grid(cfg) -> list[list[str]]:
-    """The jobs Hydra's basic sweeper makes of `hydra.sweeper.params` (seed included):
+def grid(cfg, *command: str) -> list[list[str]]:
+    """The jobs Hydra's basic sweeper makes of `hydra.sweeper.params` (seed included)
+    and the command line `wcnorm train -m COMMAND`, whose keys replace the params' own:
     the product of every parameter's values, in the order the parameters are listed."""
     assert cfg.hydra.sweeper._target_.endswith(".BasicSweeper")  # the sweeper whose expansion this is
+    params = {k: f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()}
+    params |= {o.split("=", 1)[0]: o for o in command}
     axes = []
-    for o in OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]):
+    for o in OverridesParser.create().parse_overrides(list(params.values())):
         key = o.get_key_element()
         values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
         axes.append([f"{key}={v}" for v in values])
@@ -273,3 +281,185 @@ def test_one_grid_point_of_every_preset_runs_at_smoke_budget(name, tmp_path):
     assert json.loads((run / "result.json").read_text())["config"]["budget"] == "smoke"
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["budget"] == "smoke" and saved["experiment"] == name
+
+
+# ----------------------------------------------------------------------------- budget=cpu
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+# The presets with a CPU budget (conf/budget/cpu.yaml), each with the dataset of its
+# grid that a real subset stands in for (scripts/run_cpu_budget.sh adds the subset).
+CPU_PRESETS = {"wc_resnet": "cifar10", "wc_googlenet": "cifar10", "wc_densenet": "cifar10",
+               "wc_vit": "cifar10", "enorm_fullconv": "cifar10", "enorm_resnet_small_batch": "cifar10",
+               "enorm_resnet_imagenet_small_batch": "imagenet"}
+# The presets that refuse it, with words their stated reason must contain.
+CPU_REFUSED = {"wc_googlenet_c100": "486 CIFAR-100 training images", "wc_vit_imagenet": "ViT-B/16"}
+# Each subset: the dataset group that loads it, its file or folder in the shared data
+# folder, and its (train, test, classes) counts.
+STAND_INS = {"cifar10": ("npz", "cifar10-partial.npz", (5170, 1017, 10)),
+             "imagenet": ("imagefolder", "imagenet-mini", (1000, 500, 10))}
+
+STUB = """#!/usr/bin/env bash
+echo "$OMP_NUM_THREADS | $*" >> "$STUB_LOG"
+[[ " $* " != *" experiment=fails "* ]]
+"""
+
+
+def run_script(tmp_path, *presets, **env):
+    """scripts/run_cpu_budget.sh with a stand-in `wcnorm` that records its arguments:
+    (the finished process, one line per call: `OMP_NUM_THREADS | arguments`)."""
+    (tmp_path / "wcnorm").write_text(STUB)
+    (tmp_path / "wcnorm").chmod(0o755)
+    log = tmp_path / "calls.log"
+    log.unlink(missing_ok=True)
+    env = {"PATH": "/usr/bin:/bin", "BIN": str(tmp_path), "STUB_LOG": str(log), **env}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "run_cpu_budget.sh"), *presets],
+                          capture_output=True, text=True, timeout=60, env=env)
+    return proc, log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.fixture(scope="module")
+def cpu_command(tmp_path_factory) -> dict[str, list[str]]:
+    """The overrides the script gives `wcnorm train -m` for each preset (one job at a time)."""
+    proc, calls = run_script(tmp_path_factory.mktemp("script"), *CPU_PRESETS, *CPU_REFUSED, JOBS="1")
+    assert proc.returncode == 0, proc.stderr
+    commands = [call.split(" | ", 1)[1].split() for call in calls]
+    assert all(c[:2] == ["train", "-m"] for c in commands)
+    return {c[2].removeprefix("experiment="): c[2:] for c in commands}
+
+
+def data_location(d) -> str:
+    return d.path if d.name == "npz" else d.root
+
+
+def test_every_cnn_and_vit_preset_has_a_cpu_budget_or_refuses_it():
+    # The FC study (enorm_fc) has CPU runs made with explicit overrides (results/), not
+    # yet a `protocol.cpu`.
+    assert set(CPU_PRESETS) | set(CPU_REFUSED) == REQUIRED - {"enorm_fc"}
+    for name in REQUIRED:
+        assert ("cpu" in compose_preset(name).protocol) == (name != "enorm_fc"), name
+
+
+@pytest.mark.parametrize("name", sorted(CPU_PRESETS))
+def test_every_cpu_preset_composes_on_the_real_data_with_three_seeds(name, cpu_command):
+    command = cpu_command[name]
+    assert command[:2] == [f"experiment={name}", "budget=cpu"]
+    cfg = compose_preset(name, *command[1:])
+    validate(task(cfg))
+    p, t = cfg.protocol.cpu, cfg.trainer
+    assert cfg.budget == "cpu" and (t.epochs, t.device) == (p.epochs, "cpu")
+    assert (t.limit_batches, t.limit_eval_batches) == (p.get("limit_batches"), p.get("limit_eval_batches"))
+    jobs = grid(cfg, *command[1:])
+    assert p.seeds >= 3 and sorted({o for job in jobs for o in job if o.startswith("seed=")}) == [
+        f"seed={s}" for s in range(p.seeds)]
+    # The subset in ../shared/data from the repository root, for every job.
+    group, location, _ = STAND_INS[CPU_PRESETS[name]]
+    assert cfg.dataset.name == group and all(f"dataset={group}" in job for job in jobs)
+    assert (REPO / data_location(cfg.dataset)).resolve() == (SHARED / location).resolve()
+    if "width" in cfg.model:  # every model but enorm_fullconv, which has no width option
+        assert cfg.model.width == p.width < 1
+    else:
+        assert "width" not in p
+
+
+def cpu_points(name: str, command: list[str]) -> list[tuple[str, ...]]:
+    """The grid's points at budget=cpu: each job without its seed and the overrides that
+    every job shares (budget, data, out_dir)."""
+    jobs = grid(compose_preset(name, *command[1:]), *command[1:])
+    shared = {o.split("=", 1)[0] for o in command}
+    return sorted({tuple(o for o in job if o.split("=", 1)[0] not in shared | {"seed"}) for job in jobs})
+
+
+def presets_points_on_its_subset(name: str) -> list[tuple[str, ...]]:
+    """The preset's own grid (budget=paper) on the dataset its subset stands in for, on
+    the batch sizes `protocol.cpu.batch_sizes` keeps, if it names any."""
+    batches = compose_preset(name, "budget=cpu").protocol.cpu.get("batch_sizes")
+    keep = set()
+    for point in without_seed(grid(compose_preset(name))):
+        job = dict(o.split("=", 1) for o in point)
+        if job.get("dataset", CPU_PRESETS[name]) != CPU_PRESETS[name]:
+            continue
+        if batches is not None and job["trainer.batch_size"] not in str(batches).split(","):
+            continue
+        keep.add(tuple(o for o in point if not o.startswith("dataset=")))
+    return sorted(keep)
+
+
+@pytest.mark.parametrize("name", sorted(CPU_PRESETS))
+def test_the_cpu_grid_is_the_presets_grid_on_its_subset(name, cpu_command):
+    points = cpu_points(name, cpu_command[name])
+    assert points == presets_points_on_its_subset(name)
+    # The same normalizations and models as the preset's: only datasets and batch sizes shrink.
+    paper = sweep_values(compose_preset(name))
+    for key in ("norm=", "model="):
+        assert {o for point in points for o in point if o.startswith(key)} == {o for o in paper if o.startswith(key)}
+
+
+def test_the_small_batch_cpu_grid_keeps_small_and_large_batches(cpu_command):
+    points = cpu_points("enorm_resnet_small_batch", cpu_command["enorm_resnet_small_batch"])
+    batches = sorted({int(o.split("=")[1]) for point in points for o in point if o.startswith("trainer.batch_size=")})
+    assert len(batches) >= 2 and batches[0] <= 4 and batches[-1] == 64  # BN's small-batch regime and its usual one
+
+
+@pytest.mark.parametrize("name", sorted(CPU_REFUSED))
+def test_a_preset_without_a_cpu_budget_refuses_it_with_its_reason(name, cpu_command):
+    assert cpu_command[name] == [f"experiment={name}", "budget=cpu", f"out_dir=runs/cpu/{name}"]  # no subset
+    cfg = compose_preset(name, "budget=cpu")
+    reason = cfg.protocol.cpu.epochs
+    assert isinstance(reason, str) and reason.startswith("none: ") and CPU_REFUSED[name] in reason
+    assert len(grid(cfg)) >= 1  # a sweep has jobs, and each one fails with the reason
+    with pytest.raises(ConfigError, match=re.escape(reason)):
+        validate(task(cfg))
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("subset", sorted(STAND_INS))
+def test_the_cpu_subsets_are_the_real_data(subset, shared_data, cpu_command, monkeypatch):
+    monkeypatch.chdir(REPO)  # the script's paths are relative to the repository root
+    name = next(n for n, d in CPU_PRESETS.items() if d == subset)
+    d = load_dataset(compose_preset(name, *cpu_command[name][1:]).dataset)
+    assert (len(d.train), len(d.test), d.num_classes) == STAND_INS[subset][2]
+
+
+@pytest.mark.shared_data
+def test_one_cpu_budget_run_trains_on_the_cifar10_subset(shared_data, cpu_command, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    command = cpu_command["wc_resnet"][1:]
+    point = cpu_points("wc_resnet", cpu_command["wc_resnet"])[0]
+    cfg = task(compose_preset("wc_resnet", *command, *point, f"out_dir={tmp_path}", "trainer.epochs=1",
+                              "trainer.limit_batches=1", "trainer.limit_eval_batches=1"))
+    result = train(cfg)
+    assert result["status"] == "finished", result
+    saved = yaml.safe_load((Path(result["run_dir"]) / "config.yaml").read_text())
+    assert saved["budget"] == "cpu" and Path(saved["dataset"]["path"]).name == "cifar10-partial.npz"
+
+
+# ----------------------------------------------------------------------------- scripts/run_cpu_budget.sh
+
+
+def test_the_cpu_script_runs_each_presets_sweep_two_at_a_time_on_its_subset(tmp_path):
+    proc, calls = run_script(tmp_path, "wc_vit", "enorm_resnet_imagenet_small_batch", "wc_nerf")
+    assert proc.returncode == 0, proc.stderr
+    two = "hydra/launcher=local_parallel hydra.launcher.n_jobs=2"
+    assert calls == [
+        "1 | train -m experiment=wc_vit budget=cpu out_dir=runs/cpu/wc_vit dataset=npz "
+        f"dataset.path=../shared/data/cifar10-partial.npz {two}",
+        "1 | train -m experiment=enorm_resnet_imagenet_small_batch budget=cpu "
+        "out_dir=runs/cpu/enorm_resnet_imagenet_small_batch dataset=imagefolder "
+        f"dataset.root=../shared/data/imagenet-mini dataset.image_size=64 {two}",
+        f"1 | train -m experiment=wc_nerf budget=cpu out_dir=runs/cpu/wc_nerf {two}",  # its own data
+    ]
+
+
+def test_the_cpu_script_takes_the_data_folder_output_and_jobs(tmp_path):
+    proc, calls = run_script(tmp_path, "wc_vit", DATA="/data/subsets", OUT="elsewhere", JOBS="1")
+    assert proc.returncode == 0, proc.stderr
+    assert calls == ["1 | train -m experiment=wc_vit budget=cpu out_dir=elsewhere/wc_vit dataset=npz "
+                     "dataset.path=/data/subsets/cifar10-partial.npz"]
+
+
+def test_the_cpu_script_runs_every_preset_and_fails_if_one_failed(tmp_path):
+    proc, calls = run_script(tmp_path, "fails", "wc_vit")
+    assert proc.returncode == 1 and "fails" in proc.stderr
+    assert [c.split("experiment=")[1].split()[0] for c in calls] == ["fails", "wc_vit"]
+    assert run_script(tmp_path)[0].returncode == 2  # no preset: usage
