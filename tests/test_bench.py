@@ -12,9 +12,12 @@ import torch
 from torch import nn
 
 from wcnorm import bench
+from wcnorm.bench.fields import FIELDS, _plain_loss, field_config, field_data, write_bench_scene
 from wcnorm.bench.setups import norm_preset
 from wcnorm.data import synthetic_split
+from wcnorm.fields.scenes import load_blender
 from wcnorm.methods import describe_weight_method
+from wcnorm.tasks import build_task
 
 # The smallest plan that still exercises every code path: fast nets, 1 warm-up, 2 repeats.
 MICRO = replace(bench.SIZES["tiny"], warmup=1, repeats=2, steps=1)
@@ -42,7 +45,9 @@ def test_tiny_end_to_end(tmp_path, capsys):
     assert {r["part"] for r in rows} == set(bench.PARTS)
     assert {r["torch_version"] for r in rows} == {torch.__version__}
     assert {r["threads"] for r in rows} == {"1"}
-    assert all(r["device_name"] and r["date"] and r["shape"].startswith("3x") and int(r["batch"]) > 0 for r in rows)
+    # images (3 x px x px), or a field's network
+    assert all(r["device_name"] and r["date"] and r["shape"].startswith("mlp " if r["part"] == "fields" else "3x")
+               and int(r["batch"]) > 0 for r in rows)
     for r in rows:
         value = float(r["value"])
         if r["metric"] in MAY_BE_NAN or r["metric"] == "peak_mem":
@@ -53,7 +58,9 @@ def test_tiny_end_to_end(tmp_path, capsys):
     assert {("throughput", "images_per_s"), ("throughput", "speedup"), ("wc", "wc_over_bn"),
             ("enorm", "cycle_over_step"), ("enorm", "ops_per_cycle"), ("throughput", "epoch_s"),
             ("wc", "bn_ops_per_step"), ("wc", "wc_ops_per_step"),
-            ("mfu", "achieved"), ("mfu", "mfu")} <= metrics
+            ("mfu", "achieved"), ("mfu", "mfu"), ("fields", "rays_per_s"), ("fields", "points_per_s"),
+            ("fields", "wc_over_none")} <= metrics
+    assert {r["model"] for r in rows if r["part"] == "fields"} == {"nerf", "occupancy"}
     assert "wcnorm/reference" in capsys.readouterr().out  # the table was printed
 
 
@@ -156,3 +163,27 @@ def test_the_bench_trains_what_wcnorm_train_assembles():
     # each model against its usual normalizer: BN for the CNNs, LayerNorm for the ViT
     assert [norm_preset("resnet18"), norm_preset("vit", weight="wc"), norm_preset("resnet18", "none", "wc")] \
         == ["bn", "ln_wc", "wc"]
+
+
+# ----------------------------------------------------------------------------- the fields
+
+
+@pytest.mark.parametrize("field", sorted(FIELDS))
+def test_the_field_bench_trains_its_presets_network_and_the_reference_the_same_loss(field, tmp_path):
+    cfg = field_config(field, "smoke", field_data(tmp_path, field), norm="wc")
+    assert cfg.experiment == FIELDS[field][0] and cfg.budget == "smoke" and cfg.norm.weight == "wc"
+    task = build_task(cfg, torch.device("cpu"))
+    batch = next(iter(task.train_loader))
+    torch.manual_seed(0)  # NeRF samples its depths at random while training
+    ours = task.loss(task.model, batch)[0]
+    torch.manual_seed(0)
+    assert torch.allclose(_plain_loss(task.model, batch), ours)  # what the plain loop minimises
+
+
+def test_the_bench_scene_is_a_blender_scene_of_opaque_views_on_a_circle(tmp_path):
+    scene = load_blender(write_bench_scene(tmp_path), "val")
+    assert len(scene) == 4 and (scene.height, scene.width) == (32, 32)
+    centres = scene.poses[:, :, 3]
+    assert torch.allclose(centres.norm(dim=1), torch.full((4,), 4.0))  # four cameras 4 units out
+    # each camera looks at the origin: its -z axis points from its centre to the centre of the scene
+    assert torch.allclose(-scene.poses[:, :, 2], -centres / centres.norm(dim=1, keepdim=True), atol=1e-6)

@@ -1,6 +1,6 @@
 """`wcnorm bench`: how fast wcnorm's training step is, and what WC and ENorm cost.
 
-Four parts, all in one process, on synthetic uint8 images (nothing is downloaded):
+Five parts, all in one process, on synthetic data (nothing is downloaded):
 
 * throughput: images/s and peak memory of wcnorm's step (the run `wcnorm train`
   assembles: `ArrayLoader` on the device + `Trainer.train_step` with bf16 autocast,
@@ -13,7 +13,11 @@ Four parts, all in one process, on synthetic uint8 images (nothing is downloaded
   the number of tensor ops one cycle dispatches (device-independent; the cycle reads each
   weight once, so on a GPU its time is expected to follow its kernel launches);
 * mfu: FLOPs of the training step (FlopCounterMode, forward + backward) per second of
-  wcnorm's step, over the device's dense bf16 peak.
+  wcnorm's step, over the device's dense bf16 peak;
+* fields: rays/s of the NeRF and points/s of the occupancy network of the field
+  presets (wc_nerf, wc_shape) against a plain PyTorch loop of the same network, and
+  WC's overhead on each field MLP, on a scene and a shape the bench writes
+  (`fields`).
 
 Every figure is the median over `repeats` blocks of `steps` back-to-back calls, after
 `warmup` untimed calls (compilation, cudnn autotuning, allocator growth), with the
@@ -21,8 +25,8 @@ device drained (synchronize) before each timer read. The figures themselves go t
 `results/bench/<device>.csv`.
 
 The modules, bottom up: `timing` and `memory` (how a figure is read), `counting` (ops
-and FLOPs), `plans` (the sizes), `setups` (the two steps), `measure` (the figures of one
-set-up), `parts` (the four parts as CSV rows), `command` (the command line).
+and FLOPs), `plans` (the sizes), `setups` and `fields` (the steps compared), `measure` (the figures of one
+set-up), `parts` (the parts as CSV rows), `command` (the command line).
 """
 
 from .command import COLUMNS, format_table, main, slug, write_rows

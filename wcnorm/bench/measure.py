@@ -10,6 +10,14 @@ from omegaconf import OmegaConf
 
 from ..training.assemble import build_enorm
 from .counting import count_ops, step_flops
+from .fields import (
+    FIELDS,
+    field_config,
+    fixed_field_step,
+    network_shape,
+    reference_field_step,
+    wcnorm_field_step,
+)
 from .memory import peak_memory
 from .plans import Plan, parse_spec
 from .setups import build_reference, build_run, build_trainer, build_wcnorm
@@ -110,3 +118,37 @@ def enorm_overhead(spec: str, plan: Plan, device, *, norm: str = "enorm", compil
                    graph_loop_ratio=median_ratio(t["both_graph"], t["step"]),
                    graph_ms=1e3 * statistics.median(t["cycle_graph"]))
     return out
+
+
+def field_throughput(field: str, plan: Plan, device, data: list[str], *, workers: int = 0) -> dict:
+    """Examples (rays or points) per second of wcnorm's step and of the reference loop,
+    `norm=none` (the reference has no weight method), the preset's network at the plan's
+    field budget; `data`: the overrides of the bench's scene or shape. The two steps
+    are timed interleaved, so the speedup is a paired ratio."""
+    cfg = field_config(field, plan.field_budget, data, norm="none", device=device)
+    batch, unit = int(cfg.trainer.batch_size), FIELDS[field][1]
+    builders = {"wcnorm": lambda: wcnorm_field_step(cfg, device),
+                "reference": lambda: reference_field_step(cfg, device, workers=workers)}
+    steps, out = {}, {"batch": batch, "unit": unit, "shape": network_shape(cfg)}
+    for who, build in builders.items():
+        with peak_memory(device) as mem:
+            steps[who], setup = build()
+            steps[who]()
+        out[who] = {"setup": setup, "mem_mib": mem["mib"], "mem_how": mem["how"]}
+    t = time_step(steps, warmup=plan.warmup, repeats=plan.repeats, steps=plan.steps, device=device)
+    for who, step in steps.items():
+        step_s = statistics.median(t[who])
+        out[who].update(step_s=step_s, per_s=batch / step_s, finite=math.isfinite(float(step())))
+    out["speedup"] = median_ratio(t["reference"], t["wcnorm"])
+    return out
+
+
+def field_wc_overhead(field: str, plan: Plan, device, data: list[str]) -> dict:
+    """Step time of the field MLP with WC (rows, p = 2: the preset's) over without,
+    fixed batch, interleaved repeats."""
+    cfgs = {norm: field_config(field, plan.field_budget, data, norm=norm, device=device) for norm in ("none", "wc")}
+    steps = {norm: fixed_field_step(cfg, device) for norm, cfg in cfgs.items()}
+    t = time_step(steps, warmup=plan.warmup, repeats=plan.repeats, steps=plan.steps, device=device)
+    return {"ratio": median_ratio(t["wc"], t["none"]), "none_ms": 1e3 * statistics.median(t["none"]),
+            "wc_ms": 1e3 * statistics.median(t["wc"]), "batch": int(cfgs["wc"].trainer.batch_size),
+            "shape": network_shape(cfgs["wc"])}

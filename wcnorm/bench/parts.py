@@ -1,4 +1,4 @@
-"""The four parts of the bench, each a list of CSV rows (one figure per row).
+"""The parts of the bench, each a list of CSV rows (one figure per row).
 
 Each part takes (args, plan, device, cache); `cache` holds wcnorm's throughput
 measurements by model, so the MFU part reuses the throughput part's timings.
@@ -7,21 +7,33 @@ measurements by model, so the MFU part reuses the throughput part's timings.
 from __future__ import annotations
 
 import math
+import tempfile
 from functools import partial
+from pathlib import Path
 
 import torch
 
 from ..models import CIFAR_MAX_SIZE
 from ..outputs import device_name
 from .counting import OPS_NOTE, peak_flops
-from .measure import enorm_overhead, reference_throughput, wc_overhead, wcnorm_throughput
+from .fields import field_data
+from .measure import (
+    enorm_overhead,
+    field_throughput,
+    field_wc_overhead,
+    reference_throughput,
+    wc_overhead,
+    wcnorm_throughput,
+)
 from .memory import free
 
 CIFAR_TRAIN = 50_000  # images in a CIFAR-10 training epoch (the epoch-time figure)
 
 
-def _row(part, model, setup, px, batch, metric, value, unit, note=""):
-    return {"part": part, "model": model, "setup": setup, "shape": f"3x{px}x{px}", "batch": batch,
+def _row(part, model, setup, shape, batch, metric, value, unit, note=""):
+    """`shape`: an image size in pixels (3 x px x px), or a description (the fields' networks)."""
+    shape = shape if isinstance(shape, str) else f"3x{shape}x{shape}"
+    return {"part": part, "model": model, "setup": setup, "shape": shape, "batch": batch,
             "metric": metric, "value": float(value), "unit": unit, "note": note}
 
 
@@ -113,6 +125,32 @@ def run_mfu(args, plan, device, cache) -> list[dict]:
     return rows
 
 
+def run_fields(args, plan, device, cache) -> list[dict]:
+    """NeRF's rays/s and occupancy's points/s against the plain loop, and WC's overhead
+    on each field MLP (`wcnorm.bench.fields`)."""
+    rows = []
+    for field in plan.fields:
+        with tempfile.TemporaryDirectory(prefix="wcnorm-bench-") as folder:
+            data = field_data(Path(folder), field)
+            r = field_throughput(field, plan, device, data, workers=args.workers or 0)
+            free(device)
+            w = field_wc_overhead(field, plan, device, data)
+            free(device)
+        per_s = f"{r['unit']}_per_s"
+        for who in ("reference", "wcnorm"):
+            m = r[who]
+            note = "" if m["finite"] else "loss not finite"
+            row = partial(_row, "fields", field, m["setup"], r["shape"], r["batch"])
+            rows += [row(per_s, m["per_s"], f"{r['unit']}/s", note), row("step_ms", 1e3 * m["step_s"], "ms", note),
+                     row("peak_mem", m["mem_mib"], "MiB", m["mem_how"])]
+        rows.append(_row("fields", field, "wcnorm/reference", r["shape"], r["batch"], "speedup",
+                         r["speedup"], "x", "paired: the two steps timed interleaved"))
+        row = partial(_row, "fields", field, "WC vs none, fixed batch, interleaved", w["shape"], w["batch"])
+        rows += [row("none_step_ms", w["none_ms"], "ms"), row("wc_step_ms", w["wc_ms"], "ms"),
+                 row("wc_over_none", w["ratio"], "x")]
+    return rows
+
+
 # In the order they run: throughput before mfu, which reuses its timings.
-RUNNERS = {"throughput": run_throughput, "wc": run_wc, "enorm": run_enorm, "mfu": run_mfu}
+RUNNERS = {"throughput": run_throughput, "wc": run_wc, "enorm": run_enorm, "mfu": run_mfu, "fields": run_fields}
 PARTS = tuple(RUNNERS)

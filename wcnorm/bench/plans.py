@@ -22,6 +22,9 @@ class Plan:
     wc_model: str = "resnet18"
     data_batches: int = 8  # synthetic images = data_batches x batch (an epoch boundary every so many steps)
     options: dict = field(default_factory=dict)  # model options per model name
+    # the neural fields' network and batch: their presets' (wc_nerf, wc_shape) at this budget
+    field_budget: str = "cpu"
+    fields: tuple[str, ...] = ("nerf", "occupancy")
 
     def batch_at(self, px: int) -> int:
         return self.big_batch if px > CIFAR_MAX_SIZE else self.batch
@@ -31,13 +34,14 @@ SIZES = {
     # the test suite's: the smallest shapes that reach every code path (ResNet-18 at 8 px,
     # a narrow ViT, a short ENorm FC net)
     "tiny": Plan(8, 2, 8, 8, 2, 3, 1, ("resnet18", "vit"), ("enorm_fc",), ("enorm",), wc_model="vit",
-                 options={"vit": {"dim": 64, "depth": 2, "heads": 2}, "enorm_fc": {"depth": 2, "width": 128}}),
+                 options={"vit": {"dim": 64, "depth": 2, "heads": 2}, "enorm_fc": {"depth": 2, "width": 128}},
+                 field_budget="smoke"),
     # CPU-size batches of the real models
     "cpu": Plan(16, 4, 16, 32, 2, 3, 2, ("resnet18", "densenet121", "vit", "resnet18@224"),
                 ("resnet18", "densenet121"), ("enorm", "bn_enorm")),
     # the real shapes
     "gpu": Plan(512, 128, 128, 32, 10, 5, 20, ("resnet18", "densenet121", "vit", "resnet18@224"),
-                ("resnet18", "densenet121"), ("enorm", "bn_enorm"), data_batches=32),
+                ("resnet18", "densenet121"), ("enorm", "bn_enorm"), data_batches=32, field_budget="paper"),
 }
 
 
