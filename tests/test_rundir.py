@@ -32,9 +32,14 @@ from wcnorm.errors import (
     WcnormError,
 )
 from wcnorm.outputs import (
+    MESH_FILE,
+    MESH_PICTURE,
+    RENDERS,
+    RUN_FILES,
     atomic_write_text,
     config_digest,
     data_fingerprint,
+    discard_run,
     listing_fingerprint,
     load_checkpoint,
     path_fingerprint,
@@ -442,3 +447,16 @@ def test_new_options_at_their_neutral_value_keep_existing_run_directories():
     assert run_dir_for(cfg).name == "seed0-937510ac"
     wider = compose_cfg(["model=resnet18", "norm=bn_wc", "model.width=0.5"], smoke=False)
     assert run_dir_for(wider).name != "seed0-937510ac"
+
+
+def test_restart_deletes_what_the_run_wrote_and_only_that(tmp_path):
+    run = tmp_path / "run"
+    (run / RENDERS / "epoch_001").mkdir(parents=True)
+    (run / RENDERS / "epoch_001" / "r_0_pred.png").write_bytes(b"png")
+    for name in (*RUN_FILES, "notes.txt"):
+        (run / name).write_text("x")
+    gone = discard_run(run)
+    assert sorted(p.name for p in gone) == sorted((*RUN_FILES, RENDERS))
+    # a field's renders and mesh go too: they would show the discarded run's result
+    assert {MESH_FILE, MESH_PICTURE} <= set(RUN_FILES)
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]  # what the user put there stays

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from contextlib import contextmanager
@@ -44,7 +45,12 @@ METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_a
 
 # The files of a run (the contract above), in the order `discard_run` deletes them:
 # the result first, so an interrupted discard never leaves a finished-looking run.
-RUN_FILES = ("result.json", "last.pt", "metrics.csv", "conditioning.csv", "config.yaml")
+# What a run writes into its directory. The neural fields add pictures of the result:
+# a NeRF its rendered views (RENDERS/epoch_<n>/, RENDERS/test/), an occupancy field the
+# marching-cubes surface and a picture of it.
+RENDERS, MESH_FILE, MESH_PICTURE = "renders", "mesh.obj", "mesh.png"
+RUN_FILES = ("result.json", "last.pt", "metrics.csv", "conditioning.csv", "config.yaml", MESH_FILE, MESH_PICTURE)
+RUN_FOLDERS = (RENDERS,)
 
 # Keys that say where or how visibly a run happens, or how this command treats the
 # directory, not what it computes: they stay out of the run's identity, so e.g.
@@ -211,9 +217,9 @@ def discard_run(run_dir: Path) -> list[Path]:
     """Delete the run in `run_dir` (`trainer.restart=true`), so it trains from scratch.
     Deleted, not moved aside: a copy with a result.json in it would count as another
     run wherever run directories are searched for (`wcnorm table`). Under the lock."""
-    gone = [run_dir / name for name in RUN_FILES if (run_dir / name).exists()]
+    gone = [run_dir / name for name in (*RUN_FILES, *RUN_FOLDERS) if (run_dir / name).exists()]
     for path in gone:
-        path.unlink()
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     return gone
 
 

@@ -34,12 +34,11 @@ from ..fields.pictures import image_png
 from ..fields.render import RenderSettings, final_pass, render_rays, render_view
 from ..fields.scenes import Rays, Scene, load_blender, load_llff
 from ..models.fields import build
-from ..outputs import atomic_write_bytes
+from ..outputs import RENDERS, atomic_write_bytes
 from .base import Task, sums_tensor
 from .fields import TEST_SPLIT, PoolLoader, field_model, scene_options
 
 SCENE_LOADERS = {"blender": load_blender, "llff": load_llff}
-RENDERS = "renders"  # below the run directory
 
 
 class RadianceField(nn.Module):

@@ -40,11 +40,9 @@ from ..fields.shapes import (
     surface_chamfer,
 )
 from ..models.fields import build
-from ..outputs import atomic_write_bytes, atomic_write_text
+from ..outputs import MESH_FILE, MESH_PICTURE, atomic_write_bytes, atomic_write_text
 from .base import Task, sums_tensor
 from .fields import PoolLoader, field_model
-
-MESH_FILE, PICTURE_FILE = "mesh.obj", "mesh.png"
 
 
 def _iou(intersection: Tensor, union: Tensor, points: Tensor) -> float:
@@ -123,8 +121,8 @@ class OccupancyTask(Task):
         if run_dir is not None:
             run_dir = Path(run_dir)
             atomic_write_text(run_dir / MESH_FILE, obj_text(surface))
-            atomic_write_bytes(run_dir / PICTURE_FILE, mesh_png(surface, f"{self.name}: the field's surface"))
-            result.update(mesh=MESH_FILE, mesh_picture=PICTURE_FILE)
+            atomic_write_bytes(run_dir / MESH_PICTURE, mesh_png(surface, f"{self.name}: the field's surface"))
+            result.update(mesh=MESH_FILE, mesh_picture=MESH_PICTURE)
         return result
 
 
