@@ -153,6 +153,18 @@ def test_width_one_is_the_published_model(name, act_norm):
         {k: v.shape for k, v in model.state_dict().items()}
 
 
+def test_the_fullconv_net_has_a_width_and_width_one_is_the_published_net():
+    published = {"bn": (2_616_576, "5ebef9810ce8ab79"), "none": (2_615_808, "6d741a58d17558b6")}
+    for act_norm, (params, digest) in published.items():
+        model = build_model("enorm_fullconv", num_classes=10, image_size=32, act_norm=act_norm)
+        assert (count_parameters(model), _layout_digest(model)) == (params, digest)
+    narrow = build_model("enorm_fullconv", num_classes=10, image_size=32, act_norm="bn", width=0.25)
+    assert [c.out_channels for c in narrow.modules() if isinstance(c, nn.Conv2d)] == [32] * 3 + [64] * 3 + [80] * 2 + [10]
+    assert narrow(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ModelConfigError, match="width"):
+        build_model("enorm_fullconv", num_classes=10, image_size=32, act_norm="bn", width=0)
+
+
 def test_scaled_rounding():
     assert [scaled(64, w) for w in (1, 0.5, 0.25, 2, 0.3)] == [64, 32, 16, 128, 19]
     assert scaled(5, 0.5) == 2 and scaled(3, 0.5) == 2  # ties to even (Python's round)

@@ -463,3 +463,17 @@ def test_the_cpu_script_runs_every_preset_and_fails_if_one_failed(tmp_path):
     assert proc.returncode == 1 and "fails" in proc.stderr
     assert [c.split("experiment=")[1].split()[0] for c in calls] == ["fails", "wc_vit"]
     assert run_script(tmp_path)[0].returncode == 2  # no preset: usage
+
+
+@pytest.mark.parametrize("name", ["wc_nerf", "wc_shape"])
+def test_the_field_presets_run_their_whole_grid_on_their_own_data_at_the_cpu_budget(name):
+    cfg = compose_preset(name, "budget=cpu")
+    validate(task(cfg))
+    p, t = cfg.protocol.cpu, cfg.trainer
+    assert (t.epochs, t.device, cfg.size) == (p.epochs, "cpu", cfg.sizes.cpu)  # the CPU network and sampling
+    jobs = grid(cfg)
+    assert p.seeds >= 3 and sorted({o for job in jobs for o in job if o.startswith("seed=")}) == [
+        f"seed={s}" for s in range(p.seeds)]
+    # every point of the preset's grid, on the preset's own scenes or shapes
+    assert without_seed(jobs) == without_seed(grid(compose_preset(name)))
+    assert cfg.dataset.name == compose_preset(name).dataset.name

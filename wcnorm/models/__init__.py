@@ -27,7 +27,8 @@ Conventions the rest of wcnorm relies on:
 - GroupNorm uses 32 groups, or the largest divisor of the channels <= 32.
 - Attention (ViT, both sizes) uses separate ``q``/``k``/``v``/``proj`` linears.
 - ``width`` (default 1, the published model) multiplies the channels of the
-  CIFAR-size CNNs and the ViT's embedding dim; each count is rounded by
+  CIFAR-size CNNs (the ENorm paper's fully convolutional net too) and the ViT's
+  embedding dim; each count is rounded by
   `layers.scaled` (nearest integer, at least 1). It must be a finite number > 0,
   and exactly 1 at ImageNet size: torchvision's definitions have no multiplier.
   (``enorm_fc``'s ``width`` is its hidden layers' unit count, a different option.)
@@ -149,7 +150,7 @@ def check_model(name: str, *, image_size: int, act_norm: str = "bn", **options) 
     defaults = default_options(name, image_size)
     _check_types(name, options, defaults)
     o = {**defaults, **options}
-    if name not in _ENORM:  # enorm_fc's own width (a unit count) is checked below
+    if name != "enorm_fc":  # enorm_fc's own width (a unit count) is checked below
         _check_width(name, image_size, o["width"])
     if name in _ENORM:
         if name == "enorm_fc" and (o["depth"] < 0 or o["width"] < 1):

@@ -11,6 +11,7 @@ no biases, ReLU after every conv but the last, the norm only after the 3rd and
 6th conv, global average pool. ``official_quirk=True`` reproduces the official
 code instead: the last conv has padding 1, a ReLU is applied to the logits, and
 an AvgPool2d(5) reads the top-left 5x5 of the 9x9 map (28x28 inputs only).
+``width`` multiplies its hidden channels (128, 256, 320), as for the CIFAR CNNs.
 
 Both use Kaiming-normal (fan_in, ReLU gain) initialisation, as the paper.
 """
@@ -19,10 +20,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from .layers import norm1d, norm2d
+from .layers import norm1d, norm2d, scaled
 
 FC_DEFAULTS = {"depth": 1, "width": 500}
-FULLCONV_DEFAULTS = {"official_quirk": False}
+FULLCONV_DEFAULTS = {"official_quirk": False, "width": 1.0}
 QUIRK_IMAGE_SIZE = 28
 
 
@@ -48,13 +49,15 @@ class EnormFC(nn.Sequential):
 
 class EnormFullConv(nn.Sequential):
     def __init__(self, num_classes: int, in_channels: int = 3, act_norm: str = "none",
-                 official_quirk: bool = False):
+                 official_quirk: bool = False, width: float = 1.0):
         super().__init__()
+        # the hidden channels, times the width multiplier (1: the published net)
+        c1, c2, c3 = (scaled(c, width) for c in (128, 256, 320))
         # (cin, cout, kernel, padding, norm after?)
-        convs = [(in_channels, 128, 3, 1, False), (128, 128, 3, 1, False), (128, 128, 3, 1, True),
-                 (128, 256, 3, 1, False), (256, 256, 3, 1, False), (256, 256, 3, 1, True),
-                 (256, 320, 3, 1, False), (320, 320, 1, 0, False),
-                 (320, num_classes, 1, 1 if official_quirk else 0, False)]
+        convs = [(in_channels, c1, 3, 1, False), (c1, c1, 3, 1, False), (c1, c1, 3, 1, True),
+                 (c1, c2, 3, 1, False), (c2, c2, 3, 1, False), (c2, c2, 3, 1, True),
+                 (c2, c3, 3, 1, False), (c3, c3, 1, 0, False),
+                 (c3, num_classes, 1, 1 if official_quirk else 0, False)]
         for i, (cin, cout, k, pad, normed) in enumerate(convs, 1):
             self.add_module(f"conv{i}", nn.Conv2d(cin, cout, k, padding=pad, bias=False))
             if normed:
@@ -75,5 +78,5 @@ def build(name: str, num_classes: int, in_channels: int, act_norm: str, image_si
         return EnormFC(in_channels * image_size**2, num_classes, opts["depth"], opts["width"], act_norm)
     assert name == "enorm_fullconv"
     opts = {**FULLCONV_DEFAULTS, **options}
-    return EnormFullConv(num_classes, in_channels, act_norm, opts["official_quirk"])
+    return EnormFullConv(num_classes, in_channels, act_norm, opts["official_quirk"], opts["width"])
 
