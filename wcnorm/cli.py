@@ -13,19 +13,22 @@ import sys
 COMMANDS = {
     "train": "train one run, or a sweep with -m (Hydra overrides: `wcnorm train --help`)",
     "table": "tables like the papers' (CSV + Markdown) and the claims check, from run directories",
+    "search": "the best learning rate of each grid point of a search (`train -m ... +search=lr`)",
     "plot": "figures like the papers' (curves, accuracy vs depth, condition numbers)",
     "bench": "measure step throughput, WC and ENorm overheads and MFU against a plain PyTorch loop",
 }
 
 # The module whose `main(argv)` each plain command runs.
-TOOL_MODULES = {"table": "wcnorm.report.table", "plot": "wcnorm.report.plot", "bench": "wcnorm.bench"}
+TOOL_MODULES = {"table": "wcnorm.report.table", "search": "wcnorm.report.search", "plot": "wcnorm.report.plot",
+                "bench": "wcnorm.bench"}
 
 USAGE = "usage: wcnorm <command> [args]\n\ncommands:\n" + "\n".join(
     f"  {name:<7} {text}" for name, text in COMMANDS.items()) + (
     "\n\nexamples:\n"
     "  wcnorm train model=resnet18 norm=bn_wc\n"
     "  wcnorm train -m norm=bn,bn_wc,enorm seed=0,1,2\n"
-    "  wcnorm table runs/ --out results/table\n")
+    "  wcnorm table runs/ --out results/table\n"
+    "  wcnorm train -m experiment=wc_resnet budget=short +search=lr\n")
 
 
 # Launchers that need a Hydra plugin: `hydra/launcher=<name>` -> (plugin module, pip package).
@@ -33,6 +36,14 @@ USAGE = "usage: wcnorm <command> [args]\n\ncommands:\n" + "\n".join(
 LAUNCHER_PLUGINS = {
     name: ("hydra_submitit_launcher", "hydra-submitit-launcher") for name in ("slurm", "submitit_slurm", "submitit_local")
 } | {name: ("hydra_joblib_launcher", "hydra-joblib-launcher") for name in ("local_parallel", "joblib")}
+
+# `+search=<name>` (conf/search/): a learning-rate search, built on the Optuna sweeper plugin.
+SEARCH_GROUP = "search"
+SEARCH_PLUGIN = ("hydra_optuna_sweeper", "hydra-optuna-sweeper")
+# Flags of `wcnorm train` under which it trains no single run: a sweep, or Hydra's help and
+# config printing. Without one, a search would train one run at the default rate.
+NOT_A_RUN = {"-m", "--multirun", "--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help",
+             "-sc", "--shell-completion"}
 
 
 # What a process killed by SIGPIPE reports (128 + 13): `wcnorm ... | head` ends as any
@@ -67,31 +78,56 @@ def _stop_logging_into_a_closed_stdout() -> None:
             handler.handleError = raise_if_closed
 
 
-def missing_launcher_plugin(argv: list[str]) -> str | None:
-    """The message for a `hydra/launcher=...` override whose plugin is not installed, else None."""
+def _choices(argv: list[str], group: str) -> list[str]:
+    """The options chosen for a config group on the command line (`group=x`, `+group=x`)."""
+    return [name for key, _, name in (arg.partition("=") for arg in argv) if key.lstrip("+") == group]
+
+
+def _plugin_installed(module: str) -> bool:
     import importlib.util
 
-    for arg in argv:
-        key, _, name = arg.partition("=")
-        if key.lstrip("+") != "hydra/launcher" or name not in LAUNCHER_PLUGINS:
+    try:
+        return importlib.util.find_spec(f"hydra_plugins.{module}") is not None
+    except ModuleNotFoundError:  # no Hydra plugin at all: no `hydra_plugins` namespace
+        return False
+
+
+def missing_launcher_plugin(argv: list[str]) -> str | None:
+    """The message for a `hydra/launcher=...` override whose plugin is not installed, else None."""
+    for name in _choices(argv, "hydra/launcher"):
+        if name not in LAUNCHER_PLUGINS:
             continue
         module, package = LAUNCHER_PLUGINS[name]
-        try:
-            found = importlib.util.find_spec(f"hydra_plugins.{module}") is not None
-        except ModuleNotFoundError:  # no Hydra plugin at all: no `hydra_plugins` namespace
-            found = False
-        if not found:
+        if not _plugin_installed(module):
             return (f"hydra/launcher={name} needs the Hydra launcher plugin '{package}', which is not "
                     f"installed here. Install it with:\n  pip install 'wcnorm[cluster]'\n"
                     f"or\n  pip install {package}")
     return None
 
 
+def search_problem(argv: list[str]) -> str | None:
+    """Why a `+search=...` command cannot start (its plugin is absent, or it is not a sweep), else None."""
+    names = _choices(argv, SEARCH_GROUP)
+    if not names:
+        return None
+    module, package = SEARCH_PLUGIN
+    if not _plugin_installed(module):
+        return (f"+{SEARCH_GROUP}={names[-1]} needs the Hydra sweeper plugin '{package}', which is not "
+                f"installed here. Install it with:\n  pip install 'wcnorm[search]'\nor\n  pip install {package}")
+    if not NOT_A_RUN & set(argv):
+        return f"+{SEARCH_GROUP}={names[-1]} is a sweep of many runs: add -m (`wcnorm train -m ...`)"
+    return None
+
+
 def _train(argv: list[str]) -> int:
-    missing = missing_launcher_plugin(argv)
+    missing = missing_launcher_plugin(argv) or search_problem(argv)
     if missing:
         print(f"wcnorm train: {missing}", file=sys.stderr)
         return 2
+    if _choices(argv, SEARCH_GROUP):  # optuna loads only for a search
+        from .training.search import register_sweeper
+
+        register_sweeper()
 
     import hydra
     from omegaconf import DictConfig

@@ -11,6 +11,9 @@
   the sweep directory, `<hydra.sweep.dir>/<job number>/`, from whatever process or
   machine the launcher ran it on; at the end the sweep reads the outcomes back, lists
   the failed jobs with their logs, and exits with status 1 if any failed.
+* Under the basic sweeper every job is one the user asked for, and a job whose loss
+  diverged has failed. Under a search (another sweeper: the jobs are its proposals) a
+  diverged trial is an answer, its rate was too high, and does not fail the sweep.
 
 `SweepCallback` is registered in conf/train.yaml (`hydra.callbacks`).
 """
@@ -32,7 +35,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from ..errors import WcnormError
+from ..errors import DivergedError, WcnormError
 from ..models import ModelConfigError
 from ..outputs import atomic_write_text
 from .config import problems
@@ -40,6 +43,11 @@ from .config import problems
 log = logging.getLogger("wcnorm")
 
 JOB_LOG, JOB_RECORD = "job.log", "job.json"
+# The outcomes (job.json "status") of a job that did not finish.
+UNFINISHED = ("failed", "diverged")
+# What a search maximizes (result.json): the final epoch's accuracy on the validation split
+# (`dataset.val_split`), in %. Never the test set's.
+SEARCH_OBJECTIVE = "final_val_acc"
 # Launchers whose jobs run on other machines: what this one has (CUDA?) says nothing there.
 REMOTE_LAUNCHERS = ("SlurmLauncher",)
 # Errors that are the user's to fix: reported as their message; anything else with its traceback.
@@ -51,6 +59,7 @@ class JobFailure:
     """What a failed job of a sweep returns to Hydra in place of its result."""
 
     error: str
+    diverged: bool = False  # the loss became NaN or inf (DivergedError)
 
 
 def in_multirun() -> bool:
@@ -61,7 +70,7 @@ def job_failed(err: Exception) -> JobFailure:
     """Log why a job of a sweep failed (into its job.log too) and make its return value."""
     if isinstance(err, USER_ERRORS):
         log.error("%s", err)
-        return JobFailure(str(err))
+        return JobFailure(str(err), diverged=isinstance(err, DivergedError))
     log.exception("the job failed:")
     return JobFailure(f"{type(err).__name__}: {err}")
 
@@ -133,10 +142,14 @@ def swept_keys(jobs: list[list[str]]) -> set[str]:
     return {k for k, v in values.items() if len(v) > 1}
 
 
+def own_overrides(overrides: list[str], swept: set[str]) -> list[str]:
+    """The overrides that tell this job from the others of its sweep (the common ones left out)."""
+    return [o for o in overrides if _key(o) in swept]
+
+
 def job_label(num: int, overrides: list[str], swept: set[str]) -> str:
-    """`#3 norm=bn_wc seed=1`: the job's number and its own overrides (the common ones left out)."""
-    own = [o for o in overrides if _key(o) in swept]
-    return f"#{num} {' '.join(own or overrides)}"
+    """`#3 norm=bn_wc seed=1`: the job's number and its own overrides."""
+    return f"#{num} {' '.join(own_overrides(overrides, swept) or overrides)}"
 
 
 class SweepCallback(Callback):
@@ -170,13 +183,18 @@ class SweepCallback(Callback):
         outcomes: dict[int, dict] = {}
         for path in sorted(sweep_dir.rglob("job*.json")):  # one per job (and per failed DDP rank > 0)
             record = json.loads(path.read_text())
-            if outcomes.get(record["num"], {}).get("status") != "failed":
+            if outcomes.get(record["num"], {}).get("status") not in UNFINISHED:
                 outcomes[record["num"]] = record
-        failed = [r for _, r in sorted(outcomes.items()) if r["status"] == "failed"]
+        searched = self.jobs is None  # another sweeper: a search (module docstring)
+        failing = {"failed"} if searched else set(UNFINISHED)
+        failed = [r for _, r in sorted(outcomes.items()) if r["status"] in failing]
+        diverged = sum(r["status"] == "diverged" for r in outcomes.values()) if searched else 0
         unreported = sorted(set(range(len(self.jobs))) - set(outcomes)) if self.jobs is not None else []
         total = len(self.jobs) if self.jobs is not None else len(outcomes)
+        ended = (f"all {total} trials ended, {diverged} of them diverged (their rates were too high)"
+                 if diverged else f"all {total} jobs finished")
         if not failed and not unreported:
-            log.info("sweep: all %d jobs finished; logs in %s/<job>/%s", total, sweep_dir, JOB_LOG)
+            log.info("sweep: %s; logs in %s/<job>/%s", ended, sweep_dir, JOB_LOG)
             return
         swept = swept_keys(self.jobs if self.jobs is not None else [r["overrides"] for r in outcomes.values()])
         lines = [f"  {job_label(r['num'], r['overrides'], swept)}:\n{_indent(r['error'])}\n      log: {r['log']}"
@@ -206,19 +224,20 @@ class SweepCallback(Callback):
             logging.getLogger().removeHandler(self._log_file)
             self._log_file.close()
             self._log_file = None
-        error = None
+        error, diverged = None, False
         if job_return.status == JobStatus.FAILED:  # an exception that escaped the job
             try:
                 _ = job_return.return_value  # re-raises it
             except Exception as err:
                 error = f"{type(err).__name__}: {err}"
         elif isinstance(job_return.return_value, JobFailure):
-            error = job_return.return_value.error
+            error, diverged = job_return.return_value.error, job_return.return_value.diverged
         rank = int(os.environ.get("RANK", "0"))  # DDP jobs: rank 0 speaks for the job
         if rank and error is None:
             return
         record = {"num": int(config.hydra.job.num), "overrides": list(job_return.overrides or []),
-                  "status": "failed" if error is not None else "finished", "error": error,
+                  "status": "finished" if error is None else "diverged" if diverged else "failed",
+                  "error": error,
                   "log": str(out / JOB_LOG)}
         name = JOB_RECORD if not rank else f"job.rank{rank}.json"
         atomic_write_text(out / name, json.dumps(record, indent=1))

@@ -1,0 +1,212 @@
+"""The learning-rate search (`wcnorm train -m ... +search=lr`): one study per normalizer on
+the validation split, trials that are ordinary runs (a rerun trains nothing), the table of
+the best rates, and what a diverged or failed trial counts as."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import compose_cfg
+from hydra import compose, initialize_config_module
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
+
+from wcnorm import cli
+from wcnorm.errors import DivergedError
+from wcnorm.outputs import run_dir_for
+from wcnorm.report.search import load_trials, search_tables
+from wcnorm.training.sweep import SEARCH_OBJECTIVE, JobFailure, SweepCallback, job_failed
+
+pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+from optuna.distributions import LogUniformDistribution  # noqa: E402  (the plugin's dependency)
+
+from wcnorm.training.search import SWEEPER, split_sweep, trial_value  # noqa: E402  (needs the plugin)
+
+WCNORM = shutil.which("wcnorm") or str(Path(sys.executable).parent / "wcnorm")
+TINY = ["dataset=synthetic", "model=enorm_fc", "dataset.image_size=8", "dataset.train_size=160",
+        "dataset.test_size=16", "trainer.device=cpu", "trainer.epochs=1", "trainer.batch_size=16",
+        "diagnostics.conditioning=false", "out_dir=out"]
+# Two normalizers, two trials each, rates from a range where the tiny net cannot diverge.
+SEARCH = ["train", "-m", "+search=lr", *TINY, "norm=bn,wc", "hydra.sweeper.n_trials=2",
+          "optim.lr=tag(log,interval(0.001,0.01))"]
+
+
+def wcnorm(*args, cwd) -> str:
+    proc = subprocess.run([WCNORM, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={"PATH": str(Path(WCNORM).parent) + ":/usr/bin:/bin", "CI": "1", "OMP_NUM_THREADS": "1"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"wcnorm {' '.join(args)} exited {proc.returncode}:\n{out}"
+    return out
+
+
+def _trials(root: Path) -> dict[Path, dict]:
+    """run directory -> (norm, lr, val_split, objective, result.json mtime)"""
+    found = {}
+    for path in root.rglob("result.json"):
+        result, cfg = json.loads(path.read_text()), yaml.safe_load((path.parent / "config.yaml").read_text())
+        found[path.parent] = {"norm": cfg["norm"]["name"], "lr": cfg["optim"]["lr"],
+                              "val_split": cfg["dataset"]["val_split"], "value": result.get(SEARCH_OBJECTIVE),
+                              "mtime": path.stat().st_mtime_ns}
+    return found
+
+
+def test_a_search_tunes_each_normalizer_apart_and_a_rerun_trains_nothing(tmp_path):
+    log = wcnorm(*SEARCH, cwd=tmp_path)
+    trials = _trials(tmp_path / "out")
+    assert sorted(t["norm"] for t in trials.values()) == ["bn", "bn", "wc", "wc"]
+    assert all(0.001 <= t["lr"] <= 0.01 and t["val_split"] == 0.1 for t in trials.values())
+    assert all(0 <= t["value"] <= 100 for t in trials.values())  # tuned on the validation split
+    rates = {norm: sorted(t["lr"] for t in trials.values() if t["norm"] == norm) for norm in ("bn", "wc")}
+    # Each normalizer has a study of its own, seeded alike: the same first proposals for both.
+    assert len(set(rates["bn"])) == 2 and rates["bn"] == rates["wc"]
+    assert "search: norm=bn: best optim.lr=" in log and "search: norm=wc: best optim.lr=" in log
+    assert "sweep: all 4 jobs finished" in log
+
+    # A trial is the plain run at its rate on that validation split: the same directory.
+    some = next(iter(trials))
+    lr = trials[some]["lr"]
+    plain = compose_cfg([*TINY, f"norm={trials[some]['norm']}", f"optim.lr={lr}", "dataset.val_split=0.1"],
+                        smoke=False)
+    assert tmp_path / run_dir_for(plain) == some
+
+    again = wcnorm(*SEARCH, cwd=tmp_path)  # the same search: the same rates, all finished
+    assert again.count("already finished") == 4 and "epoch 1/1" not in again
+    assert _trials(tmp_path / "out") == trials  # nothing trained or rewritten
+
+    assert cli.main(["search", str(tmp_path / "out"), "--out", str(tmp_path / "res")]) == 0
+    table = pd.read_csv(tmp_path / "res" / "search.csv")
+    assert list(table["norm"]) == ["bn", "wc"] and list(table["trials"]) == [2, 2]
+    for _, row in table.iterrows():
+        mine = [t for t in trials.values() if t["norm"] == row["norm"]]
+        best = max(t["value"] for t in mine)
+        assert row["val_acc"] == pytest.approx(best, abs=0.01)
+        assert any(t["value"] == best and row["optim.lr"] == pytest.approx(t["lr"], rel=1e-3) for t in mine)
+        assert row["command"].startswith(f"wcnorm train -m model=enorm_fc dataset=synthetic norm={row['norm']} optim.lr=")
+    assert len(pd.read_csv(tmp_path / "res" / "search_trials.csv")) == 4
+    assert "optim.lr=" in (tmp_path / "res" / "search.md").read_text()
+
+
+def _trial_dir(root: Path, name: str, *, dataset="cifar10", norm="bn", lr=0.1, value=50.0, depth=None,
+               val_split=0.1, finished=True, experiment="wc_resnet") -> None:
+    """A run directory as the trainer leaves it (only what the search table reads)."""
+    d = root / name
+    d.mkdir(parents=True)
+    config = {"experiment": experiment, "budget": "short", "seed": 0, "out_dir": "runs/lr_search",
+              "model": {"name": "resnet18", **({"depth": depth} if depth is not None else {})},
+              "dataset": {"name": dataset, "num_classes": 100 if dataset == "cifar100" else 10, "val_split": val_split},
+              "norm": {"name": norm, "weight": "wc" if norm.endswith("wc") else "none"},
+              "optim": {"name": "sgd", "lr": lr, "weight_decay": 5e-4}, "trainer": {"epochs": 15}}
+    (d / "config.yaml").write_text(yaml.safe_dump(config))
+    (d / "metrics.csv").write_text("epoch,test_acc\n1,10\n")
+    if finished:
+        (d / "result.json").write_text(json.dumps({"status": "finished", SEARCH_OBJECTIVE: value,
+                                                   "final_test_acc": 99.0, "config": config}))
+
+
+def test_the_table_gives_each_grid_point_its_best_rate_and_the_command_for_the_preset(tmp_path):
+    for dataset in ("cifar10", "cifar100"):
+        for norm, best in (("bn", 0.05), ("bn_wc", 0.4)):
+            for i, lr in enumerate((0.01, 0.05, 0.4, 0.9)):
+                value = 80.0 if lr == best else 60.0 - i
+                _trial_dir(tmp_path, f"{dataset}-{norm}-{i}", dataset=dataset, norm=norm, lr=lr, value=value)
+    _trial_dir(tmp_path, "unfinished", norm="bn", lr=0.2, finished=False)  # diverged or running
+    _trial_dir(tmp_path, "final-run", norm="bn", lr=0.05, value=99.0, val_split=0.0)  # not a trial
+    _trial_dir(tmp_path, "tie", dataset="cifar100", norm="bn", lr=0.02, value=80.0)  # ties with 0.05: the lower rate
+    _trial_dir(tmp_path, "other-preset", experiment="wc_vit", value=99.0)
+
+    trials = load_trials(tmp_path, preset="wc_resnet")
+    points, table = search_tables(trials)
+    assert len(table) == 18 and "final-run" not in " ".join(table["run_dir"])
+    assert list(zip(points["dataset"], points["norm"])) == [("cifar10", "bn"), ("cifar10", "bn_wc"),
+                                                            ("cifar100", "bn"), ("cifar100", "bn_wc")]
+    assert list(points["optim.lr"]) == [0.05, 0.4, 0.02, 0.4]
+    assert list(points["val_acc"]) == [80.0] * 4
+    assert list(points["trials"]) == [5, 4, 5, 4] and list(points["finished"]) == [4, 4, 5, 4]
+    # The preset's grid point at its rate: no validation split, no classes (they come with the dataset).
+    assert points["command"][3] == ("wcnorm train -m experiment=wc_resnet budget=short model=resnet18 "
+                                    "dataset=cifar100 norm=bn_wc optim.lr=0.4")
+
+
+def test_a_point_the_grid_varies_below_a_group_is_named_in_the_command(tmp_path):
+    for depth in (3, 5):
+        for i, lr in enumerate((0.01, 0.1)):
+            _trial_dir(tmp_path, f"d{depth}-{i}", depth=depth, lr=lr, value=50.0 + i * (depth - 4))
+    points, _ = search_tables(load_trials(tmp_path))
+    assert list(points["model.depth"]) == [3, 5] and list(points["optim.lr"]) == [0.01, 0.1]
+    assert points["command"][1].endswith("norm=bn model.depth=5 optim.lr=0.1")
+
+
+def _ret(value) -> JobReturn:
+    ret = JobReturn(status=JobStatus.COMPLETED)
+    ret.return_value = value
+    return ret
+
+
+def test_a_diverged_trial_is_the_worst_value_and_a_failed_one_no_value():
+    assert trial_value(_ret({"status": "finished", SEARCH_OBJECTIVE: 71.5})) == (71.5, False)
+    assert trial_value(_ret(job_failed(DivergedError("the training loss became nan")))) == (0.0, True)
+    assert trial_value(_ret(JobFailure("dataset missing"))) == (None, False)
+    assert trial_value(_ret({"status": "interrupted"})) == (None, False)
+    with pytest.raises(RuntimeError):  # an exception that escaped the job is raised, as Hydra's sweepers do
+        trial_value(JobReturn(status=JobStatus.FAILED, _return_value=RuntimeError("boom")))
+
+
+@pytest.mark.parametrize("searched", [True, False])
+def test_a_diverged_trial_does_not_fail_a_search_but_a_diverged_job_fails_a_sweep(tmp_path, caplog, searched):
+    for num, status in enumerate(("finished", "diverged")):
+        (tmp_path / str(num)).mkdir()
+        (tmp_path / str(num) / "job.json").write_text(json.dumps(
+            {"num": num, "overrides": [f"optim.lr={num}"], "status": status, "log": "job.log",
+             "error": None if status == "finished" else "the training loss became nan"}))
+    callback = SweepCallback()
+    callback.jobs = None if searched else [["optim.lr=0"], ["optim.lr=1"]]  # None: not the basic sweeper
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    if searched:
+        with caplog.at_level(logging.INFO, logger="wcnorm"):
+            callback.on_multirun_end(config)
+        assert "all 2 trials ended, 1 of them diverged" in caplog.text
+    else:
+        with pytest.raises(SystemExit):
+            callback.on_multirun_end(config)
+
+
+def test_search_lr_adds_nothing_to_a_run_but_the_validation_split_and_the_folder():
+    searched = compose_cfg(["+search=lr"])
+    plain = compose_cfg(["dataset.val_split=0.1", "out_dir=runs/lr_search"])
+    assert OmegaConf.to_container(searched) == OmegaConf.to_container(plain)
+    with initialize_config_module(config_module="wcnorm.conf", version_base="1.3"):
+        sweeper = compose("train", overrides=["+search=lr"], return_hydra_config=True).hydra.sweeper
+    assert sweeper._target_ == SWEEPER and sweeper.direction == "maximize"
+    assert sweeper.params["optim.lr"].startswith("tag(log, interval(")
+
+
+def test_a_search_without_its_plugin_says_what_to_install_and_one_without_m_refuses(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", "experiment=demo", "+search=lr"]) == 2
+    assert "add -m" in capsys.readouterr().err
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("hydra_plugins.") else real(name, *a))
+    assert cli.main(["train", "-m", "experiment=demo", "+search=lr"]) == 2
+    err = capsys.readouterr().err
+    assert "+search=lr" in err and "pip install 'wcnorm[search]'" in err and "pip install hydra-optuna-sweeper" in err
+    assert not list(tmp_path.iterdir())  # stopped before Hydra did anything
+
+
+def test_the_sweep_splits_into_the_search_space_and_the_grid_of_the_first_seed():
+    parser = OverridesParser.create()
+    overrides = parser.parse_overrides(["norm=bn,bn_ws", "seed=range(2,5)", "optim.lr=tag(log,interval(1e-4,1))",
+                                        "trainer.epochs=2", "norm=bn,bn_wc"])  # the command line's norm wins
+    space, points = split_sweep(overrides, parser)
+    assert space == {"optim.lr": LogUniformDistribution(1e-4, 1.0)}
+    assert points == [["norm=bn", "seed=2", "trainer.epochs=2"], ["norm=bn_wc", "seed=2", "trainer.epochs=2"]]

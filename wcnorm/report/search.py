@@ -1,0 +1,183 @@
+"""`wcnorm search`: the best learning rate of each grid point of a search, from its runs.
+
+A search (`wcnorm train -m experiment=NAME +search=lr`, training.search) leaves one
+run directory per trial. Its trials are the runs with a validation split
+(`dataset.val_split` > 0); runs whose configs differ in nothing but the tuned keys
+(TUNED) are the trials of one grid point. For each point: the trial with the highest
+validation accuracy at the final epoch, the trials behind it, and the command that
+runs the preset at that rate, on the whole training set and with all its seeds.
+
+    search.csv          one row per grid point
+    search_trials.csv   one row per trial
+    search.md           both, and the commands
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from ..outputs import VOLATILE_KEYS, atomic_write_text, read_result
+from ..training.sweep import SEARCH_OBJECTIVE
+from .runs import load_runs
+from .table import norm_label, norm_sort_key
+
+# What a search tunes: trials of one grid point differ in these alone.
+TUNED = ("optim.lr", "optim.weight_decay")
+VAL_SPLIT = "dataset.val_split"
+# A point's keys that every table names (the run columns of report.runs), then those the grid varies.
+NAMED = ("experiment", "budget", "model", "dataset", "norm")
+VALUE = "val_acc"  # the tables' column of SEARCH_OBJECTIVE
+
+
+def _cfg(column: str) -> str:
+    return column.removeprefix("cfg.")
+
+
+def _point_keys(df: pd.DataFrame) -> list[str]:
+    """The config keys that make a grid point: all but the tuned and the volatile ones."""
+    return [c for c in df.columns if c.startswith("cfg.") and _cfg(c) not in TUNED
+            and not any(_cfg(c) == k or _cfg(c).startswith(k + ".") for k in VOLATILE_KEYS)]
+
+
+def varying_keys(points: pd.DataFrame) -> list[str]:
+    """The config keys that tell the points apart, less those a group's name implies
+    (the classes of `dataset=cifar100`) and those every table names already."""
+    varying = [_cfg(c) for c in points.columns if points[c].nunique(dropna=False) > 1]
+    # config groups chosen by name (`dataset=cifar100`): the keys under them follow from it
+    chosen = {k.split(".")[0] for k in varying if k.count(".") == 1 and k.endswith(".name")}
+    return [k for k in varying if k.split(".")[0] not in chosen and k not in NAMED]
+
+
+def load_trials(paths, preset: str | None = None) -> pd.DataFrame:
+    """One row per trial: its run's columns (report.runs), `point` (its grid point's
+    number) and `val_acc` (NaN for a trial that did not finish)."""
+    df = load_runs(paths)
+    col = f"cfg.{VAL_SPLIT}"
+    if df.empty or col not in df:
+        return df.iloc[0:0]
+    df = df[pd.to_numeric(df[col], errors="coerce").fillna(0) > 0]
+    if preset is not None:
+        df = df[df["experiment"] == preset]
+    df = df.reset_index(drop=True)
+    if df.empty:
+        return df
+    df[VALUE] = [(read_result(Path(d) / "result.json") or {}).get(SEARCH_OBJECTIVE) if done else None
+                 for d, done in zip(df["run_dir"], df["finished"])]
+    df[VALUE] = pd.to_numeric(df[VALUE], errors="coerce")
+    keys = _point_keys(df)
+    df["point"] = df.groupby(df[keys].astype(str).apply(tuple, axis=1), sort=False).ngroup()
+    return df
+
+
+def _tuned(df: pd.DataFrame) -> list[str]:
+    """The tuned keys the trials vary (optim.lr; optim.weight_decay if it was searched too)."""
+    return [k for k in TUNED if f"cfg.{k}" in df and df[f"cfg.{k}"].nunique() > 1] or [TUNED[0]]
+
+
+def _number(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def tuned_command(best: pd.Series, extra: list[str], tuned: list[str]) -> str:
+    """`wcnorm train -m experiment=... model=... norm=... optim.lr=...`: the point at its best
+    rate, for the preset's seeds and without the validation split (the rate was chosen on
+    it; the preset trains on the whole training set and reports the test set)."""
+    words = ["wcnorm", "train", "-m"]
+    words += [f"{k}={best[k]}" for k in NAMED if pd.notna(best[k])]
+    words += [f"{k}={_number(best[f'cfg.{k}'])}" for k in (*extra, *tuned)]
+    return shlex.join(words)
+
+
+def search_tables(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per grid point: its keys, the best trial's rate and validation accuracy, the
+    trials it rests on, the command for the preset at that rate; one row per trial)."""
+    tuned = _tuned(trials)
+    extra = varying_keys(trials.groupby("point").first()[_point_keys(trials)])
+    order = trials["norm"].map(lambda n: norm_sort_key(n)[0])
+    keys = ["experiment", "budget", "model", "dataset", *(f"cfg.{k}" for k in extra), "_o", "norm",
+            f"cfg.{tuned[0]}"]
+    trials = trials.assign(_o=order).sort_values(keys, kind="stable", na_position="first")
+    rows = []
+    for _, g in trials.groupby("point", sort=False):
+        done = g[g[VALUE].notna()]
+        # the highest accuracy; of equal ones, the lowest rate
+        best = done.sort_values([VALUE, f"cfg.{tuned[0]}"], ascending=[False, True]).iloc[0] if len(done) else None
+        row = {k: g.iloc[0][k] for k in NAMED} | {k: g.iloc[0][f"cfg.{k}"] for k in extra}
+        row |= {k: best[f"cfg.{k}"] if best is not None else None for k in tuned}
+        row |= {VALUE: best[VALUE] if best is not None else None, "trials": len(g), "finished": len(done),
+                "best_run": best["run_dir"] if best is not None else None,
+                "command": tuned_command(best, extra, tuned) if best is not None else None}
+        rows.append(row)
+    columns = {f"cfg.{k}": k for k in (*extra, *tuned)}
+    table = trials.rename(columns=columns)[[*NAMED, *extra, *tuned, VALUE, "status", "run_dir"]]
+    return pd.DataFrame(rows), table.reset_index(drop=True)
+
+
+def _md(df: pd.DataFrame) -> str:
+    df = df.drop(columns=[c for c in ("experiment", "budget") if df[c].isna().all()])  # no preset
+    cells = df.astype(object).where(df.notna(), "")
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "|".join("---" for _ in df.columns) + "|"]
+    lines += ["| " + " | ".join(_number(v) for v in row) + " |" for row in cells.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def to_markdown(points: pd.DataFrame, trials: pd.DataFrame, split: list[float], command: str) -> str:
+    shown = points.drop(columns=["best_run", "command"]).assign(norm=points["norm"].map(norm_label))
+    return "\n".join([
+        "## Learning-rate search: the best rate of each grid point", "",
+        f"- value of a trial: the validation accuracy (%) at the final epoch, on dataset.val_split="
+        f"{', '.join(map(str, split))} of the training set; the test set is not used",
+        f"- trials: {len(trials)} run directories, {int(trials[VALUE].notna().sum())} finished "
+        "(the others diverged, failed or are still running)",
+        f"- command: `{command}`", "",
+        _md(shown), "",
+        "### Run the preset at these rates", "",
+        "Each line trains one grid point at its rate on the whole training set, for all the "
+        "preset's seeds. Add any other override the search had (not `+search=lr`).", "",
+        "```", *points["command"].dropna(), "```", "",
+        "### Trials", "", _md(trials.drop(columns=["run_dir"])), ""])
+
+
+def write_search(trials: pd.DataFrame, command: str, out_dir) -> tuple[str, list[Path]]:
+    """Write search.csv, search_trials.csv and search.md; return the Markdown and the files."""
+    points, table = search_tables(trials)
+    text = to_markdown(points, table, sorted(set(trials[f"cfg.{VAL_SPLIT}"])), command)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"search.csv": points.to_csv(index=False, float_format="%.4g"),
+             "search_trials.csv": table.to_csv(index=False, float_format="%.4g"), "search.md": text}
+    for name, content in files.items():
+        atomic_write_text(out / name, content)
+    return text, [out / name for name in files]
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="wcnorm search", description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", help="the search's run directories, or folders holding them "
+                                            "(a search writes below runs/lr_search)")
+    ap.add_argument("--out", default="results/lr_search", help="output folder")
+    ap.add_argument("--preset", default=None, help="only the trials of this experiment preset")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    trials = load_trials(args.runs, args.preset)
+    if trials.empty:
+        print("wcnorm search: no trials found (run directories with dataset.val_split > 0)"
+              + (f" of preset {args.preset}" if args.preset else ""), file=sys.stderr)
+        return 1
+    text, files = write_search(trials, shlex.join(["wcnorm", "search", *argv]), args.out)
+    print(text)
+    print("wrote: " + ", ".join(map(str, files)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
