@@ -187,3 +187,10 @@ def test_the_bench_scene_is_a_blender_scene_of_opaque_views_on_a_circle(tmp_path
     assert torch.allclose(centres.norm(dim=1), torch.full((4,), 4.0))  # four cameras 4 units out
     # each camera looks at the origin: its -z axis points from its centre to the centre of the scene
     assert torch.allclose(-scene.poses[:, :, 2], -centres / centres.norm(dim=1, keepdim=True), atol=1e-6)
+
+
+def test_the_bench_flushes_denormals_only_while_it_measures():
+    tiny = torch.tensor([1e-40])  # a float32 denormal
+    with bench.flushed_denormals():
+        assert (tiny * 1).item() == 0.0  # flushed: denormal arithmetic would skew CPU times
+    assert (tiny * 1).item() > 0  # and IEEE arithmetic is back for whatever runs next

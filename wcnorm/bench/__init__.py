@@ -29,7 +29,7 @@ and FLOPs), `plans` (the sizes), `setups` and `fields` (the steps compared), `me
 set-up), `parts` (the parts as CSV rows), `command` (the command line).
 """
 
-from .command import COLUMNS, format_table, main, slug, write_rows
+from .command import COLUMNS, flushed_denormals, format_table, main, slug, write_rows
 from .counting import OpCounter, count_ops, peak_flops, step_flops
 from .measure import enorm_overhead, reference_throughput, wc_overhead, wcnorm_throughput
 from .memory import peak_memory
@@ -38,7 +38,7 @@ from .plans import SIZES, Plan, parse_spec
 from .setups import bench_config, build_reference, build_run, build_trainer, build_wcnorm
 from .timing import median_ratio, time_step
 
-__all__ = ["COLUMNS", "PARTS", "RUNNERS", "SIZES", "OpCounter", "Plan", "bench_config", "build_reference",
+__all__ = ["COLUMNS", "PARTS", "flushed_denormals", "RUNNERS", "SIZES", "OpCounter", "Plan", "bench_config", "build_reference",
            "build_run", "build_trainer", "build_wcnorm", "count_ops", "enorm_overhead", "format_table",
            "main", "median_ratio", "parse_spec", "peak_flops", "peak_memory", "reference_throughput",
            "slug", "step_flops", "time_step", "wc_overhead", "wcnorm_throughput",

@@ -11,6 +11,7 @@ import csv
 import io
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -73,6 +74,33 @@ def write_rows(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+@contextmanager
+def flushed_denormals():
+    """Denormal floats flushed to zero on the CPU while the bench measures (restored
+    after: the process's other work keeps IEEE arithmetic). A network that keeps fitting
+    one fixed batch drives gradients and optimizer state towards denormals, which make
+    CPU arithmetic many times slower: the bench would time whichever variant has more
+    of them, not the method."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def measure(parts, args, plan, device, env: dict, out: Path) -> list[dict]:
+    """The chosen parts, in order; the CSV is rewritten after every part, so a run cut
+    short keeps what it measured."""
+    rows, cache = [], {}
+    for part in (p for p in PARTS if p in parts):
+        t0 = time.perf_counter()
+        new = RUNNERS[part](args, plan, device, cache)
+        rows += [{**env, **r} for r in new]
+        write_rows(out, rows)
+        print(f"{part}: {len(new)} figures in {time.perf_counter() - t0:.0f} s", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -99,14 +127,9 @@ def main(argv: list[str] | None = None) -> int:
            "threads": torch.get_num_threads(), "size": size}
     print(f"wcnorm bench: {env['device_name']} ({device}), torch {env['torch_version']}, "
           f"{env['threads']} threads, size {size}", flush=True)
-    rows, cache = [], {}
     out = Path(args.out) / f"{slug(device)}.csv"
-    for part in (p for p in PARTS if p in parts):
-        t0 = time.perf_counter()
-        new = RUNNERS[part](args, plan, device, cache)
-        rows += [{**env, **r} for r in new]
-        write_rows(out, rows)  # after every part: a run cut short keeps what it measured
-        print(f"{part}: {len(new)} figures in {time.perf_counter() - t0:.0f} s", flush=True)
+    with flushed_denormals():
+        rows = measure(parts, args, plan, device, env, out)
     print(format_table(rows))
     print(f"wrote {out}")
     return 0
