@@ -21,7 +21,8 @@ Five parts, all in one process, on synthetic data (nothing is downloaded):
 
 Every figure is the median over `repeats` blocks of `steps` back-to-back calls, after
 `warmup` untimed calls (compilation, cudnn autotuning, allocator growth), with the
-device drained (synchronize) before each timer read. The figures themselves go to
+device drained (synchronize) before each timer read, and denormal floats flushed to
+zero (`flushed_denormals`). The figures themselves go to
 `results/bench/<device>.csv`.
 
 The modules, bottom up: `timing` and `memory` (how a figure is read), `counting` (ops
