@@ -6,8 +6,9 @@
 One folder per experiment preset, ``<out>/<preset>/``, holding what `wcnorm table`
 and `wcnorm plot` write (table.md/.csv, table_best_epoch.csv, table_long.csv,
 provenance.json, claims.csv, curves.png, fc_depth.png, conditioning.png; for the
-neural-field presets wc_nerf and wc_shape, tables per scene or shape and
-gallery_nerf.png / gallery_shape.png), plus runs.csv: one row per run directory the
+neural-field presets wc_nerf and wc_shape, tables per scene or shape,
+gallery_nerf.png / gallery_shape.png and, for the gallery's seed, every test render
+(renders/<scene>/<norm>/) and surface picture (meshes/<shape>/<norm>.png)), plus runs.csv: one row per run directory the
 numbers come from. A hand-written README.md in that folder (how the runs were made)
 is never touched.
 
@@ -30,7 +31,13 @@ import pandas as pd
 
 from wcnorm.outputs import atomic_write_text
 from wcnorm.report.claims import evaluate_claims, write_claims
-from wcnorm.report.plot import plot_conditioning, plot_curves, plot_fc_depth, plot_gallery
+from wcnorm.report.plot import (
+    copy_pictures,
+    plot_conditioning,
+    plot_curves,
+    plot_fc_depth,
+    plot_gallery,
+)
 from wcnorm.report.runs import CLASSIFICATION, load_conditioning, load_curves, load_runs
 from wcnorm.report.table import build_table, to_markdown, write_table
 
@@ -126,6 +133,7 @@ def make_preset(preset: str, runs: pd.DataFrame, curves: pd.DataFrame, cond: pd.
     files += plot_fc_depth(df, out)
     files += plot_conditioning(cond, out)
     files += plot_gallery(df, out)
+    files += copy_pictures(df, out)
     print(to_markdown(result))
     print(claims[["claim_id", "verdict", "numbers"]][claims["finished_runs"] > 0].to_string(index=False))
     return files

@@ -15,6 +15,7 @@ from fabricate import (
 )  # tests/ is on sys.path under pytest
 
 from wcnorm.report.plot import (
+    copy_pictures,
     gallery_rows,
     main,
     plot_all,
@@ -194,3 +195,18 @@ def test_plot_all_field_runs(field_roots, tmp_path):
         _assert_png(f)
     # Classification runs: no gallery, and no warning about one.
     assert plot_gallery(load_runs(make_run(tmp_path / "cls")), tmp_path / "cls_out") == []
+
+
+def test_the_pictures_of_the_gallerys_seed_are_copied_whole(field_roots, tmp_path):
+    (tmp_path / "renders" / "gone").mkdir(parents=True)  # left from runs no longer there
+    files = copy_pictures(load_runs(list(field_roots)), tmp_path)
+    rel = sorted(str(f.relative_to(tmp_path)) for f in files)
+    # every test view of every seed-0 lego run, the ground truth once per view
+    lego = [r for r in rel if r.startswith("renders/lego/")]
+    assert lego == sorted(f"renders/lego/{who}/{view}.png" for who in ("ground_truth", "none", "wc", "wn", "ws")
+                          for view in ("r_0", "r_1"))
+    assert "renders/fern/wc/r_0.png" in rel and not (tmp_path / "renders" / "gone").exists()
+    assert sorted(r for r in rel if r.startswith("meshes/")) == sorted(
+        f"meshes/{shape}/{norm}.png" for shape in ("armadillo", "bunny") for norm in ("none", "wn", "ws", "wc"))
+    seed0 = gallery_rows(load_runs(field_roots[0]), "nerf")[1][1].pictures["wc"]  # lego, wc, r_0
+    assert (tmp_path / "renders/lego/wc/r_0.png").read_bytes() == seed0.read_bytes()

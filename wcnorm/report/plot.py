@@ -8,7 +8,8 @@
   (dashed) weights vs epoch, for runs that logged conditioning.csv;
 - gallery_nerf, gallery_shape: for one seed, each normalizer's result side by side:
   a test view rendered by each NeRF beside its ground truth (one view per scene), the
-  picture of each shape's extracted surface.
+  picture of each shape's extracted surface (`copy_pictures` copies all of that
+  seed's test renders and surface pictures beside them).
 
 Figures are drawn on bare ``Figure`` objects with the Agg canvas, so importing this
 module never changes the caller's matplotlib backend.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import shutil
 import sys
 import warnings
 import zlib
@@ -386,6 +388,46 @@ def plot_gallery(runs: pd.DataFrame, out, formats=("png",), seed: int | None = N
             continue
         # Every norm of the task gets its column: one without a run of this seed says so.
         files += _gallery_figure(rows, _norms(done), task, chosen, Path(out), formats)
+    return files
+
+
+# Where `copy_pictures` puts a task's pictures, below the output folder.
+PICTURE_FOLDERS = {NERF: "renders", SHAPE: "meshes"}
+GROUND_TRUTH = "ground_truth"
+
+
+def _copy(src: Path, dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(dest, Path(src).read_bytes())
+    return dest
+
+
+def copy_pictures(runs: pd.DataFrame, out, seed: int | None = None) -> list[Path]:
+    """The pictures behind the galleries, whole, for the gallery's seed: every test view
+    each NeRF run rendered, ``renders/<scene>/<norm>/<view>.png``, their ground truth in
+    ``renders/<scene>/ground_truth/``, and the picture of each shape run's surface,
+    ``meshes/<shape>/<norm>.png``. A task's folder is written anew (no picture of a run
+    that is gone stays behind). Returns the files written."""
+    files = []
+    for task, folder in PICTURE_FOLDERS.items():
+        done = runs[runs["finished"].astype(bool) & (runs["task"] == task)] \
+            if "task" in runs else runs.iloc[0:0]
+        rows = gallery_rows(done, task, seed)[1] if len(done) else []
+        if not rows:
+            continue
+        root = Path(out) / folder
+        shutil.rmtree(root, ignore_errors=True)
+        for row in rows:
+            for norm, run in row.runs.items():
+                if task == SHAPE:
+                    png = row.pictures.get(norm)
+                    files += [_copy(png, root / row.name / f"{norm}.png")] if png else []
+                    continue
+                for view, shots in rendered_views(run.run_dir, run.get("renders")).items():
+                    for role, png in shots.items():
+                        dest = root / row.name / (GROUND_TRUTH if role == "gt" else str(norm)) / f"{view}.png"
+                        if not dest.exists():  # the ground truth: once per view
+                            files.append(_copy(png, dest))
     return files
 
 
