@@ -42,6 +42,9 @@ from wcnorm.report.runs import CLASSIFICATION, load_conditioning, load_curves, l
 from wcnorm.report.table import build_table, to_markdown, write_table
 
 SKIP_BY_DEFAULT = ("demo",)  # `make demo` writes its own table under runs/demo
+# Budgets left out unless asked for: a smoke run is a pipeline check, never evidence
+# beside real runs of the same preset (scripts/smoke_presets.sh tables them apart).
+SEPARATE_BUDGETS = ("smoke",)
 # Extra row keys of a table when a preset varies them (e.g. the small-batch studies).
 SPLIT_CANDIDATES = ("batch_size",)
 RUN_COLUMNS = ["run_dir", "experiment", "budget", "task", "model", "dataset", "dataset_file", "scene",
@@ -139,10 +142,23 @@ def make_preset(preset: str, runs: pd.DataFrame, curves: pd.DataFrame, cond: pd.
     return files
 
 
+def with_budgets(runs: pd.DataFrame, budgets: str) -> pd.DataFrame:
+    """The runs of the budgets asked for (comma-separated), else of all but SEPARATE_BUDGETS."""
+    if runs.empty or "budget" not in runs:
+        return runs
+    wanted = [b for b in budgets.split(",") if b]
+    keep = runs["budget"].isin(wanted) if wanted else ~runs["budget"].isin(SEPARATE_BUDGETS)
+    return runs[keep]
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="make_tables.py", description=__doc__.splitlines()[0])
     ap.add_argument("--runs", default="runs", help="folder holding the run directories (default: runs)")
     ap.add_argument("--out", default="results", help="results folder (default: results)")
+    ap.add_argument("--budgets", default="",
+                    help="comma-separated budgets whose runs count (default: every budget but "
+                         f"{', '.join(SEPARATE_BUDGETS)}, whose runs are a pipeline check with "
+                         "tables of their own, e.g. --runs runs/smoke --out results/smoke --budgets smoke)")
     ap.add_argument("--presets", default="",
                     help="comma-separated presets to rebuild (default: every preset with runs, "
                          f"except {', '.join(SKIP_BY_DEFAULT)})")
@@ -157,8 +173,11 @@ def main(argv=None) -> int:
         warnings.simplefilter("ignore")  # unreadable folders are counted in provenance.json
         runs = load_runs(runs_root)
         curves, cond = load_curves(runs_root), load_conditioning(runs_root)
+    runs = with_budgets(runs, args.budgets)
+    curves, cond = (df[df["run_dir"].isin(runs["run_dir"])] if len(df) else df for df in (curves, cond))
     if runs.empty:
-        print(f"make_tables: no run directories under {runs_root}", file=sys.stderr)
+        print(f"make_tables: no run directories under {runs_root}"
+              + (f" of budget(s) {args.budgets}" if args.budgets else ""), file=sys.stderr)
         return 1
     found = sorted(runs["experiment"].dropna().unique())
     wanted = [p for p in args.presets.split(",") if p] or [p for p in found if p not in SKIP_BY_DEFAULT]
