@@ -35,7 +35,7 @@ from ..fields.scenes import Scene
 from ..tasks import build_task
 from ..training.assemble import Run, assemble, seed_everything
 from ..training.config import validate
-from .setups import forever
+from .setups import describe, forever
 
 # field -> (its preset, what one training example is)
 FIELDS = {"nerf": ("wc_nerf", "rays"), "occupancy": ("wc_shape", "points")}
@@ -114,19 +114,11 @@ def build_field_run(cfg: DictConfig, device) -> Run:
     return run
 
 
-def describe_field_run(run: Run) -> str:
-    """wcnorm[...]: the settings the assembled field run trains with."""
-    t = run.trainer
-    flags = [str(t.amp_dtype).removeprefix("torch.") if t.amp_dtype else "fp32", type(run.train_loader).__name__,
-             "fused" if run.optimizer.defaults.get("fused") else "foreach"]
-    return f"wcnorm[{','.join(flags)}]"
-
-
 def wcnorm_field_step(cfg: DictConfig, device):
     """(step, setup): the task's next batch (drawn on the device), then Trainer.train_step."""
     run = build_field_run(cfg, device)
     batches = forever(run.train_loader)
-    return (lambda: run.trainer.train_step(*next(batches))[0]), describe_field_run(run)
+    return (lambda: run.trainer.train_step(*next(batches))[0]), describe(run)
 
 
 def fixed_field_step(cfg: DictConfig, device):

@@ -82,7 +82,7 @@ def describe(run: Run) -> str:
     """wcnorm[...]: the settings the assembled run trains with."""
     t = run.trainer
     flags = [str(t.amp_dtype).removeprefix("torch.") if t.amp_dtype else "fp32", type(run.train_loader).__name__]
-    flags += ["channels_last"] * run.train_loader.channels_last
+    flags += ["channels_last"] * getattr(run.train_loader, "channels_last", False)  # image loaders
     flags += ["fused" if run.optimizer.defaults.get("fused") else "foreach"]
     flags += ["compile"] * bool(run.cfg.trainer.compile)
     return f"wcnorm[{','.join(flags)}]"
