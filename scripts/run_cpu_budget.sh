@@ -6,9 +6,9 @@
 #     make tables RUNS=runs/cpu                           # tables -> results/<preset>/
 #
 # The subset that stands in for each preset's dataset is added on the command line:
-# the 5,170 / 1,017 real CIFAR-10 images (cifar10-partial.npz) for the CIFAR-10 presets,
-# which also leaves out their CIFAR-100 points (the 486-image CIFAR-100 subset cannot
-# support a comparison), and the 10-class ImageNet subset (imagenet-mini/, 64 px) for
+# the 5,170 / 1,017 real CIFAR-10 images (cifar10-partial.npz) for the CIFAR-10 presets
+# (the FC studies enorm_fc and wc_fc included), which also leaves out their CIFAR-100
+# points (the 486-image CIFAR-100 subset cannot support a comparison), and the 10-class ImageNet subset (imagenet-mini/, 64 px) for
 # the ImageNet small-batch study. Any other preset runs on its own data; a preset
 # without a CPU budget (wc_googlenet_c100, wc_vit_imagenet) refuses it with its reason.
 #
@@ -33,7 +33,8 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 if [ $# -eq 0 ]; then
   echo "usage: $0 PRESET...  (wc_resnet wc_googlenet wc_densenet wc_vit enorm_fullconv" \
-       "enorm_resnet_small_batch enorm_resnet_imagenet_small_batch)" >&2
+       "enorm_resnet_small_batch enorm_resnet_imagenet_small_batch enorm_fc wc_fc" \
+       "wc_nerf wc_shape)" >&2
   exit 2
 fi
 launcher=()
@@ -44,7 +45,8 @@ fi
 failed=()
 for preset in "$@"; do
   case "$preset" in  # the subset that stands in for the preset's dataset
-    wc_resnet | wc_googlenet | wc_densenet | wc_vit | enorm_fullconv | enorm_resnet_small_batch)
+    wc_resnet | wc_googlenet | wc_densenet | wc_vit | enorm_fullconv | enorm_resnet_small_batch \
+      | enorm_fc | wc_fc)
       data=(dataset=npz "dataset.path=$DATA/cifar10-partial.npz") ;;
     enorm_resnet_imagenet_small_batch)
       data=(dataset=imagefolder "dataset.root=$DATA/imagenet-mini" dataset.image_size=64) ;;

@@ -291,7 +291,7 @@ SHARED = REPO.parent / "shared" / "data"
 # grid that a real subset stands in for (scripts/run_cpu_budget.sh adds the subset).
 CPU_PRESETS = {"wc_resnet": "cifar10", "wc_googlenet": "cifar10", "wc_densenet": "cifar10",
                "wc_vit": "cifar10", "enorm_fullconv": "cifar10", "enorm_resnet_small_batch": "cifar10",
-               "enorm_resnet_imagenet_small_batch": "imagenet"}
+               "enorm_resnet_imagenet_small_batch": "imagenet", "enorm_fc": "cifar10", "wc_fc": "cifar10"}
 # The presets that refuse it, with words their stated reason must contain.
 CPU_REFUSED = {"wc_googlenet_c100": "486 CIFAR-100 training images", "wc_vit_imagenet": "ViT-B/16"}
 # Each subset: the dataset group that loads it, its file or folder in the shared data
@@ -332,12 +332,10 @@ def data_location(d) -> str:
     return d.path if d.name == "npz" else d.root
 
 
-def test_every_cnn_and_vit_preset_has_a_cpu_budget_or_refuses_it():
-    # The FC study (enorm_fc) has CPU runs made with explicit overrides (results/), not
-    # yet a `protocol.cpu`.
-    assert set(CPU_PRESETS) | set(CPU_REFUSED) == REQUIRED - {"enorm_fc"}
+def test_every_preset_has_a_cpu_budget_or_refuses_it():
+    assert REQUIRED <= set(CPU_PRESETS) | set(CPU_REFUSED)
     for name in REQUIRED:
-        assert ("cpu" in compose_preset(name).protocol) == (name != "enorm_fc"), name
+        assert "cpu" in compose_preset(name).protocol, name
 
 
 @pytest.mark.parametrize("name", sorted(CPU_PRESETS))
@@ -356,7 +354,7 @@ def test_every_cpu_preset_composes_on_the_real_data_with_three_seeds(name, cpu_c
     group, location, _ = STAND_INS[CPU_PRESETS[name]]
     assert cfg.dataset.name == group and all(f"dataset={group}" in job for job in jobs)
     assert (REPO / data_location(cfg.dataset)).resolve() == (SHARED / location).resolve()
-    if "width" in cfg.model:  # every model but enorm_fullconv, which has no width option
+    if "width" in cfg.model:  # every model but the FC net, which has no width option
         assert cfg.model.width == p.width < 1
     else:
         assert "width" not in p
@@ -370,16 +368,21 @@ def cpu_points(name: str, command: list[str]) -> list[tuple[str, ...]]:
     return sorted({tuple(o for o in job if o.split("=", 1)[0] not in shared | {"seed"}) for job in jobs})
 
 
+# The grid keys a `protocol.cpu` may narrow to fewer values, with the sweep key each narrows.
+NARROWED = {"batch_sizes": "trainer.batch_size", "depths": "model.depth"}
+
+
 def presets_points_on_its_subset(name: str) -> list[tuple[str, ...]]:
     """The preset's own grid (budget=paper) on the dataset its subset stands in for, on
-    the batch sizes `protocol.cpu.batch_sizes` keeps, if it names any."""
-    batches = compose_preset(name, "budget=cpu").protocol.cpu.get("batch_sizes")
+    the batch sizes (`protocol.cpu.batch_sizes`) and depths (`depths`) the budget keeps."""
+    cpu = compose_preset(name, "budget=cpu").protocol.cpu
+    kept = {key: str(cpu[narrow]).split(",") for narrow, key in NARROWED.items() if narrow in cpu}
     keep = set()
     for point in without_seed(grid(compose_preset(name))):
         job = dict(o.split("=", 1) for o in point)
         if job.get("dataset", CPU_PRESETS[name]) != CPU_PRESETS[name]:
             continue
-        if batches is not None and job["trainer.batch_size"] not in str(batches).split(","):
+        if any(job[key] not in values for key, values in kept.items()):
             continue
         keep.add(tuple(o for o in point if not o.startswith("dataset=")))
     return sorted(keep)
@@ -399,6 +402,13 @@ def test_the_small_batch_cpu_grid_keeps_small_and_large_batches(cpu_command):
     points = cpu_points("enorm_resnet_small_batch", cpu_command["enorm_resnet_small_batch"])
     batches = sorted({int(o.split("=")[1]) for point in points for o in point if o.startswith("trainer.batch_size=")})
     assert len(batches) >= 2 and batches[0] <= 4 and batches[-1] == 64  # BN's small-batch regime and its usual one
+
+
+@pytest.mark.parametrize("name", ["enorm_fc", "wc_fc"])
+def test_the_fc_cpu_grids_keep_shallow_and_deep_nets(name, cpu_command):
+    points = cpu_points(name, cpu_command[name])
+    depths = sorted({int(o.split("=")[1]) for point in points for o in point if o.startswith("model.depth=")})
+    assert depths == [1, 3, 7, 15]  # the same depths in both studies, the paper's deepest nets left out
 
 
 @pytest.mark.parametrize("name", sorted(CPU_REFUSED))
