@@ -28,6 +28,7 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from wcnorm.outputs import atomic_write_text
 from wcnorm.report.claims import evaluate_claims, write_claims
@@ -41,6 +42,7 @@ from wcnorm.report.plot import (
 from wcnorm.report.runs import CLASSIFICATION, load_conditioning, load_curves, load_runs
 from wcnorm.report.table import build_table, to_markdown, write_table
 
+PRESETS = Path(__file__).resolve().parents[1] / "conf" / "experiment"
 SKIP_BY_DEFAULT = ("demo",)  # `make demo` writes its own table under runs/demo
 # Budgets left out unless asked for: a smoke run is a pipeline check, never evidence
 # beside real runs of the same preset (scripts/smoke_presets.sh tables them apart).
@@ -112,12 +114,24 @@ def write_runs_csv(df: pd.DataFrame, runs_root: Path, path: Path) -> Path:
     return path
 
 
+def not_run(preset: str, runs: pd.DataFrame) -> dict[str, str]:
+    """The grid points the runs' budget leaves out, with the reason, as the preset
+    declares them (`protocol.<budget>.not_run` in conf/experiment/<preset>.yaml)."""
+    budgets = runs["budget"].dropna().unique()
+    f = PRESETS / f"{preset}.yaml"
+    if len(budgets) != 1 or not f.is_file():
+        return {}
+    protocol = yaml.safe_load(f.read_text()).get("protocol") or {}
+    return dict((protocol.get(budgets[0]) or {}).get("not_run") or {})
+
+
 def make_preset(preset: str, runs: pd.DataFrame, curves: pd.DataFrame, cond: pd.DataFrame,
                 runs_root: Path, out: Path, command: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     df, _ = relabel(runs)
     split = tuple(k for k in SPLIT_CANDIDATES if df[k].nunique(dropna=True) > 1)
-    result = build_table(df, layout="auto", split_by=split, command=command)
+    result = build_table(df, layout="auto", split_by=split, command=command,
+                         not_run=not_run(preset, runs))
     files = write_table(result, out)
 
     claims_df, notes = relabel(runs, for_claims=True)

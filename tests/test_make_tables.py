@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from fabricate import make_nerf_run  # tests/ is on sys.path under pytest
+from fabricate import make_nerf_run, make_run  # tests/ is on sys.path under pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_tables.py"
 
@@ -35,3 +35,24 @@ def test_smoke_runs_never_mix_into_a_presets_results_unless_asked(tmp_path):
     assert set(table["budget"]) == {"smoke"} and len(table) == 2
     # a root of smoke runs alone, without asking for them: nothing to table, and it says so
     assert main(["--runs", str(runs / "smoke"), "--out", str(tmp_path / "none")]) == 1
+
+
+def test_a_presets_table_marks_the_points_its_budget_leaves_out(tmp_path):
+    # wc_resnet at budget=cpu declares its CIFAR-100 points not run (protocol.cpu.not_run).
+    runs = tmp_path / "runs"
+    for norm in ("bn", "bn_wc"):
+        for seed in (0, 1):
+            make_run(runs, model="resnet18", norm=norm, seed=seed, experiment="wc_resnet",
+                     budget="cpu", final_acc=50.0 + seed)
+    assert make_tables()(["--runs", str(runs), "--out", str(tmp_path / "results")]) == 0
+    out = tmp_path / "results" / "wc_resnet"
+    table = pd.read_csv(out / "table.csv").set_index(["model", "dataset"])
+    assert table.loc[("resnet18", "cifar100"), "BN + WC"] == "no cpu budget"
+    assert table.loc[("resnet18", "cifar10"), "BN + WC"] == "50.50 ± 0.71 (n=2)"
+    assert "486 training images" in (out / "table.md").read_text()
+    # the same runs at another budget: the preset declares nothing left out there
+    for f in runs.rglob("config.yaml"):
+        f.write_text(f.read_text().replace("budget: cpu", "budget: short"))
+    assert make_tables()(["--runs", str(runs), "--out", str(tmp_path / "short")]) == 0
+    table = pd.read_csv(tmp_path / "short" / "wc_resnet" / "table.csv")
+    assert list(table["dataset"]) == ["cifar10"]

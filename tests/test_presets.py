@@ -398,6 +398,17 @@ def test_the_cpu_grid_is_the_presets_grid_on_its_subset(name, cpu_command):
         assert {o for point in points for o in point if o.startswith(key)} == {o for o in paper if o.startswith(key)}
 
 
+@pytest.mark.parametrize("name", sorted(CPU_PRESETS))
+def test_the_datasets_a_cpu_grid_leaves_out_are_declared_for_its_tables(name, cpu_command):
+    # make_tables marks each declared point "no cpu budget" in the preset's table.
+    paper = {o.split("=", 1)[1] for point in without_seed(grid(compose_preset(name)))
+             for o in point if o.startswith("dataset=")}
+    left_out = paper - {CPU_PRESETS[name]}
+    declared = compose_preset(name, "budget=cpu").protocol.cpu.get("not_run") or {}
+    assert {k.removeprefix("dataset=") for k in declared if k.startswith("dataset=")} == left_out
+    assert all(len(reason) > 20 for reason in declared.values())  # a reason, not a flag
+
+
 def test_the_small_batch_cpu_grid_keeps_small_and_large_batches(cpu_command):
     points = cpu_points("enorm_resnet_small_batch", cpu_command["enorm_resnet_small_batch"])
     batches = sorted({int(o.split("=")[1]) for point in points for o in point if o.startswith("trainer.batch_size=")})

@@ -18,7 +18,7 @@ from fabricate import (
 )  # tests/ is on sys.path under pytest
 
 from wcnorm.report.runs import find_runs, load_conditioning, load_curves, load_runs
-from wcnorm.report.table import BEST_METRIC, build_table, main, write_table
+from wcnorm.report.table import BEST_METRIC, build_table, main, to_markdown, write_table
 
 GOLDEN = Path(__file__).parent / "golden"
 FC_METHODS = ("none", "bn", "enorm", "bn_enorm")
@@ -84,6 +84,53 @@ def test_missing_cell_and_missing_seed_are_shown(wc_df):
     assert "googlenet/cifar100/bn_wc: missing, no finished run" in missing
     assert "seeds found 2/3 for resnet18/cifar10/bn_ws (missing seed 2)" in missing
     assert result.provenance["cells"] == {"expected": 6, "ok": 3, "incomplete": 2, "missing": 1}
+
+
+def _cpu_grid(root, batch_sizes=(128,)) -> pd.DataFrame:
+    """BN and BN + WC on ResNet-18 and ResNet-50, CIFAR-10 only, at budget=cpu."""
+    for model in ("resnet18", "resnet50"):
+        for norm, acc in (("bn", 50.0), ("bn_wc", 52.0)):
+            for b in batch_sizes:
+                for seed in (0, 1):
+                    make_run(root, model=model, norm=norm, seed=seed, final_acc=acc + seed,
+                             experiment="wc_resnet", budget="cpu", batch_size=b, tag=f"_b{b}")
+    return load_runs(root)
+
+
+def test_grid_points_the_budget_leaves_out_are_marked_not_dropped(tmp_path):
+    reason = "the CIFAR-100 subset has 486 training images"
+    result = build_table(_cpu_grid(tmp_path), not_run={"dataset=cifar100": reason})
+    wide = result.wide.set_index(["model", "dataset"])
+    assert list(wide.index) == [("resnet18", "cifar10"), ("resnet18", "cifar100"),
+                                ("resnet50", "cifar10"), ("resnet50", "cifar100")]
+    for model in ("resnet18", "resnet50"):
+        assert list(wide.loc[(model, "cifar100"), ["BN", "BN + WC"]]) == ["no cpu budget"] * 2
+        assert wide.loc[(model, "cifar10"), "BN + WC"] == "52.50 ± 0.71 (n=2)"
+    best = result.best.set_index(["model", "dataset"])
+    assert best.loc[("resnet50", "cifar100"), "BN"] == "no cpu budget"
+    long = result.long.set_index(["model", "dataset", "norm"])
+    assert long.loc[("resnet18", "cifar100", "bn"), ["status", "n"]].tolist() == ["not run", 0]
+    p = result.provenance
+    assert p["not_run"] == [f"dataset=cifar100: {reason}"] and p["missing"] == []
+    assert p["cells"] == {"expected": 8, "ok": 4, "incomplete": 0, "missing": 0, "not run": 4}
+    md = to_markdown(result)
+    assert "4 not run at this budget" in md and f"- dataset=cifar100: {reason}" in md
+
+
+def test_left_out_batch_sizes_get_rows_and_points_with_runs_stay(tmp_path):
+    df = _cpu_grid(tmp_path, batch_sizes=(4, 64))
+    result = build_table(df, split_by=["batch_size"],
+                         not_run={"batch_size=2,4,8": "too slow on a CPU"})
+    long = result.long.set_index(["model", "dataset", "batch_size", "norm"])
+    assert sorted(long.index.get_level_values("batch_size").unique()) == [2, 4, 8, 64]
+    assert long.loc[("resnet18", "cifar10", 4, "bn"), "status"] == "ok"  # it has runs
+    assert long.loc[("resnet18", "cifar10", 8, "bn"), "status"] == "not run"
+    assert (long["status"] == "not run").sum() == 2 * 2 * 2  # 2 models x 2 sizes x 2 norms
+
+
+def test_a_left_out_point_must_name_a_row_key(tmp_path):
+    with pytest.raises(ValueError, match="row keys"):
+        build_table(_cpu_grid(tmp_path), not_run={"optim.lr=0.1": "no"})
 
 
 def test_unfinished_runs_counted_not_averaged(wc_df):

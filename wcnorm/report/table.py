@@ -18,6 +18,7 @@ import argparse
 import itertools
 import shlex
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -310,12 +311,15 @@ def _seed_expectation(df, expected_seeds) -> dict:
 
 
 def build_table(df: pd.DataFrame, layout: str = "auto", expected_seeds: int | None = None,
-                split_by: tuple[str, ...] | list[str] = (), command: str | None = None
-                ) -> TableResult:
+                split_by: tuple[str, ...] | list[str] = (), command: str | None = None,
+                not_run: Mapping[str, str] | None = None) -> TableResult:
     """Aggregate a ``load_runs`` frame into the paper-layout tables.
 
     ``split_by``: extra run columns that become row keys (e.g. ``batch_size``, or any
     config key as ``cfg.<dotted.key>``), for studies that vary them.
+    ``not_run``: grid points the runs' budget leaves out, ``"COLUMN=VALUE[,VALUE...]"``
+    of a row key (e.g. ``"dataset=cifar100"``) -> the reason. Their rows are written,
+    every cell reading "no <budget> budget", rather than left out of the table.
     """
     if df.empty:
         raise ValueError("no runs to tabulate")
@@ -375,6 +379,7 @@ def build_table(df: pd.DataFrame, layout: str = "auto", expected_seeds: int | No
                 row[col] = f"missing ({s['n_unfinished']} unfinished)"
         rows.append(row)
 
+    rows += _not_run_rows(df, keys, {_key(c) for c in stats}, not_run or {}, tables)
     long = _sort_long(pd.DataFrame(rows), keys)
     # The ENorm column only where ENorm ran: a table without ENorm runs keeps its columns.
     variant = ["enorm_variant"] if df["enorm_variant"].notna().any() else []
@@ -395,10 +400,37 @@ def build_table(df: pd.DataFrame, layout: str = "auto", expected_seeds: int | No
                          ignore_index=True)
         best = _pivot(long, keys, "best_cell", tables.best.title)
     prov = _provenance(df, long, layout, keys, expected_seeds, missing, unfinished, command,
-                       task)
+                       task, [f"{point}: {reason}" for point, reason in (not_run or {}).items()])
     return TableResult(wide=wide, best=best,
                        long=long.drop(columns=[*cell_cols, "best_cell"]), provenance=prov,
                        missing=missing, layout=layout, task=task)
+
+
+def _not_run_rows(df, keys, cells, not_run: Mapping[str, str], tables) -> list[dict]:
+    """One row per norm for each grid row the budget leaves out: every row seen with
+    the left-out key set to each of its values, where no run fills it."""
+    text = f"no {' / '.join(map(str, _distinct(df['budget'])))} budget"
+    seen_rows = {c[:-1] for c in cells}
+    rows = []
+    for point in not_run:
+        column, _, values = point.partition("=")
+        if column not in keys or not values:
+            raise ValueError(f"not_run {point!r}: expected COLUMN=VALUE with COLUMN one of "
+                             f"the table's row keys ({', '.join(keys)})")
+        at = keys.index(column)
+        numeric = pd.api.types.is_numeric_dtype(df[column])  # batch sizes, depths
+        left_out = [pd.to_numeric(v) if numeric else v for v in values.split(",")]
+        for row in sorted({(*r[:at], v, *r[at + 1:]) for r in seen_rows for v in left_out},
+                          key=str):
+            for norm in sorted(df["norm"].unique(), key=norm_sort_key):
+                if (*row, norm) in cells:
+                    continue
+                cell = dict(zip(keys + ["norm"], (*row, norm)), status="not run", n=0,
+                            n_unfinished=0, budget=_values(df["budget"]))
+                cell.update({_cell_column(tables, b): text for b in tables.blocks},
+                            best_cell=text)
+                rows.append(cell)
+    return rows
 
 
 def _distinct(s: pd.Series) -> list:
@@ -428,7 +460,7 @@ def _pooled_differences(df: pd.DataFrame, keys: list[str]) -> list[str]:
 
 
 def _provenance(df, long, layout, keys, expected_seeds, missing, unfinished, command,
-                task) -> dict:
+                task, not_run: list[str]) -> dict:
     mixed = _pooled_differences(df, keys)
     dates = pd.to_datetime(df["date"], errors="coerce", utc=True, format="ISO8601").dropna()
     counts = long["status"].value_counts()
@@ -455,8 +487,9 @@ def _provenance(df, long, layout, keys, expected_seeds, missing, unfinished, com
                  "unfinished": int((~df["finished"]).sum()),
                  "skipped_unreadable": len(df.attrs.get("skipped", []))},
         "cells": {"expected": len(long), **{k: int(counts.get(k, 0))
-                                            for k in ("ok", "incomplete", "missing")}},
-        "missing": missing, "unfinished": unfinished, "mixed_settings": mixed,
+                                            for k in ("ok", "incomplete", "missing")},
+                  **({"not run": int(counts["not run"])} if "not run" in counts else {})},
+        "not_run": not_run, "missing": missing, "unfinished": unfinished, "mixed_settings": mixed,
         "device_names": _distinct(df["device_name"]),
         "git_commits": _distinct(df["git_commit"]),
         "torch_versions": _distinct(df["torch_version"]),
@@ -491,7 +524,8 @@ def to_markdown(result: TableResult) -> str:
         + (f"; {runs['skipped_unreadable']} unreadable folders skipped)"
            if runs["skipped_unreadable"] else ")"),
         f"- cells: {p['cells']['ok']} complete, {p['cells']['incomplete']} incomplete, "
-        f"{p['cells']['missing']} missing",
+        f"{p['cells']['missing']} missing"
+        + (f", {p['cells']['not run']} not run at this budget" if "not run" in p["cells"] else ""),
         f"- devices: {join(p['device_names'])}; commits: {join(p['git_commits'])}; "
         f"dates: {' to '.join(p['date_range'] or ['unknown'])}",
     ]
@@ -508,7 +542,7 @@ def to_markdown(result: TableResult) -> str:
     else:
         lines += [_md_table(result.wide), ""]
     lines += [f"### {_capital(tables.best.title)}", "", _md_table(result.best), ""]
-    for title, items in (("Incomplete grid", p["missing"]), ("Unfinished runs", p["unfinished"]),
+    for title, items in (("Not run at this budget", p["not_run"]), ("Incomplete grid", p["missing"]), ("Unfinished runs", p["unfinished"]),
                          ("Cells pooling different settings", p["mixed_settings"])):
         if items:
             lines += [f"### {title}", "", *[f"- {m}" for m in items], ""]
