@@ -526,6 +526,22 @@ def test_custom_claim_and_files(wc_root, tmp_path):
     assert "| bn > bn_wc | -3 | [-5.27, -0.733] | 0.0213 | 0.0213 | 3/3 | contradicted |" in md
 
 
+def test_claims_md_details_the_claims_with_runs_and_lists_the_others(wc_root, tmp_path):
+    table = evaluate_claims(load_runs(wc_root))
+    write_claims(table, tmp_path / "claims.csv")
+    md = (tmp_path / "claims.md").read_text()
+    summary, rest = md.split("## Claims without a finished run here", 1)
+    ran = table[table["finished_runs"] > 0]
+    assert 0 < len(ran) < len(table)
+    for r in ran.itertuples():  # a summary row and a section each
+        assert f"| {r.claim_id} | {r.verdict} | {r.numbers} |" in summary
+        assert f"## {r.claim_id} ({r.paper}): {r.verdict}" in summary
+    for r in table[table["finished_runs"] == 0].itertuples():  # one line each, no section
+        assert f"- {r.claim_id} ({r.paper}): {r.claim}" in rest
+        assert f"## {r.claim_id} " not in md
+    assert len(pd.read_csv(tmp_path / "claims.csv")) == len(table)  # the CSV keeps every claim
+
+
 def test_infinite_chamfer_counts_against_wc(tmp_path):
     # One WC run extracted no surface: its Chamfer distance is infinite. No t-test is
     # defined, but WC's mean (infinite) stands against the claim.

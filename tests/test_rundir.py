@@ -175,6 +175,18 @@ def test_where_and_how_a_run_happens_is_not_part_of_its_identity(cfg_factory):
         assert config_digest(cfg_factory("dataset=cifar10", computed)) != base, computed
 
 
+def test_a_presets_lookup_tables_name_a_run_only_through_what_it_takes_from_them(cfg_factory):
+    # enorm_fc at budget=cpu, BN at depth 3: its epochs come from protocol.cpu, its rate
+    # from lr_table.bn; other budgets' numbers and other methods' rates are not its own.
+    point = ("experiment=enorm_fc", "budget=cpu", "norm=bn", "model.depth=3", "dataset=synthetic")
+    base = config_digest(cfg_factory(*point, smoke=False))
+    for elsewhere in ("protocol.paper.epochs=61", "protocol.short.seeds=2", "lr_table.enorm.default=0.5",
+                      "+protocol.cpu.note=anything"):
+        assert config_digest(cfg_factory(*point, elsewhere, smoke=False)) == base, elsewhere
+    for own in ("protocol.cpu.epochs=11", "lr_table.bn.default=0.05"):
+        assert config_digest(cfg_factory(*point, own, smoke=False)) != base, own
+
+
 def test_a_pinned_run_dir_refuses_another_configs_checkpoint(cfg_factory, tmp_path):
     run = tmp_path / "run"
     mine = ["trainer.epochs=2"]

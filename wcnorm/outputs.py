@@ -62,6 +62,15 @@ VOLATILE_KEYS = ("out_dir", "run_dir", "dataset.root", "dataset.download", "trai
                  "trainer.stop_after", "trainer.checkpoint_every", "trainer.num_workers", "trainer.restart",
                  "logger", "hydra")
 
+# A preset's lookup tables, read through interpolations: its budgets' numbers
+# (`protocol`), learning rates per method and depth or batch size (`lr_table`,
+# `lr_by_batch`) and network sizes per budget (`sizes`). What a run takes from them is
+# resolved into the keys it sets (trainer.epochs, model.width, optim.lr, size), which
+# name the run; the tables themselves do not, so editing one budget's numbers or one
+# method's rate renames no run that does not use them.
+LOOKUP_KEYS = ("protocol", "lr_table", "lr_by_batch", "sizes")
+NOT_IDENTITY = VOLATILE_KEYS + LOOKUP_KEYS
+
 # Datasets whose files are checked against known checksums whenever they load
 # (torchvision's md5 sums): their name says what their data is, wherever it lies.
 CHECKSUMMED_DATASETS = ("cifar10", "cifar100")
@@ -99,7 +108,7 @@ def dotted_get(d: dict, dotted: str):
 
 def config_identity(cfg: DictConfig) -> dict:
     ident = OmegaConf.to_container(cfg, resolve=True)
-    for key in VOLATILE_KEYS:
+    for key in NOT_IDENTITY:
         _drop(ident, key)
     for key, neutral in NEUTRAL_DEFAULTS.items():
         value = dotted_get(ident, key)

@@ -614,14 +614,20 @@ def _fmt(x: float, spec: str) -> str:
 
 
 def to_markdown(claims: pd.DataFrame) -> str:
-    """claims.md: one section per claim, its comparisons as a table."""
-    lines = ["# The papers' claims tested on these runs", "",
-             "Each comparison: the difference of the final-epoch means (first method "
-             f"minus second), its {LEVEL:.0%} Welch confidence interval, Welch's two-sided "
-             "p, Holm's adjusted p over the claim's family, and the finished runs (n) of "
-             "each cell.", "", f"Verdicts: {VERDICT_RULES}", "", f"Rule for the {SEEDS_RULE}",
-             ""]
-    for row in claims.itertuples(index=False):
+    """claims.md: a summary of the claims these runs bear on, one section per such
+    claim with its comparisons as a table, and the claims without runs here listed."""
+    ran = claims["finished_runs"] > 0
+    lines = ["# The papers' claims tested on these runs", ""]
+    if ran.any():
+        lines += ["| claim | verdict | cells |", "|---|---|---|",
+                  *[f"| {r.claim_id} | {r.verdict} | {r.numbers} |"
+                    for r in claims[ran].itertuples(index=False)], ""]
+    lines += ["Each comparison: the difference of the final-epoch means (first method "
+              f"minus second), its {LEVEL:.0%} Welch confidence interval, Welch's two-sided "
+              "p, Holm's adjusted p over the claim's family, and the finished runs (n) of "
+              "each cell.", "", f"Verdicts: {VERDICT_RULES}", "", f"Rule for the {SEEDS_RULE}",
+              ""]
+    for row in claims[ran].itertuples(index=False):
         lines += [f"## {row.claim_id} ({row.paper}): {row.verdict}", "", f"> {row.claim}", "",
                   f"- metric: {row.metric}; finished runs: {row.finished_runs}; budgets: "
                   f"{row.budgets or '-'}; epochs: {row.epochs or '-'}",
@@ -641,6 +647,10 @@ def to_markdown(claims: pd.DataFrame) -> str:
                 f"| {ci} | {_fmt(r.p, '.3g')} | {_fmt(r.p_holm, '.3g')} "
                 f"| {r.n_better}/{r.n_worse} | {r.level_verdict} |")
         lines.append("")
+    if not ran.all():
+        lines += ["## Claims without a finished run here (not enough runs)", "",
+                  *[f"- {r.claim_id} ({r.paper}): {r.claim}"
+                    for r in claims[~ran].itertuples(index=False)], ""]
     return "\n".join(lines)
 
 

@@ -199,8 +199,9 @@ def _curves_figure(curves, out, stem, formats, exp, task) -> list[Path]:
     last = len(panels) % ncols
     if last:
         _hide_unused(axes, last, ncols, slice(-2, None))
-    fig.suptitle(f"{exp}: training loss and {held_label.split(' (')[0]} "
-                 "(mean over seeds, band = ±1 std)", fontsize=10)
+    # One column of panels is narrow: the title then takes two lines.
+    fig.suptitle(f"{exp}: training loss and {held_label.split(' (')[0]}"
+                 f"{' ' if ncols > 1 else chr(10)}(mean over seeds, band = ±1 std)", fontsize=10)
     return _save(fig, out, stem, formats)
 
 

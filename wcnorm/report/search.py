@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..outputs import VOLATILE_KEYS, atomic_write_text, read_result
+from ..outputs import NOT_IDENTITY, atomic_write_text, read_result
 from ..training.sweep import SEARCH_OBJECTIVE
 from .runs import load_runs
 from .table import norm_label, norm_sort_key
@@ -39,9 +39,10 @@ def _cfg(column: str) -> str:
 
 
 def _point_keys(df: pd.DataFrame) -> list[str]:
-    """The config keys that make a grid point: all but the tuned and the volatile ones."""
+    """The config keys that make a grid point: all but the tuned ones and those outside
+    a run's identity (outputs.NOT_IDENTITY)."""
     return [c for c in df.columns if c.startswith("cfg.") and _cfg(c) not in TUNED
-            and not any(_cfg(c) == k or _cfg(c).startswith(k + ".") for k in VOLATILE_KEYS)]
+            and not any(_cfg(c) == k or _cfg(c).startswith(k + ".") for k in NOT_IDENTITY)]
 
 
 def varying_keys(points: pd.DataFrame) -> list[str]:
