@@ -67,6 +67,25 @@ def test_conditioning_plot(roots, tmp_path):
     _assert_png(files[0])
 
 
+def test_conditioning_plot_draws_raw_weights_only_where_they_differ(roots, tmp_path, monkeypatch):
+    import pandas as pd
+
+    from wcnorm.report import plot
+
+    with pytest.warns(UserWarning):
+        cond = load_conditioning(roots[0])
+    assert (cond["kappa_eff"] != cond["kappa_raw"]).any()  # the fabricated WC runs differ
+    plain = cond.assign(norm="bn", kappa_raw=cond["kappa_eff"], run_dir=cond["run_dir"] + "-bn")
+    drawn = []
+    band = plot._band
+    monkeypatch.setattr(plot, "_band", lambda ax, g, x, y, norm, *a, **k: (drawn.append((norm, y)),
+                                                                          band(ax, g, x, y, norm, *a, **k)))
+    plot_conditioning(pd.concat([cond, plain], ignore_index=True), tmp_path)
+    wc = set(cond["norm"])
+    assert {(n, y) for n, y in drawn} == {("bn", "kappa_eff"), *((n, y) for n in wc
+                                                                 for y in ("kappa_eff", "kappa_raw"))}
+
+
 def test_plot_all_and_cli(roots, tmp_path):
     with pytest.warns(UserWarning):
         files = plot_all(list(roots), tmp_path / "a")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib.image as mpimg
+import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -250,17 +251,21 @@ def plot_conditioning(cond: pd.DataFrame, out, formats=("png",),
     fig, axes, ncols = _grid(len(panels), 1, w=5.0, h=3.8)
     for i, (values, g) in enumerate(panels):
         ax = axes[i // ncols, i % ncols]
+        reparametrized = False
         for norm in _norms(g):
             gn = g[g["norm"] == norm]
             _band(ax, gn, "epoch", "kappa_eff", norm,
                   f"{norm_label(norm)} ({gn['run_dir'].nunique()} runs)", spread="minmax")
-            _band(ax, gn, "epoch", "kappa_raw", norm, None, ls="--", spread="minmax")
+            # Without a weight reparametrization the effective weight is the raw one.
+            if not np.allclose(gn["kappa_eff"], gn["kappa_raw"], equal_nan=True):
+                _band(ax, gn, "epoch", "kappa_raw", norm, None, ls="--", spread="minmax")
+                reparametrized = True
         ax.set_yscale("log")
         ax.set(title=_title(keys, values), xlabel="epoch (0 = before training)",
                ylabel="median layer condition number κ₂ (log)")
         ax.grid(alpha=0.3, which="both")
         styles = [Line2D([], [], color="k", ls="-", label="effective weight E(W)W"),
-                  Line2D([], [], color="k", ls="--", label="raw weight W")]
+                  Line2D([], [], color="k", ls="--", label="raw weight W")] if reparametrized else []
         ax.legend(handles=ax.get_legend_handles_labels()[0] + styles, fontsize=7)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if len(panels) % ncols:
