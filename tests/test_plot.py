@@ -52,6 +52,22 @@ def test_wc_curves(roots, tmp_path):
     _assert_png(files[0])
 
 
+def test_curves_of_different_batch_sizes_are_never_pooled(tmp_path):
+    from wcnorm.report import plot
+
+    for b in (4, 16, 64):  # a small-batch study: one panel per batch size, in order
+        for norm in ("bn", "enorm"):
+            for seed in (0, 1):
+                make_run(tmp_path / "runs", norm=norm, seed=seed, batch_size=b, tag=f"_b{b}",
+                         experiment="enorm_resnet_small_batch", conditioning=True)
+    for load in (load_curves, load_conditioning):
+        keys, panels = plot._panels(load(tmp_path / "runs"))
+        assert [plot._title(keys, v) for v, _ in panels] == [
+            f"resnet18 / cifar10 / batch {b}" for b in (4, 16, 64)]
+        assert all(g["run_dir"].nunique() == 4 for _, g in panels)
+    _assert_png(plot_curves(load_curves(tmp_path / "runs"), tmp_path / "out")[0])
+
+
 def test_fc_depth_plot(roots, tmp_path):
     files = plot_fc_depth(load_runs(roots[1]), tmp_path, formats=("png", "pdf"))
     assert [f.name for f in files] == ["fc_depth.png", "fc_depth.pdf"]

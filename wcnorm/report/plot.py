@@ -76,6 +76,8 @@ def _panel_keys(df: pd.DataFrame) -> list[str]:
     keys = ([] if fields_only else ["model", "dataset"]) + subjects
     if df["depth"].notna().any():
         keys.append("depth")  # ENorm FC: one panel per depth, never pooled
+    if df["batch_size"].nunique() > 1:
+        keys.append("batch_size")  # the small-batch studies: one panel per batch size
     if df["experiment"].nunique(dropna=False) > 1:
         keys.insert(0, "experiment")  # different protocols are never pooled either
     return keys
@@ -83,14 +85,22 @@ def _panel_keys(df: pd.DataFrame) -> list[str]:
 
 def _title(keys, values) -> str:
     values = values if isinstance(values, tuple) else (values,)
-    parts = [f"p={v}" if k == "depth" else str(v) for k, v in zip(keys, values)
+    label = {"depth": "p={}", "batch_size": "batch {}"}
+    parts = [label.get(k, "{}").format(v) for k, v in zip(keys, values)
              if not (k in ("depth", *FIELD_TASKS.values()) and pd.isna(v))]
     return " / ".join(parts)
 
 
+def _panel_order(values) -> tuple:
+    """Panels in reading order: numbers (depths, batch sizes) by value, names by name."""
+    values = values if isinstance(values, tuple) else (values,)
+    return tuple((0, float(v), "") if isinstance(v, (int, float, np.number)) and not pd.isna(v)
+                 else (1, 0.0, str(v)) for v in values)
+
+
 def _panels(df: pd.DataFrame):
     keys = _panel_keys(df)
-    return keys, sorted(df.groupby(keys, dropna=False, sort=False), key=lambda kv: str(kv[0]))
+    return keys, sorted(df.groupby(keys, dropna=False, sort=False), key=lambda kv: _panel_order(kv[0]))
 
 
 def _grid(n: int, rows_per_panel: int, w=4.2, h=3.2):

@@ -26,7 +26,7 @@ from ..outputs import dotted_get
 
 # Columns that identify a run's cell in a table or a line in a figure.
 ID_COLUMNS = ["run_dir", "experiment", "budget", "task", "model", "dataset", "scene", "shape",
-              "depth", "norm", "seed"]
+              "depth", "batch_size", "norm", "seed"]
 
 CLASSIFICATION, NERF, SHAPE = "classification", "nerf", "shape"
 # field task -> the run column that names what a run of it was fitted to.
@@ -299,7 +299,7 @@ def _attach(runs: pd.DataFrame, per_run: dict[str, pd.DataFrame]) -> pd.DataFram
     if not parts:
         return pd.DataFrame(columns=ID_COLUMNS + ["finished"])
     out = pd.concat(parts, ignore_index=True)
-    for col in ("depth", "seed"):
+    for col in ("depth", "batch_size", "seed"):
         out[col] = pd.to_numeric(out[col], errors="coerce").astype("Int64")
     # Keep the id columns first, in the documented order.
     rest = [c for c in out.columns if c not in ID_COLUMNS + ["finished"]]
