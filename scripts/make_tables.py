@@ -129,9 +129,12 @@ def make_preset(preset: str, runs: pd.DataFrame, curves: pd.DataFrame, cond: pd.
                 runs_root: Path, out: Path, command: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     df, _ = relabel(runs)
-    split = tuple(k for k in SPLIT_CANDIDATES if df[k].nunique(dropna=True) > 1)
-    result = build_table(df, layout="auto", split_by=split, command=command,
-                         not_run=not_run(preset, runs))
+    left_out = not_run(preset, runs)
+    # A key the budget leaves values of out is a row key even while one value has runs
+    # (a small-batch grid whose first batch size alone has finished).
+    split = tuple(k for k in SPLIT_CANDIDATES if df[k].nunique(dropna=True) > 1
+                  or any(point.startswith(f"{k}=") for point in left_out))
+    result = build_table(df, layout="auto", split_by=split, command=command, not_run=left_out)
     files = write_table(result, out)
 
     claims_df, notes = relabel(runs, for_claims=True)

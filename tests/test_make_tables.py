@@ -56,3 +56,17 @@ def test_a_presets_table_marks_the_points_its_budget_leaves_out(tmp_path):
     assert make_tables()(["--runs", str(runs), "--out", str(tmp_path / "short")]) == 0
     table = pd.read_csv(tmp_path / "short" / "wc_resnet" / "table.csv")
     assert list(table["dataset"]) == ["cifar10"]
+
+
+def test_left_out_batch_sizes_are_marked_while_one_batch_size_has_runs(tmp_path):
+    # enorm_resnet_small_batch at budget=cpu, only its batch-4 points finished so far.
+    runs = tmp_path / "runs"
+    for norm in ("bn", "enorm"):
+        for seed in (0, 1):
+            make_run(runs, norm=norm, seed=seed, batch_size=4, budget="cpu",
+                     experiment="enorm_resnet_small_batch")
+    assert make_tables()(["--runs", str(runs), "--out", str(tmp_path / "results")]) == 0
+    table = pd.read_csv(tmp_path / "results" / "enorm_resnet_small_batch" / "table.csv")
+    rows = table.set_index("batch_size")
+    assert sorted(rows.index) == [2, 4, 8, 32]
+    assert rows.loc[2, "ENorm"] == "no cpu budget" and rows.loc[4, "ENorm"].endswith("(n=2)")
