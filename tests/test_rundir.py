@@ -352,6 +352,35 @@ def test_files_from_before_identities_are_taken_with_a_warning(cfg_factory, tmp_
     assert f"'{run / 'result.json'}' records no config or data identity" in caplog.text
 
 
+@pytest.mark.parametrize("interrupted", [False, True], ids=["finished", "interrupted"])
+def test_a_run_named_under_older_identity_rules_is_found_and_renamed(cfg_factory, monkeypatch, caplog, interrupted):
+    cfg = cfg_factory(*FAST, "trainer.epochs=2")
+    with monkeypatch.context() as older:  # rules under which dataset.val_split=0 named a run too
+        older.setattr(outputs, "NEUTRAL_DEFAULTS", {})
+        former = run_dir_for(cfg)
+        train(cfg_factory(*FAST, "trainer.epochs=2", *(["trainer.stop_after=1"] if interrupted else [])))
+    now = run_dir_for(cfg)
+    assert now != former and former.is_dir() and not now.exists()
+    steps = _count_steps(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="wcnorm"):
+        result = train(cfg)
+    assert f"found this run under its former name '{former.name}'" in caplog.text
+    assert not former.exists() and (now / "config.yaml").is_file()
+    assert steps == ([1] * STEPS_PER_EPOCH if interrupted else [])  # resumed, or skipped as finished
+    assert result["status"] == "finished" and result["epochs"] == 2
+    assert load_checkpoint(now / "last.pt")["epoch"] == 2
+
+
+def test_a_run_of_another_config_beside_it_is_not_taken_for_this_one(cfg_factory):
+    other = cfg_factory(*FAST, "optim.lr=0.05")
+    train(other)
+    cfg = cfg_factory(*FAST)
+    assert outputs.former_run_dir(run_dir_for(cfg), run_identity(cfg)["config_sha1"]) is None
+    (run_dir_for(other) / "config.yaml").write_text("{not: [yaml")  # an unreadable neighbour is passed over
+    assert outputs.former_run_dir(run_dir_for(cfg), run_identity(cfg)["config_sha1"]) is None
+    assert train(cfg)["identity"] == run_identity(cfg) and run_dir_for(other).is_dir()
+
+
 # ----------------------------------------------------------------------------- retraining, honestly
 
 

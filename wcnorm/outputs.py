@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from yaml import YAMLError
 
 from .errors import CheckpointError, RunMismatchError, WcnormError
 
@@ -209,7 +211,7 @@ def check_identity(found, expected: dict, source: Path) -> None:
         return
     found = found if isinstance(found, dict) else {}
     restart = "or rerun with trainer.restart=true to delete that run and train this one there"
-    if found.get("config_sha1") != expected["config_sha1"]:
+    if found.get("config_sha1") != expected["config_sha1"] and not _named_under_older_rules(source, expected):
         raise RunMismatchError(
             f"'{source}' belongs to another config (config sha1 {found.get('config_sha1')}, this "
             f"config's {expected['config_sha1']}; that run's config.yaml is beside it), so it was left "
@@ -220,6 +222,52 @@ def check_identity(found, expected: dict, source: Path) -> None:
             f"'{source}' was trained on other data than the dataset the config names now (then "
             f"{found.get('data')}, now {expected['data']}), so it was left alone. Put that data back, "
             f"train on the new data in another directory (`run_dir=...`), {restart}.")
+
+
+# ----------------------------------------------------------------------------- runs named by older rules
+# When what names a run changes (e.g. the lookup tables left the identity), a run made
+# before gets another digest under today's rules. It is still this config's run: the
+# config.yaml beside its files, read under today's rules, says so. Such a run keeps
+# resuming (or being skipped) instead of being trained again beside itself.
+
+
+def stored_config_digest(run_dir: Path) -> str | None:
+    """The digest, under today's identity rules, of the config in `run_dir/config.yaml`;
+    None where there is none, or it is not a readable config."""
+    try:
+        cfg = OmegaConf.load(Path(run_dir) / "config.yaml")
+        return config_digest(cfg) if isinstance(cfg, DictConfig) else None
+    except (OSError, ValueError, YAMLError, OmegaConfBaseException):  # absent, unreadable, not a config
+        return None
+
+
+def _named_under_older_rules(source: Path, expected: dict) -> bool:
+    """`source` records another config digest only because older rules computed it."""
+    if stored_config_digest(Path(source).parent) != expected["config_sha1"]:
+        return False
+    log.info("'%s' records its config digest under older identity rules; its config.yaml is "
+             "this config: taking it as this run's", source)
+    return True
+
+
+def former_run_dir(run_dir: Path, digest: str) -> Path | None:
+    """The directory beside `run_dir` (same seed) that holds the run of the config with
+    `digest` under the name older identity rules gave it; None if `run_dir` exists."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() or not run_dir.parent.is_dir():
+        return None
+    seed = run_dir.name.rsplit("-", 1)[0]
+    for sibling in sorted(run_dir.parent.glob(f"{seed}-*")):
+        if sibling.is_dir() and stored_config_digest(sibling) == digest:
+            return sibling
+    return None
+
+
+def adopt_run(former: Path, run_dir: Path) -> None:
+    """Rename a run found under its former name (`former_run_dir`) to today's, unless a
+    process (an older wcnorm) is training in it."""
+    with _locked(Path(former)):
+        os.rename(former, run_dir)  # the lock file moves with it, still held
 
 
 def discard_run(run_dir: Path) -> list[Path]:
@@ -410,7 +458,13 @@ def environment(device: torch.device) -> dict:
 def run_lock(run_dir: Path):
     """Hold an exclusive lock on the run directory (released even if the process dies)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "w") as f:
+    with _locked(run_dir):
+        yield
+
+
+@contextmanager
+def _locked(run_dir: Path):
+    with open(run_dir / ".lock", "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -6,7 +6,9 @@
     last.pt) -> result.json
 
 Nothing is written before the run is assembled: a dataset that is missing or does not
-fit the config stops the command with the run directory untouched (or never made).
+fit the config stops the command with the run directory untouched (or never made). The
+one exception is a rename: a run found under the name older identity rules gave it
+(`outputs.former_run_dir`) gets today's name when it is located.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ from ..methods import describe_weight_method
 from ..models import count_parameters
 from ..modules import unwrap
 from ..outputs import (
+    adopt_run,
     atomic_write_text,
     check_checkpoint,
     discard_run,
     environment,
     finished_result,
+    former_run_dir,
     remove_stale_temporaries,
     run_dir_for,
     run_identity,
@@ -86,9 +90,17 @@ def _restarting(cfg: DictConfig) -> bool:
 
 def _locate(cfg: DictConfig):
     """The run directory, the run's identity, and its result if it has finished (and is
-    this run's: another config's or other data's result is refused, not returned)."""
+    this run's: another config's or other data's result is refused, not returned). A run
+    that older identity rules named otherwise is renamed to today's name first."""
     run_dir, identity = run_dir_for(cfg), run_identity(cfg)
-    return run_dir, identity, None if _restarting(cfg) else finished_result(run_dir, identity)
+    if _restarting(cfg):
+        return run_dir, identity, None
+    former = None if cfg.get("run_dir") else former_run_dir(run_dir, identity["config_sha1"])
+    if former is not None:  # named by older identity rules: give it today's name
+        adopt_run(former, run_dir)
+        log.info("found this run under its former name '%s' (older identity rules): renamed it to '%s'",
+                 former.name, run_dir.name)
+    return run_dir, identity, finished_result(run_dir, identity)
 
 
 def _assemble(cfg: DictConfig, run_dir, identity: dict, ctx) -> Run:
