@@ -13,9 +13,10 @@ numbers come from. A hand-written README.md in that folder (how the runs were ma
 is never touched.
 
 Runs on `dataset=npz` are labelled with the npz file's name (e.g.
-``cifar10-partial``) in tables and figures. For the claims check, npz files named
-``cifar10*`` / ``cifar100*`` (real subsets of those datasets) count as CIFAR-10 /
-CIFAR-100, and every claim row that uses them says so.
+``cifar10-partial``) in tables and figures, runs on `dataset=imagefolder` with the
+folder's (e.g. ``imagenet-mini``). For the claims check, files and folders named
+``cifar10*`` / ``cifar100*`` / ``imagenet*`` (real subsets of those datasets) count as
+CIFAR-10 / CIFAR-100 / ImageNet, and every claim row that uses them says so.
 """
 
 from __future__ import annotations
@@ -61,35 +62,45 @@ FIELD_COLUMNS = ("task", "scene", "shape", "metric", "final_test_psnr", "final_t
                  "final_test_chamfer")
 
 
-def npz_label(path) -> str | None:
-    """`cifar10-partial` for `.../cifar10-partial.npz`."""
-    return Path(str(path)).stem if isinstance(path, str) and path else None
+# Datasets given as a file or folder of the user's: (the config key that names it, the
+# form its label is shown in). A file's label is its stem, a folder's its name.
+DATA_FILES = {"npz": ("cfg.dataset.path", "{}.npz"), "imagefolder": ("cfg.dataset.root", "{}/")}
+
+
+def data_label(path) -> str | None:
+    """`cifar10-partial` for `.../cifar10-partial.npz`, `imagenet-mini` for `.../imagenet-mini`."""
+    if not isinstance(path, str) or not path:
+        return None
+    path = Path(path)
+    return path.name if path.suffix != ".npz" else path.stem
 
 
 def claim_dataset(label: str | None) -> str | None:
-    """The dataset a claim names, for an npz file that is a real subset of it."""
+    """The dataset a claim names, for a file or folder that is a real subset of it."""
     if not label:
         return None
-    for name in ("cifar100", "cifar10"):  # cifar100 first: "cifar10" is its prefix
+    for name in ("cifar100", "cifar10", "imagenet"):  # cifar100 first: "cifar10" is its prefix
         if label.startswith(name):
             return name
     return None
 
 
 def relabel(df: pd.DataFrame, for_claims: bool = False) -> tuple[pd.DataFrame, list[str]]:
-    """Name npz runs after their file (tables, figures) or their source dataset (claims)."""
-    if df.empty or "cfg.dataset.path" not in df:
-        return df, []
+    """Name npz and image-folder runs after their file or folder (tables, figures) or
+    their source dataset (claims)."""
     df = df.copy()
     notes = []
-    npz = df["dataset"] == "npz"
-    for path, idx in df[npz].groupby("cfg.dataset.path").groups.items():
-        label = npz_label(path)
-        new = claim_dataset(label) if for_claims else label
-        if new:
-            df.loc[idx, "dataset"] = new
-            if for_claims:
-                notes.append(f"runs on dataset=npz ({label}.npz, real {new} images) counted as {new}")
+    for kind, (key, shown) in DATA_FILES.items():
+        if df.empty or key not in df:
+            continue
+        for path, idx in df[df["dataset"] == kind].groupby(key).groups.items():
+            label = data_label(path)
+            new = claim_dataset(label) if for_claims else label
+            if new:
+                df.loc[idx, "dataset"] = new
+                if for_claims:
+                    notes.append(f"runs on dataset={kind} ({shown.format(label)}, real {new} images) "
+                                 f"counted as {new}")
     return df, notes
 
 
@@ -102,8 +113,10 @@ def rel(path, base: Path) -> str:
 
 
 def write_runs_csv(df: pd.DataFrame, runs_root: Path, path: Path) -> Path:
+    none = pd.Series("", index=df.index)
     df = df.assign(dataset_file=[Path(p).name if isinstance(p, str) and p else ""
-                                 for p in df.get("cfg.dataset.path", pd.Series("", index=df.index))])
+                                 for p in df.get("cfg.dataset.path", none).where(
+                                     df["dataset"] != "imagefolder", df.get("cfg.dataset.root", none))])
     fields = "task" in df and (df["task"] != CLASSIFICATION).any()
     out = df[[c for c in RUN_COLUMNS if c in df and (c not in FIELD_COLUMNS
                                                      or fields and df[c].notna().any())]].copy()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from fabricate import make_nerf_run, make_run  # tests/ is on sys.path under pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_tables.py"
@@ -70,3 +71,38 @@ def test_left_out_batch_sizes_are_marked_while_one_batch_size_has_runs(tmp_path)
     rows = table.set_index("batch_size")
     assert sorted(rows.index) == [2, 4, 8, 32]
     assert rows.loc[2, "ENorm"] == "no cpu budget" and rows.loc[4, "ENorm"].endswith("(n=2)")
+
+
+def _stored_in(run_dir: Path, **dataset) -> None:
+    """Give a fabricated run's config the dataset keys a real one records."""
+    f = run_dir / "config.yaml"
+    config = yaml.safe_load(f.read_text())
+    config["dataset"].update(dataset)
+    f.write_text(yaml.safe_dump(config))
+
+
+def test_image_folder_runs_are_named_after_their_folder_and_count_as_its_dataset(tmp_path):
+    # The ImageNet small-batch study at budget=cpu runs on a real ImageNet subset
+    # (`dataset=imagefolder dataset.root=.../imagenet-mini`).
+    runs = tmp_path / "runs"
+    for norm in ("bn", "gn", "enorm"):
+        for seed in (0, 1):
+            run = make_run(runs, dataset="imagefolder", norm=norm, seed=seed, batch_size=8, budget="cpu",
+                           experiment="enorm_resnet_imagenet_small_batch", final_acc=40.0 + seed)
+            _stored_in(run, root="../data/imagenet-mini")
+    assert make_tables()(["--runs", str(runs), "--out", str(tmp_path / "results")]) == 0
+    out = tmp_path / "results" / "enorm_resnet_imagenet_small_batch"
+    assert set(pd.read_csv(out / "table.csv")["dataset"]) == {"imagenet-mini"}
+    assert set(pd.read_csv(out / "runs.csv")["dataset_file"]) == {"imagenet-mini"}
+    claims = pd.read_csv(out / "claims.csv").set_index("claim_id")
+    claim = claims.loc["enorm_small_batch_resnet18_imagenet"]
+    assert claim["finished_runs"] == 6
+    assert "dataset=imagefolder (imagenet-mini/, real imagenet images) counted as imagenet" in claim["note"]
+    assert claims.loc["enorm_small_batch_resnet18_cifar10", "finished_runs"] == 0
+
+    for f in runs.rglob("config.yaml"):  # a folder of other images counts as no named dataset
+        f.write_text(f.read_text().replace("imagenet-mini", "flowers"))
+    assert make_tables()(["--runs", str(runs), "--out", str(tmp_path / "flowers")]) == 0
+    out = tmp_path / "flowers" / "enorm_resnet_imagenet_small_batch"
+    assert set(pd.read_csv(out / "table.csv")["dataset"]) == {"flowers"}
+    assert pd.read_csv(out / "claims.csv")["finished_runs"].sum() == 0
