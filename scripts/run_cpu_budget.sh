@@ -45,7 +45,7 @@ fi
 failed=()
 for preset in "$@"; do
   case "$preset" in  # the subset that stands in for the preset's dataset
-    wc_resnet | wc_googlenet | wc_densenet | wc_vit | enorm_fullconv | enorm_resnet_small_batch \
+    wc_resnet | wc_variants | wc_googlenet | wc_densenet | wc_vit | enorm_fullconv | enorm_resnet_small_batch \
       | enorm_fc | wc_fc)
       data=(dataset=npz "dataset.path=$DATA/cifar10-partial.npz") ;;
     enorm_resnet_imagenet_small_batch)

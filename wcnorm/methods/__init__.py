@@ -21,9 +21,11 @@ from torch.nn.utils import parametrize
 
 from .base import WeightMethod, installed_methods, weight_tensor_names
 from .baselines import weight_normalization, weight_standardization
+from .cancellation import cancellation_line, cancelled_layers, describe_cancellation
 from .wc import weight_conditioning
 
-__all__ = ["METHODS", "apply_weight_method", "describe_weight_method", "remove_weight_methods"]
+__all__ = ["METHODS", "apply_weight_method", "describe_weight_method", "remove_weight_methods",
+           "cancelled_layers", "cancellation_line"]
 
 
 def _none(model: nn.Module, *, include_classifier: bool = False,
@@ -77,9 +79,13 @@ def remove_weight_methods(model: nn.Module) -> nn.Module:
 
 def describe_weight_method(model: nn.Module) -> dict:
     """What weight method is installed: ``{"method", "options", "num_layers",
-    "layers", "untouched_layers"}``. ``layers`` are the qualified names of the
+    "layers", "untouched_layers", "cancelled_layers", "acting_layers", "cancelled_by",
+    "traced", "note"}``. ``layers`` are the qualified names of the
     parametrized layers (``name.in_proj_weight`` for attention input projections);
-    ``untouched_layers`` the Conv/Linear layers left plain (classifier, stem). JSON-safe
+    ``untouched_layers`` the Conv/Linear layers left plain (classifier, stem);
+    ``cancelled_layers`` those of ``layers`` on which a following per-channel
+    normalization cancels the method exactly, ``acting_layers`` the rest (see
+    :func:`wcnorm.methods.cancellation.describe_cancellation`). JSON-safe
     (p = inf is written "inf").
 
     ``method`` and ``options`` are those of the one call that installed every method
@@ -95,4 +101,5 @@ def describe_weight_method(model: nn.Module) -> dict:
     return {"method": method, "options": dict(options), "num_layers": len(installed),
             "layers": [item.label for item in installed],
             "untouched_layers": [n for n, m in model.named_modules()
-                                 if weight_tensor_names(m) and id(m) not in touched]}
+                                 if weight_tensor_names(m) and id(m) not in touched],
+            **describe_cancellation(model)}

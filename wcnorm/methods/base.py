@@ -45,6 +45,10 @@ class WeightMethod(nn.Module):
 
     method: ClassVar[str]
     options: dict | None = None
+    # True where the effective weight is a positive scale of each raw row (row WC of any
+    # p, WN): a per-channel normalization after the layer then cancels the method
+    # exactly (see :mod:`wcnorm.methods.cancellation`).
+    scales_rows: ClassVar[bool] = False
 
     def check(self, label: str, weight: Tensor) -> None:
         """Called by :func:`install` before registering on ``weight`` (the layer

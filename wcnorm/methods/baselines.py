@@ -46,6 +46,7 @@ class WeightNormalization(WeightMethod):
     unchanged at application time."""
 
     method = "wn"
+    scales_rows = True  # g_i v_i / ||v_i||, with g_i > 0 from its init on (a BN after it leaves g's gradient zero)
 
     def forward(self, g: Tensor, V: Tensor) -> Tensor:
         return torch._weight_norm(V, g, 0)  # torch's fused g * V / ||V||, norms over dims 1..

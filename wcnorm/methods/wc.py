@@ -18,11 +18,18 @@ Decisions of the project (docs/methods.md, section 1):
   the default). ``detach=True`` treats E as a constant in backward.
 * There is **no learnable gain**: the paper's preconditioner is a pure scaling. Row WC
   with p = 2 is therefore weight normalization with its gain fixed at 1.
-* When a BatchNorm follows the layer, the forward function equals BN alone (BN cancels
-  any per-channel scale); WC then acts only through the optimization dynamics. That
-  is the method as specified and is deliberately not "fixed".
-* The final classifier is left alone by default: the paper's schematic puts a
-  preconditioner after each hidden layer's weights and none after the output layer.
+* Row WC before a per-channel normalization is **cancelled exactly**: BN(D W x) =
+  BN(W x) for any positive diagonal D (up to BN's eps), so the loss is the same
+  function of the raw weights with or without WC -- same gradients, same trajectory,
+  same effective learning rate. With the classifier skipped, BN + WC *is* BN.
+  :mod:`wcnorm.methods.cancellation` finds such layers from the model's graph; the
+  BN presets (``bn_wc``, ``bn_e``) therefore condition the classifier too
+  (``include_classifier``), as docs/methods.md decides. Column and both-sided WC
+  change the function class and are not cancelled.
+* The final classifier is left alone by default in the library call (the paper's
+  schematic puts a preconditioner after each hidden layer's weights and none after
+  the output layer); pass ``include_classifier=True`` where a BatchNorm would cancel
+  everything else.
 * A block whose equilibrated vectors have a single entry (one column per group with
   side="row", e.g. a Linear(1, n); one row per group with side="column", e.g. a
   depthwise conv) has an E(W) W that depends on the signs of W alone: a constant, so
@@ -215,6 +222,12 @@ class WeightConditioning(WeightMethod):
             raise ValueError(f"weight conditioning: iters must be >= 1, got {iters}")
         self.eps, self.detach, self.iters, self.groups = float(eps), bool(detach), int(iters), int(groups)
 
+    @property
+    def scales_rows(self) -> bool:
+        """Row WC rescales each raw row by a positive factor (of any p): a per-channel
+        normalization after the layer cancels it. Column and both-sided WC do not."""
+        return self.side == "row"
+
     def forward(self, W: Tensor) -> Tensor:
         return _condition(W, self.side, self.p, self.eps, self.iters, self.groups, self.detach)
 
@@ -245,6 +258,8 @@ def weight_conditioning(model: nn.Module, *, side: str = "row", p=2, eps: float 
     unit norm) unless a normalization layer follows; the raw weights are kept as the
     trainable ``parametrizations.weight.original``. A layer WC would freeze (see
     :func:`frozen_by_conditioning`) is conditioned all the same, with a warning.
+    Row WC on a layer that a per-channel normalization follows is cancelled by it
+    (:func:`wcnorm.methods.cancellation.cancelled_layers` lists such layers).
     """
     opts = dict(side=_check_side(side), p=parse_p(p), eps=eps, detach=detach, iters=iters)
     WeightConditioning(**opts)  # validate before touching the model

@@ -16,7 +16,12 @@ family for Holm's correction; the claim gets one verdict:
   comparison refutes the claim whatever its other cells hold, so this verdict is
   reached even where another cell still lacks runs;
 - not enough runs: a needed cell has fewer than MIN_RUNS finished runs (a variance
-  needs two); the report says how many seeds per cell would do (``_seeds_needed``).
+  needs two); the report says how many seeds per cell would do (``_seeds_needed``);
+- equivalent by construction: two cells the claim compares train the same function of
+  the raw weights (their runs recorded the same ``method_class``, e.g. BN + WC whose
+  every conditioned layer a BatchNorm cancels, and BN). No test is run: their gap is
+  seed noise, whatever the numbers say. Decided from what the runs recorded, never from
+  their numbers.
 
 A claim made "at most depths" is tested depth by depth, each depth its own Holm family,
 and gets the strongest verdict that more than half of its testable depths reach.
@@ -39,6 +44,7 @@ from .stats import Welch, holm, seeds_for_power, welch
 
 SUPPORTED, DIRECTION_ONLY = "supported", "direction only"
 NOT_SUPPORTED, CONTRADICTED, NOT_ENOUGH = "not supported", "contradicted", "not enough runs"
+EQUIVALENT = "equivalent by construction"
 # Strongest first: the scale on which "at most depths" takes its majority.
 STRENGTH = (SUPPORTED, DIRECTION_ONLY, NOT_SUPPORTED, CONTRADICTED)
 
@@ -55,7 +61,9 @@ VERDICT_RULES = (
     f"{NOT_SUPPORTED}: some comparison in the wrong direction (or tied), not "
     f"significantly; {CONTRADICTED}: some comparison significantly in the wrong "
     f"direction (even while another cell lacks runs: it refutes the claim whatever they "
-    f"show); {NOT_ENOUGH}: a needed cell has fewer than {MIN_RUNS} finished runs.")
+    f"show); {NOT_ENOUGH}: a needed cell has fewer than {MIN_RUNS} finished runs; "
+    f"{EQUIVALENT}: two compared cells train the same function of the raw weights (as their "
+    f"runs recorded it), so no test is run.")
 SEEDS_RULE = (
     f"seeds needed: per cell, for {POWER:.0%} power of Welch's two-sided test at the "
     f"first Holm step ({ALPHA:g}/m, m = comparisons in the family) to detect the "
@@ -195,6 +203,28 @@ _SMALL_BATCH_NOTE = ("only runs of the {preset} preset (other presets train ResN
                      "another recipe); the paper's batch sizes are unknown: every batch "
                      "size the preset sweeps is checked, as its own comparison")
 
+# The readings of "BN + WC" the wc_variants preset runs side by side (methods.md section 1).
+_WC_VARIANTS = (("bn_wc", "row WC with the classifier"),
+                ("bn_wc_hidden", "row WC on the hidden layers only (= BN by construction)"),
+                ("bn_wc_col", "column WC with the classifier"),
+                ("bn_wc_both", "two-sided WC with the classifier"))
+_WC_VARIANTS_NOTE = ("only runs of the wc_variants preset; BN + WC read as {what}; no "
+                     "default was chosen by these results")
+
+
+def _variant_claims(norm: str, what: str) -> list[Claim]:
+    note = _WC_VARIANTS_NOTE.format(what=what)
+    return [Claim(id=f"wc_variants_{norm}_vs_bn", paper="WC",
+                  text=f"ResNet-18 on CIFAR-10, BN + WC as {what}: BN + WC performs better than BN.",
+                  model="resnet18", dataset="cifar10", better=norm, worse=("bn",),
+                  experiment="wc_variants", note=note),
+            Claim(id=f"wc_variants_{norm}_vs_weight_norms", paper="WC",
+                  text=f"ResNet-18 on CIFAR-10, BN + WC as {what}: BN + WC outperforms the "
+                       "weight normalizations (BN + WS, BN + WN).",
+                  model="resnet18", dataset="cifar10", better=norm, worse=_WEIGHT_NORMS,
+                  min_worse=1, experiment="wc_variants", note=note)]
+
+
 CLAIMS: list[Claim] = [
     Claim(id="wc1_googlenet_cifar100", paper="WC",
           text="GoogLeNet on CIFAR-100: BN + WC reaches a much higher accuracy than the "
@@ -231,6 +261,7 @@ CLAIMS: list[Claim] = [
       for ds, ds_lab in (("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100"))],
     _weight_norms_claim("enorm_fc", "ENorm's fully connected net", "cifar10", "CIFAR-10",
                         "bn_wc", per="depth"),
+    *[c for norm, what in _WC_VARIANTS for c in _variant_claims(norm, what)],
     # ViTs: the paper reports them (on ImageNet) with WC on every linear, numbers unknown.
     *[Claim(id=f"wc_vit_{ds}", paper="WC",
             text=f"ViT on {lab}: LN + WC improves on the ViT's LayerNorm alone.",
@@ -286,6 +317,13 @@ CLAIMS: list[Claim] = [
 class _Cell:
     name: str
     values: np.ndarray
+    # the method classes its finished runs recorded (runs.method_scope); None: a run without
+    classes: frozenset = frozenset()
+
+    @property
+    def method_class(self) -> str | None:
+        """The one function of the raw weights every run of the cell trained, if known."""
+        return next(iter(self.classes)) if len(self.classes) == 1 else None
 
     @property
     def n(self) -> int:
@@ -318,8 +356,11 @@ def _num(x: float) -> str:
 
 def _cell(runs: pd.DataFrame, norm: str, metric: str) -> _Cell:
     names = ALIASES.get(norm, (norm,))
-    vals = runs.loc[runs["norm"].isin(names) & runs["finished"], metric].dropna()
-    return _Cell("|".join(names), vals.to_numpy(dtype=float))
+    done = runs[runs["norm"].isin(names) & runs["finished"]]
+    vals = done[metric].dropna()
+    classes = frozenset(done["method_class"].where(done["method_class"].notna(), None)) \
+        if "method_class" in done.columns else frozenset({None} if len(done) else ())
+    return _Cell("|".join(names), vals.to_numpy(dtype=float), classes)
 
 
 @dataclass
@@ -335,10 +376,16 @@ class _Comparison:
     family_size: int = 1
 
     @property
+    def equivalent(self) -> bool:
+        """Both cells train one function of the raw weights, by what their runs recorded."""
+        return self.a.method_class is not None and self.a.method_class == self.b.method_class
+
+    @property
     def testable(self) -> bool:
         # An infinite value has no t-test; its cell's mean (infinite) still gives the
-        # direction.
-        return self.a.n >= MIN_RUNS and self.b.n >= MIN_RUNS and self.a.finite and self.b.finite
+        # direction. Two equivalent cells differ by seed noise alone: never tested.
+        return self.a.n >= MIN_RUNS and self.b.n >= MIN_RUNS and self.a.finite and self.b.finite \
+            and not self.equivalent
 
     @property
     def in_direction(self) -> bool:
@@ -409,6 +456,8 @@ def _test_family(comparisons: list[_Comparison]) -> None:
 
 
 def _verdict(comparisons: list[_Comparison], complete: bool) -> str:
+    if any(x.equivalent for x in comparisons):  # a method cannot beat itself
+        return EQUIVALENT
     if any(x.significant and not x.in_direction for x in comparisons):
         return CONTRADICTED
     if not complete or not comparisons:
@@ -438,7 +487,9 @@ def _judge(c: Claim, levels: list[_Level]) -> str:
         for lv in levels:
             _test_family(lv.comparisons)
             lv.verdict = _verdict(lv.comparisons, not lv.short)
-        judged = [lv.verdict for lv in levels if lv.verdict != NOT_ENOUGH]
+        judged = [lv.verdict for lv in levels if lv.verdict not in (NOT_ENOUGH, EQUIVALENT)]
+        if not judged and any(lv.verdict == EQUIVALENT for lv in levels):
+            return EQUIVALENT
         return _most(judged) if judged else NOT_ENOUGH
     comparisons = [x for lv in levels for x in lv.comparisons]
     _test_family(comparisons)
@@ -451,6 +502,8 @@ def _seeds_needed(c: Claim, verdict: str, levels: list[_Level]) -> str:
     """Seeds per cell the claim would need to be supported, by SEEDS_RULE."""
     if verdict in (SUPPORTED, CONTRADICTED):
         return ""
+    if verdict == EQUIVALENT:
+        return "none: the compared methods are equal by construction"
     if verdict == NOT_SUPPORTED:
         return "none: an observed gap runs against the claim"
     # A claim about most levels needs only the levels that can still turn supported.
@@ -495,7 +548,7 @@ def _numbers(c: Claim, levels: list[_Level]) -> str:
         return f"no run of {', '.join(c.methods())}"
     parts = [f"{_level_label(c.per, lv.level)}: {_cells_text(c, lv)}" for lv in levels]
     if c.at == "most":
-        judged = [lv.verdict for lv in levels if lv.verdict != NOT_ENOUGH]
+        judged = [lv.verdict for lv in levels if lv.verdict not in (NOT_ENOUGH, EQUIVALENT)]
         counts = ", ".join(f"{judged.count(v)} {v}" for v in STRENGTH if v in judged)
         parts.append(f"of {len(judged)} {_level_names(c.per)} tested: "
                      + (counts or "none"))
@@ -530,6 +583,7 @@ class ComparisonRow:
     significant: bool
     seeds_for_power: int | None
     level_verdict: str
+    equivalent: bool = False  # the two cells train one function of the raw weights: not tested
 
     @classmethod
     def of(cls, c: Claim, x: _Comparison, level_verdict: str) -> ComparisonRow:
@@ -540,7 +594,7 @@ class ComparisonRow:
             x.a.std, x.b.std, x.a.mean - x.b.mean, t.ci_low if t else nan,
             t.ci_high if t else nan, t.t if t else nan, t.df if t else nan,
             t.p if t else nan, x.p_holm, x.family_size, x.in_direction, x.significant,
-            x.seeds, level_verdict)
+            None if x.equivalent else x.seeds, level_verdict, x.equivalent)
 
     def __str__(self) -> str:
         where = f"[{_level_label(self.level_key, self.level)}] " if self.level_key else ""
@@ -549,7 +603,7 @@ class ComparisonRow:
             return (f"{head}{self.diff:+.4g} [{self.ci_low:+.4g}, {self.ci_high:+.4g}], "
                     f"p={self.p:.3g}, p_holm={self.p_holm:.3g}, {n}")
         gap = "" if math.isnan(self.diff) else f"{self.diff:+.4g}, "
-        why = (f"fewer than {MIN_RUNS} runs" if min(self.n_better, self.n_worse) < MIN_RUNS
+        why = ("equal by construction" if self.equivalent else f"fewer than {MIN_RUNS} runs" if min(self.n_better, self.n_worse) < MIN_RUNS
                else "an infinite value" if math.isinf(self.mean_better + self.mean_worse)
                else "no spread")
         return f"{head}{gap}not tested ({why}), {n}"
@@ -563,6 +617,11 @@ def _notes(c: Claim, levels: list[_Level], used: pd.DataFrame) -> list[str]:
     if short:
         notes.append(f"{_level_names(c.per)} {'left out' if c.at == 'most' else 'untested'}"
                      f", a cell with fewer than {MIN_RUNS} finished runs: {', '.join(short)}")
+    same = sorted({f"{x.a.name} and {x.b.name}" for lv in levels for x in lv.comparisons if x.equivalent})
+    if same:
+        notes.append(f"{'; '.join(same)} train the same function of the raw weights (a per-channel "
+                     "normalization cancels the weight method on every layer it touches, as the "
+                     "runs recorded): equivalent by construction, not tested")
     if any(x.test and math.isnan(x.test.p) for lv in levels for x in lv.comparisons):
         notes.append("a comparison of two cells without spread is not tested")
     if len(used) and used[["budget", "epochs"]].astype(str).nunique().max() > 1:
@@ -644,7 +703,8 @@ def to_markdown(claims: pd.DataFrame) -> str:
             lines.append(
                 f"| {_level_label(r.level_key, r.level)} | {r.better} "
                 f"{'>' if r.claimed == 'higher' else '<'} {r.worse} | {_fmt(r.diff, '+.3g')} "
-                f"| {ci} | {_fmt(r.p, '.3g')} | {_fmt(r.p_holm, '.3g')} "
+                f"| {ci} | {'equal by construction' if r.equivalent else _fmt(r.p, '.3g')} "
+                f"| {_fmt(r.p_holm, '.3g')} "
                 f"| {r.n_better}/{r.n_worse} | {r.level_verdict} |")
         lines.append("")
     if not ran.all():

@@ -186,7 +186,7 @@ def _curves_figure(curves, out, stem, formats, exp, task) -> list[Path]:
         loss_ax, eval_ax = axes[r, c], axes[r + 1, c]
         for norm in _norms(g):
             gn = g[g["norm"] == norm]
-            label = f"{norm_label(norm)} ({gn['run_dir'].nunique()} runs)"
+            label = f"{norm_label(norm, gn)} ({gn['run_dir'].nunique()} runs)"
             _band(loss_ax, gn, "epoch", "train_loss", norm, label)
             # Epochs without evaluation hold no value: the line joins those that do,
             # each marked.
@@ -230,10 +230,10 @@ def plot_fc_depth(runs: pd.DataFrame, out, formats=("png",)) -> list[Path]:
                    .agg(["mean", "std", "count"]))
             ax.errorbar(agg.index.astype(int), agg["mean"], yerr=agg["std"].fillna(0),
                         color=_color(norm), marker="o", ms=4, capsize=3, lw=1.5,
-                        label=f"{norm_label(norm)} (n={int(agg['count'].min())}"
+                        label=f"{norm_label(norm, g)} (n={int(agg['count'].min())}"
                               f"-{int(agg['count'].max())} per depth)"
                         if agg["count"].nunique() > 1 else
-                        f"{norm_label(norm)} (n={int(agg['count'].iloc[0])})")
+                        f"{norm_label(norm, g)} (n={int(agg['count'].iloc[0])})")
         ax.set_xticks(sorted(g["depth"].astype(int).unique()))
         ax.set(title=f"ENorm FC on {dataset}: final test accuracy vs depth",
                xlabel="intermediary 500x500 layers p", ylabel="final test accuracy (%)")
@@ -265,7 +265,7 @@ def plot_conditioning(cond: pd.DataFrame, out, formats=("png",),
         for norm in _norms(g):
             gn = g[g["norm"] == norm]
             _band(ax, gn, "epoch", "kappa_eff", norm,
-                  f"{norm_label(norm)} ({gn['run_dir'].nunique()} runs)", spread="minmax")
+                  f"{norm_label(norm, gn)} ({gn['run_dir'].nunique()} runs)", spread="minmax")
             # Without a weight reparametrization the effective weight is the raw one.
             if not np.allclose(gn["kappa_eff"], gn["kappa_raw"], equal_nan=True):
                 _band(ax, gn, "epoch", "kappa_raw", norm, None, ls="--", spread="minmax")

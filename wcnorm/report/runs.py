@@ -24,6 +24,8 @@ import yaml
 
 from ..outputs import dotted_get
 
+# What a run's weight method acted on (`method_scope`).
+SCOPE_COLUMNS = ["wm_layers", "wm_cancelled", "method_class", "cfg.norm.act"]
 # Columns that identify a run's cell in a table or a line in a figure.
 ID_COLUMNS = ["run_dir", "experiment", "budget", "task", "model", "dataset", "scene", "shape",
               "depth", "batch_size", "norm", "seed"]
@@ -250,6 +252,7 @@ def read_run(run_dir: str | Path) -> dict:
     # falls fast. Used by the "fastest-falling training loss" claim.
     row["mean_train_loss"] = (metrics["train_loss"].mean()
                               if finished and n_done and "train_loss" in metrics else np.nan)
+    row.update(method_scope(result, cfg))
     for when, stats in ((result or {}).get("conditioning") or {}).items():
         for key, value in (stats or {}).items():
             row[f"cond_{when}_{key}"] = value
@@ -257,8 +260,31 @@ def read_run(run_dir: str | Path) -> dict:
     return row
 
 
+def method_scope(result: dict | None, cfg: dict) -> dict:
+    """What a run's weight method acted on, from the record the run wrote (result.json's
+    ``weight_method``): ``wm_layers`` (layers carrying it), ``wm_cancelled`` (those a
+    following per-channel normalization cancels exactly), and ``method_class``, the
+    function of the raw weights the run trained: two runs of one model and data with the
+    same class are the same method by construction, whatever their names (BN + WC with
+    the classifier skipped is BN). A method cancelled on every layer counts as absent.
+    A run without the record (unfinished, or older than it) gets no class: it is never
+    declared equivalent to anything."""
+    record = (result or {}).get("weight_method") or {}
+    if "cancelled_layers" not in record:
+        return {"wm_layers": record.get("num_layers"), "wm_cancelled": None, "method_class": None}
+    norm = cfg.get("norm") or {}
+    acting = record.get("acting_layers") or []
+    weight = "none" if not acting else \
+        f"{record.get('method')}{json.dumps(record.get('options') or {}, sort_keys=True)}"
+    enorm = norm.get("enorm") if (norm.get("enorm") or {}).get("enabled") else None
+    klass = f"act={norm.get('act')}|weight={weight}|enorm={json.dumps(enorm, sort_keys=True)}"
+    return {"wm_layers": record.get("num_layers"), "wm_cancelled": len(record["cancelled_layers"]),
+            "method_class": klass}
+
+
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
-    for col in ("depth", "seed", "epochs", "batch_size", "epochs_done", "best_epoch", "num_params"):
+    for col in ("depth", "seed", "epochs", "batch_size", "epochs_done", "best_epoch", "num_params",
+                "wm_layers", "wm_cancelled"):
         if col in df:
             df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
     for col in ("lr", *METRIC_FIELDS, "wall_time_s"):
@@ -293,7 +319,8 @@ def load_runs(paths) -> pd.DataFrame:
 def _attach(runs: pd.DataFrame, per_run: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Concatenate per-run frames, each prefixed with its run's identifying columns."""
     ids = runs.set_index("run_dir")
-    keys = ID_COLUMNS[1:] + ["finished"]
+    # and what labels a line: the method's scope (a method cancelled everywhere is "= BN")
+    keys = ID_COLUMNS[1:] + ["finished"] + [c for c in SCOPE_COLUMNS if c in ids.columns]
     parts = [frame.assign(run_dir=run_dir, **{c: ids.at[run_dir, c] for c in keys})
              for run_dir, frame in per_run.items()]
     if not parts:

@@ -31,7 +31,8 @@ from .runs import CLASSIFICATION, FIELD_TASKS, NERF, SHAPE, load_runs
 
 NORM_LABELS = {
     "none": "Baseline", "bn": "BN", "bn_ws": "BN + WS", "bn_wn": "BN + WN",
-    "bn_wc": "BN + WC", "bn_e": "BN + E", "gn": "GN", "gn_wc": "GN + WC", "ln": "LN",
+    "bn_wc": "BN + WC", "bn_e": "BN + E", "bn_wc_col": "BN + WC (columns)",
+    "bn_wc_both": "BN + WC (both sides)", "bn_wc_hidden": "BN + WC, classifier skipped", "gn": "GN", "gn_wc": "GN + WC", "ln": "LN",
     "ln_wc": "LN + WC", "ws": "WS", "wn": "WN", "wc": "WC", "enorm": "ENorm",
     "bn_enorm": "ENorm + BN",
 }
@@ -117,8 +118,47 @@ class TableResult:
     task: str = CLASSIFICATION
 
 
-def norm_label(norm) -> str:
-    return NORM_LABELS.get(norm, str(norm))
+ACT_LABELS = {"bn": "BN", "gn": "GN", "ln": "LN", "none": "no normalization"}
+
+
+def norm_label(norm, runs: pd.DataFrame | None = None) -> str:
+    """A norm's column or legend label. Given its ``runs``, a method that every finished
+    run recorded as cancelled on all its layers is labelled with what it is, e.g.
+    "BN + WC, classifier skipped (= BN)"."""
+    label = NORM_LABELS.get(norm, str(norm))
+    same = equal_to(runs[runs["norm"] == norm]) if runs is not None else None
+    return f"{label} (= {same})" if same else label
+
+
+def equal_to(runs: pd.DataFrame) -> str | None:
+    """The activation normalization that finished ``runs`` are, by construction, where
+    each recorded its weight method as cancelled on every layer (``runs.method_scope``)."""
+    if "wm_cancelled" not in runs.columns:
+        return None
+    done = runs[runs["finished"]] if "finished" in runs.columns else runs
+    cancelled = pd.to_numeric(done["wm_cancelled"], errors="coerce")
+    layers = pd.to_numeric(done["wm_layers"], errors="coerce")
+    acts = set(done.get("cfg.norm.act", pd.Series(dtype=object)).dropna())
+    if not len(done) or len(acts) != 1 or not ((cancelled > 0) & (cancelled == layers)).all():
+        return None
+    return ACT_LABELS.get(acts.pop(), "its normalization")
+
+
+def weight_variant(run: dict) -> str | None:
+    """The WC or WN a run used, e.g. "wc side=row, p=2, classifier included"; None for a
+    run without one. WC's side, p and scope change what it computes (a BatchNorm cancels
+    row WC on every layer it follows, so the scope decides whether it acts at all)."""
+    weight = run.get("cfg.norm.weight")
+    if weight not in ("wc", "wn"):
+        return None
+    parts = [f"side={_setting(run.get('cfg.norm.wc.side'))}", f"p={_setting(run.get('cfg.norm.wc.p'))}"] \
+        if weight == "wc" else []
+    included = _setting(run.get(f"cfg.norm.{weight}.include_classifier")) == "true"
+    parts.append(f"classifier {'included' if included else 'skipped'}")
+    cancelled, layers = run.get("wm_cancelled"), run.get("wm_layers")
+    if pd.notna(cancelled) and pd.notna(layers) and 0 < cancelled == layers:
+        parts.append("cancelled on every layer")
+    return f"{weight} " + ", ".join(parts)
 
 
 def _fmt(mean: float, std: float, n: int, n_expected, spec: str = ".2f") -> str:
@@ -232,6 +272,7 @@ def _cell_stats(g: pd.DataFrame, tables: TaskTables) -> dict:
         "budget": _values(g["budget"]), "epochs": _values(g["epochs"]),
         "lr": _values(g["lr"]), "batch_size": _values(g["batch_size"]),
         "enorm_variant": _values(g["enorm_variant"]),
+        "weight_variant": _values(g["weight_variant"]),
         "_found": set(done["seed"].dropna()),
     }
 
@@ -287,12 +328,13 @@ def _sort_long(long: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             .drop(columns="_o").reset_index(drop=True))
 
 
-def _pivot(long: pd.DataFrame, keys: list[str], value: str, metric: str) -> pd.DataFrame:
+def _pivot(long: pd.DataFrame, keys: list[str], value: str, metric: str,
+           labels: Mapping[str, str]) -> pd.DataFrame:
     wide = long.pivot(index=keys, columns="norm", values=value)
     norms = sorted(wide.columns, key=norm_sort_key)
     # A blank cell is one the grid never expected (e.g. ad-hoc runs); expected but
     # empty cells already read "missing".
-    wide = wide[norms].fillna("").rename(columns=norm_label).reset_index()
+    wide = wide[norms].fillna("").rename(columns=lambda n: labels.get(n, norm_label(n))).reset_index()
     wide.columns.name = None
     if "depth" in wide:  # a null depth in the index turns the column to float
         wide["depth"] = wide["depth"].astype("Int64")
@@ -326,6 +368,7 @@ def build_table(df: pd.DataFrame, layout: str = "auto", expected_seeds: int | No
     df = df.copy()
     df["experiment"] = df["experiment"].fillna(NO_EXPERIMENT)
     df["enorm_variant"] = [enorm_variant(run) for run in df.to_dict("records")]
+    df["weight_variant"] = [weight_variant(run) for run in df.to_dict("records")]
     split_by = [k if k in df.columns else f"cfg.{k}" for k in split_by]
     for k in split_by:
         if k not in df.columns:
@@ -382,7 +425,8 @@ def build_table(df: pd.DataFrame, layout: str = "auto", expected_seeds: int | No
     rows += _not_run_rows(df, keys, {_key(c) for c in stats}, not_run or {}, tables)
     long = _sort_long(pd.DataFrame(rows), keys)
     # The ENorm column only where ENorm ran: a table without ENorm runs keeps its columns.
-    variant = ["enorm_variant"] if df["enorm_variant"].notna().any() else []
+    # The ENorm and WC/WN columns only where they ran: other tables keep their columns.
+    variant = [v for v in ("enorm_variant", "weight_variant") if df[v].notna().any()]
     block_stats = [f"{b.key}_{x}" for b in _other_blocks(tables) for x in ("n", "mean", "std")]
     cell_cols = {_cell_column(tables, b): b.title for b in tables.blocks}
     stat_cols = ["status", "n", "n_expected", "n_unfinished", "mean", "std", "min", "max",
@@ -396,9 +440,10 @@ def build_table(df: pd.DataFrame, layout: str = "auto", expected_seeds: int | No
         wide = long[base + list(cell_cols)].rename(columns=cell_cols)
         best = long[base + ["best_cell"]].rename(columns={"best_cell": tables.best.title})
     else:
-        wide = pd.concat([_pivot(long, keys, col, title) for col, title in cell_cols.items()],
+        labels = {norm: norm_label(norm, df) for norm in df["norm"].unique()}
+        wide = pd.concat([_pivot(long, keys, col, title, labels) for col, title in cell_cols.items()],
                          ignore_index=True)
-        best = _pivot(long, keys, "best_cell", tables.best.title)
+        best = _pivot(long, keys, "best_cell", tables.best.title, labels)
     prov = _provenance(df, long, layout, keys, expected_seeds, missing, unfinished, command,
                        task, [f"{point}: {reason}" for point, reason in (not_run or {}).items()])
     return TableResult(wide=wide, best=best,
@@ -483,6 +528,10 @@ def _provenance(df, long, layout, keys, expected_seeds, missing, unfinished, com
         "seeds_found": _distinct(df.loc[df["finished"], "seed"]),
         "enorm_variants": {norm: _distinct(g["enorm_variant"])
                            for norm, g in df.groupby("norm", sort=True) if g["enorm_variant"].notna().any()},
+        "weight_variants": {norm: _distinct(g["weight_variant"])
+                            for norm, g in df.groupby("norm", sort=True) if g["weight_variant"].notna().any()},
+        "equal_by_construction": {norm: same for norm, g in df.groupby("norm", sort=True)
+                                  if (same := equal_to(g))},
         "runs": {"dirs": len(df), "finished": int(df["finished"].sum()),
                  "unfinished": int((~df["finished"]).sum()),
                  "skipped_unreadable": len(df.attrs.get("skipped", []))},
@@ -531,6 +580,11 @@ def to_markdown(result: TableResult) -> str:
     ]
     for norm, variants in p["enorm_variants"].items():
         lines.append(f"- ENorm in {norm_label(norm)}: {'; '.join(variants)}")
+    for norm, variants in p.get("weight_variants", {}).items():
+        lines.append(f"- weight method in {norm_label(norm)}: {'; '.join(variants)}")
+    for norm, same in p.get("equal_by_construction", {}).items():
+        lines.append(f"- {norm_label(norm)} is {same} by construction: a per-channel normalization "
+                     "cancels its weight method on every layer it touches (the runs' record)")
     if p["command"]:
         lines.append(f"- command: `{p['command']}`")
     lines += ["", "Cells: mean ± sample std over seeds (n = finished runs, "

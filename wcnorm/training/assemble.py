@@ -11,6 +11,7 @@ evaluation; everything after it is the same for every task.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from torch import nn
 
 from ..errors import WcnormError
 from ..methods import apply_weight_method
+from ..methods.cancellation import cancellation_line, describe_cancellation
 from ..methods.enorm import ENorm
 from ..tasks import Classification, Task, build_task
 from .callbacks import ConditioningCallback, ENormCallback
@@ -29,6 +31,8 @@ from .dist import DistContext, ReplicaCheck
 from .optim import build_optimizer, build_scheduler
 from .trackers import build_trackers
 from .trainer import Callback, Trainer
+
+log = logging.getLogger("wcnorm")
 
 # ----------------------------------------------------------------------------- the process
 
@@ -63,9 +67,23 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def with_weight_method(model: nn.Module, norm: DictConfig) -> nn.Module:
     """Register `norm.weight` with its options (the build hook), in place. Before the
-    optimizer is built: it must hold the parametrized tensors."""
+    optimizer is built: it must hold the parametrized tensors.
+
+    Then say, in one line, on how many of its layers a following per-channel
+    normalization cancels the method (methods.md section 1): a warning where it is
+    cancelled everywhere, since the run then trains the normalization alone (which may
+    be what the user wants to measure, so it is no error)."""
     if norm.weight != "none":
         apply_weight_method(model, norm.weight, OmegaConf.to_container(norm[norm.weight], resolve=True))
+        record = describe_cancellation(model)
+        line = cancellation_line(f"{norm.weight} ({norm.name})", record)
+        if line and not record["acting_layers"]:
+            log.warning("%s (the same run as without it; include the classifier to make it act: "
+                        "norm.%s.include_classifier=true)", line, norm.weight)
+        elif line:
+            log.info(line)
+        elif not record["traced"]:
+            log.info("weight method %s: %s; its layers are all counted as acting", norm.weight, record["note"])
     return model
 
 
