@@ -356,6 +356,9 @@ def _notes(c: Claim, levels: list[_Level], used: pd.DataFrame) -> list[str]:
         notes.append("a comparison of two cells without spread is not tested")
     if len(used) and used[["budget", "epochs"]].astype(str).nunique().max() > 1:
         notes.append("pools runs of different budgets or epoch counts")
+    presets = sorted(used.get("experiment", pd.Series(dtype=object)).dropna().astype(str).unique())
+    if len(presets) > 1:  # said, never silent: presets may train with other recipes
+        notes.append(f"pools runs of the presets {', '.join(presets)}")
     return notes
 
 
