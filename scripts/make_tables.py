@@ -143,7 +143,7 @@ def runs_table(df: pd.DataFrame, runs_root: Path) -> pd.DataFrame:
     fields = "task" in df and (df["task"] != CLASSIFICATION).any()
     settings = sorted(c for c in df if c.startswith(NORM_SETTINGS) or (
         c.startswith("cfg.") and not c.startswith(NOT_SETTINGS)
-        and not c.endswith(("root", "dir", "path")) and df[c].astype(str).nunique() > 1))
+        and not c.endswith(("root", "dir", "path", "uri")) and df[c].astype(str).nunique() > 1))
     out = df[[c for c in RUN_COLUMNS if c in df and (c not in FIELD_COLUMNS
                                                      or fields and df[c].notna().any())]
              + settings].copy()
