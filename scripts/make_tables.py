@@ -9,8 +9,10 @@ provenance.json, claims.csv, curves.png, fc_depth.png, conditioning.png; for the
 neural-field presets wc_nerf and wc_shape, tables per scene or shape,
 gallery_nerf.png / gallery_shape.png and, for the gallery's seed, every test render
 (renders/<scene>/<norm>/) and surface picture (meshes/<shape>/<norm>.png)), plus runs.csv: one row per run directory the
-numbers come from. A hand-written README.md in that folder (how the runs were made)
-is never touched.
+numbers come from, at full precision, with every input of the tables and claims: the
+claims are judged from runs.csv itself, and `tabulate` and `judge` rebuild the tables
+and claims from it alone. A hand-written README.md in that folder (how the runs were
+made) is never touched.
 
 Runs on `dataset=npz` are labelled with the npz file's name (e.g.
 ``cifar10-partial``) in tables and figures, runs on `dataset=imagefolder` with the
@@ -40,8 +42,14 @@ from wcnorm.report.plot import (
     plot_fc_depth,
     plot_gallery,
 )
-from wcnorm.report.runs import CLASSIFICATION, load_conditioning, load_curves, load_runs
-from wcnorm.report.table import build_table, to_markdown, write_table
+from wcnorm.report.runs import (
+    CLASSIFICATION,
+    load_conditioning,
+    load_curves,
+    load_runs,
+    read_runs_csv,
+)
+from wcnorm.report.table import TableResult, build_table, to_markdown, write_table
 
 PRESETS = Path(__file__).resolve().parents[1] / "conf" / "experiment"
 SKIP_BY_DEFAULT = ("demo",)  # `make demo` writes its own table under runs/demo
@@ -50,16 +58,25 @@ SKIP_BY_DEFAULT = ("demo",)  # `make demo` writes its own table under runs/demo
 SEPARATE_BUDGETS = ("smoke",)
 # Extra row keys of a table when a preset varies them (e.g. the small-batch studies).
 SPLIT_CANDIDATES = ("batch_size",)
+# runs.csv: every number a table or a claim of the folder reads, at full precision, so
+# that the whole folder can be rebuilt from it alone (`wcnorm.report.runs.read_runs_csv`).
 RUN_COLUMNS = ["run_dir", "experiment", "budget", "task", "model", "dataset", "dataset_file", "scene",
                "shape", "depth", "norm", "seed", "epochs", "batch_size", "lr", "status", "metric",
                "final_test_acc", "best_test_acc", "final_test_psnr", "final_test_ssim",
-               "final_val_psnr", "best_val_psnr", "final_test_iou", "best_test_iou",
-               "final_test_chamfer", "best_epoch", "final_train_loss", "wall_time_s", "device_name",
-               "torch_version", "git_commit", "date"]
+               "final_val_psnr", "final_val_ssim", "best_val_psnr", "final_test_iou", "best_test_iou",
+               "final_test_chamfer", "best_epoch", "final_train_loss", "mean_train_loss",
+               "wm_layers", "wm_cancelled", "method_class",  # the weight method's scope (equivalence)
+               "wall_time_s", "device_name", "torch_version", "git_commit", "date"]
 # Columns only the neural-field presets fill: written where some run of the preset does.
 FIELD_COLUMNS = ("task", "scene", "shape", "metric", "final_test_psnr", "final_test_ssim",
-                 "final_val_psnr", "best_val_psnr", "final_test_iou", "best_test_iou",
-                 "final_test_chamfer")
+                 "final_val_psnr", "final_val_ssim", "best_val_psnr", "final_test_iou",
+                 "best_test_iou", "final_test_chamfer")
+# Config columns after the columns above: the normalization's settings (every
+# `cfg.norm.*` key: the ENorm cycle a table names), and every other key whose value
+# differs between the preset's runs (what the grid varies, and any setting a cell pools,
+# which the table's provenance reports) but the seed and file or folder locations.
+NORM_SETTINGS = "cfg.norm."
+NOT_SETTINGS = ("cfg.seed", "cfg.hydra.")
 
 
 # Datasets given as a file or folder of the user's: (the config key that names it, the
@@ -85,15 +102,24 @@ def claim_dataset(label: str | None) -> str | None:
     return None
 
 
+def with_dataset_file(df: pd.DataFrame) -> pd.DataFrame:
+    """Add ``dataset_file``: the name of the file or folder a run's data came from
+    (``cifar10-partial.npz``, ``imagenet-mini``), empty for a named dataset."""
+    none = pd.Series("", index=df.index)
+    paths = df.get("cfg.dataset.path", none).where(df["dataset"] != "imagefolder",
+                                                   df.get("cfg.dataset.root", none))
+    return df.assign(dataset_file=[Path(p).name if isinstance(p, str) and p else "" for p in paths])
+
+
 def relabel(df: pd.DataFrame, for_claims: bool = False) -> tuple[pd.DataFrame, list[str]]:
     """Name npz and image-folder runs after their file or folder (tables, figures) or
-    their source dataset (claims)."""
+    their source dataset (claims), from ``dataset_file``."""
     df = df.copy()
     notes = []
-    for kind, (key, shown) in DATA_FILES.items():
-        if df.empty or key not in df:
+    for kind, (_, shown) in DATA_FILES.items():
+        if df.empty or "dataset_file" not in df:
             continue
-        for path, idx in df[df["dataset"] == kind].groupby(key).groups.items():
+        for path, idx in df[df["dataset"] == kind].groupby("dataset_file").groups.items():
             label = data_label(path)
             new = claim_dataset(label) if for_claims else label
             if new:
@@ -112,18 +138,25 @@ def rel(path, base: Path) -> str:
         return Path(path).name
 
 
-def write_runs_csv(df: pd.DataFrame, runs_root: Path, path: Path) -> Path:
-    none = pd.Series("", index=df.index)
-    df = df.assign(dataset_file=[Path(p).name if isinstance(p, str) and p else ""
-                                 for p in df.get("cfg.dataset.path", none).where(
-                                     df["dataset"] != "imagefolder", df.get("cfg.dataset.root", none))])
+def runs_table(df: pd.DataFrame, runs_root: Path) -> pd.DataFrame:
+    """The rows of runs.csv: one per run directory (``with_dataset_file`` frame), its
+    directory relative to ``runs_root``."""
     fields = "task" in df and (df["task"] != CLASSIFICATION).any()
+    settings = sorted(c for c in df if c.startswith(NORM_SETTINGS) or (
+        c.startswith("cfg.") and not c.startswith(NOT_SETTINGS)
+        and not c.endswith(("root", "dir", "path", "uri")) and df[c].astype(str).nunique() > 1))
     out = df[[c for c in RUN_COLUMNS if c in df and (c not in FIELD_COLUMNS
-                                                     or fields and df[c].notna().any())]].copy()
+                                                     or fields and df[c].notna().any())]
+             + settings].copy()
     out["run_dir"] = [rel(p, runs_root) for p in out["run_dir"]]
     keys = [k for k in ("dataset", "model", "scene", "shape", "depth", "norm", "seed") if k in out]
-    out = out.sort_values([*keys, "run_dir"], na_position="first")
-    atomic_write_text(path, out.to_csv(index=False, float_format="%.4f"))
+    return out.sort_values([*keys, "run_dir"], na_position="first")
+
+
+def write_runs_csv(rows: pd.DataFrame, path: Path) -> Path:
+    # No float format: every number as Python writes it, the shortest text that reads
+    # back to the same double, so that a rebuild from runs.csv is exact.
+    atomic_write_text(path, rows.to_csv(index=False))
     return path
 
 
@@ -138,25 +171,39 @@ def not_run(preset: str, runs: pd.DataFrame) -> dict[str, str]:
     return dict((protocol.get(budgets[0]) or {}).get("not_run") or {})
 
 
-def make_preset(preset: str, runs: pd.DataFrame, curves: pd.DataFrame, cond: pd.DataFrame,
-                runs_root: Path, out: Path, command: str) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
+def tabulate(preset: str, runs: pd.DataFrame, command: str | None) -> TableResult:
+    """The preset's tables, from its runs (a ``load_runs`` or ``read_runs_csv`` frame
+    with ``dataset_file``)."""
     df, _ = relabel(runs)
     left_out = not_run(preset, runs)
     # A key the budget leaves values of out is a row key even while one value has runs
     # (a small-batch grid whose first batch size alone has finished).
     split = tuple(k for k in SPLIT_CANDIDATES if df[k].nunique(dropna=True) > 1
                   or any(point.startswith(f"{k}=") for point in left_out))
-    result = build_table(df, layout="auto", split_by=split, command=command, not_run=left_out)
-    files = write_table(result, out)
+    return build_table(df, layout="auto", split_by=split, command=command, not_run=left_out)
 
+
+def judge(runs: pd.DataFrame) -> pd.DataFrame:
+    """The claims verdicts of runs (a ``read_runs_csv`` frame: the report judges the
+    claims from runs.csv, so that runs.csv alone rebuilds every test)."""
     claims_df, notes = relabel(runs, for_claims=True)
     claims = evaluate_claims(claims_df)
     if notes:
         used = claims["finished_runs"] > 0
         claims.loc[used, "note"] = [("; ".join(notes) + ("; " + n if n else "")) for n in claims.loc[used, "note"]]
+    return claims
+
+
+def make_preset(preset: str, runs: pd.DataFrame, curves: pd.DataFrame, cond: pd.DataFrame,
+                runs_root: Path, out: Path, command: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    runs = with_dataset_file(runs)
+    df, _ = relabel(runs)
+    result = tabulate(preset, runs, command)
+    files = write_table(result, out)
+    files.append(write_runs_csv(runs_table(runs, runs_root), out / "runs.csv"))
+    claims = judge(read_runs_csv(out / "runs.csv"))
     files.append(write_claims(claims, out / "claims.csv"))
-    files.append(write_runs_csv(runs, runs_root, out / "runs.csv"))
 
     # Curves and condition numbers carry only id columns: label them through run_dir.
     labels = dict(zip(df["run_dir"], df["dataset"]))

@@ -384,6 +384,37 @@ def test_wc_outperforms_weight_norms(tmp_path):
     assert r18["verdict"] == SUPPORTED and [r.worse for r in r18["tests"]] == ["bn_ws"]
 
 
+def test_fc_claims_never_pool_the_two_fc_presets(tmp_path):
+    # Both FC presets tabled together, at one depth. enorm_fc: the ENorm order holds
+    # (ENorm + BN 60 > ENorm 50 > BN 40 > Baseline 30); wc_fc: BN + WC 70 above BN + WS
+    # 60 and BN + WN 62. Each preset also runs cells the other's claim names, with
+    # numbers that would flip its verdict if pooled: wc_fc's BN at 90 (above ENorm),
+    # enorm_fc's BN + WN at 95 (above BN + WC).
+    make_fc_grid(tmp_path, {(1, "bn_enorm"): 60, (1, "enorm"): 50, (1, "bn"): 40,
+                            (1, "none"): 30, (1, "bn_wn"): 95}, seeds=(0, 1, 2))
+    for norm, m in (("bn_wc", 70), ("bn_ws", 60), ("bn_wn", 62), ("bn", 90)):
+        _cell(tmp_path, "enorm_fc", "cifar10", norm, [m - 1, m, m + 1], depth=1,
+              experiment="wc_fc")
+    v = _verdicts(tmp_path)
+    order, wc = v.loc["enorm_fc_order"], v.loc["wc_vs_weight_norms_enorm_fc_cifar10"]
+    assert order["verdict"] == SUPPORTED and order["finished_runs"] == 12
+    assert "bn 40.00" in order["numbers"] and "only runs of the enorm_fc preset" in order["note"]
+    assert wc["verdict"] == SUPPORTED and wc["finished_runs"] == 9
+    assert [(r.worse, r.n_worse, r.mean_worse) for r in wc["tests"]] == [("bn_ws", 3, 60.0),
+                                                                         ("bn_wn", 3, 62.0)]
+    assert "pools runs of the presets" not in order["note"] + wc["note"]
+
+
+def test_a_claim_without_a_preset_says_when_it_pools_presets(tmp_path):
+    # DenseNet's claim names no preset: runs of two presets both count, and it says so.
+    for norm, m in (("bn_e", 95), ("bn", 90), ("bn_ws", 89), ("bn_wn", 88)):
+        _cell(tmp_path, "densenet121", "cifar10", norm, [m - 1, m, m + 1],
+              experiment="wc_densenet" if norm != "bn" else "other_study")
+    row = _verdicts(tmp_path).loc["wc4_densenet121_cifar10"]
+    assert row["finished_runs"] == 12
+    assert "pools runs of the presets other_study, wc_densenet" in row["note"]
+
+
 def _sweep(preset: str) -> dict[str, set[str]]:
     """model, dataset, norm and swept keys of a preset file."""
     cfg = yaml.safe_load((PRESETS / f"{preset}.yaml").read_text())

@@ -361,3 +361,24 @@ def load_conditioning(paths) -> pd.DataFrame:
         except (pd.errors.ParserError, UnicodeDecodeError) as e:
             warnings.warn(f"wcnorm: skipping {f}: {e}", stacklevel=2)
     return _attach(runs, per_run)
+
+
+# The columns a runs table must have to be read as runs (the rest are optional).
+_RUNS_CSV_NEEDS = ("run_dir", "experiment", "model", "dataset", "norm", "seed", "status")
+
+
+def read_runs_csv(path: str | Path) -> pd.DataFrame:
+    """The runs of a results folder's ``runs.csv`` as ``load_runs`` frames them
+    (``finished`` from ``status``, a missing id column empty, ``task`` classification
+    where absent), for tables and claims rebuilt from it alone."""
+    df = pd.read_csv(path)
+    lacking = [c for c in _RUNS_CSV_NEEDS if c not in df.columns]
+    if lacking:
+        raise RunReadError(f"{path} is not a runs table: no column {', '.join(lacking)} "
+                           "(write it with scripts/make_tables.py)")
+    df["finished"] = df["status"] == "finished"
+    for col in ID_COLUMNS:
+        if col not in df.columns:
+            df[col] = CLASSIFICATION if col == "task" else None
+    df["task"] = df["task"].fillna(CLASSIFICATION)
+    return _typed(df)
