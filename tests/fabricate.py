@@ -20,7 +20,8 @@ def make_run(root, *, model="resnet18", dataset="cifar10", norm="bn", seed=0,
              final_acc=90.0, best_gap=0.5, depth=None, experiment="test_preset",
              budget="short", epochs=4, finished=True, conditioning=False,
              loss_scale=1.0, lr=0.1, batch_size=128, device="Fake GPU",
-             commit="abc1234", date="2024-10-01T12:00:00", tag="") -> Path:
+             commit="abc1234", date="2024-10-01T12:00:00", tag="", norm_cfg=None,
+             weight_method=None) -> Path:
     """Write one run directory and return it.
 
     The final-epoch test accuracy is exactly ``final_acc`` and the best-epoch one
@@ -37,6 +38,7 @@ def make_run(root, *, model="resnet18", dataset="cifar10", norm="bn", seed=0,
         "trainer": {"epochs": epochs, "batch_size": batch_size},
         "optim": {"name": "sgd", "lr": lr},
     }
+    config["norm"].update(norm_cfg or {})  # e.g. {"act": "bn", "weight": "wc", "wc": {...}}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
     done = epochs if finished else max(1, epochs // 2)
@@ -77,6 +79,8 @@ def make_run(root, *, model="resnet18", dataset="cifar10", norm="bn", seed=0,
             "torch_version": "2.4.0", "cuda_version": None, "device_name": device,
             "git_commit": commit, "date": date, "config": config,
         }
+        if weight_method is not None:  # what describe_weight_method records
+            result["weight_method"] = weight_method
         (run_dir / "result.json").write_text(json.dumps(result, indent=1))
     return run_dir
 
