@@ -29,6 +29,7 @@ _EXPORTS = {
     "apply_weight_method": "methods",
     "describe_weight_method": "methods",
     "remove_weight_methods": "methods",
+    "cancelled_layers": "methods.cancellation",
     "condition_numbers": "methods.diagnostics",
     "condition_number": "methods.diagnostics",
     "summarize_conditioning": "methods.diagnostics",
