@@ -194,14 +194,44 @@ def judge(runs: pd.DataFrame) -> pd.DataFrame:
     return claims
 
 
+CELL_KEYS = ("experiment", "model", "dataset", "dataset_file", "scene", "shape", "depth",
+             "batch_size", "norm", "seed")
+
+
+def _text(v) -> str:
+    """A cell key's value as text, the same whether read from a file or a frame (7, 7.0)."""
+    if pd.isna(v):
+        return ""
+    return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+
+
+def _cell_keys(df: pd.DataFrame, keys: list[str]) -> pd.Series:
+    return df[keys].astype(object).apply(lambda r: "|".join(_text(v) for v in r), axis=1)
+
+
+def carry_over(rows: pd.DataFrame, prior: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` (runs.csv rows of run directories) plus the rows of an earlier runs.csv
+    whose run (its cell and seed) no run directory fills: a grid rerun in part keeps
+    the runs it did not redo, each with its own commit and date. A rerun run replaces
+    its earlier row (e.g. a method whose defaults changed)."""
+    keys = [k for k in CELL_KEYS if k in rows.columns and k in prior.columns]
+    kept = prior[~_cell_keys(prior, keys).isin(set(_cell_keys(rows, keys)))]
+    return pd.concat([rows, kept], ignore_index=True)[list(rows.columns) + [
+        c for c in kept.columns if c not in rows.columns]]
+
+
 def make_preset(preset: str, runs: pd.DataFrame, curves: pd.DataFrame, cond: pd.DataFrame,
-                runs_root: Path, out: Path, command: str) -> list[Path]:
+                runs_root: Path, out: Path, command: str, prior: Path | None = None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     runs = with_dataset_file(runs)
     df, _ = relabel(runs)
-    result = tabulate(preset, runs, command)
-    files = write_table(result, out)
-    files.append(write_runs_csv(runs_table(runs, runs_root), out / "runs.csv"))
+    rows = runs_table(runs, runs_root)
+    if prior is not None:  # tables and claims from run directories and the carried rows
+        rows = carry_over(rows, pd.read_csv(prior))
+    files = [write_runs_csv(rows, out / "runs.csv")]
+    table_runs = read_runs_csv(out / "runs.csv") if prior is not None else runs
+    result = tabulate(preset, table_runs, command)
+    files += write_table(result, out)
     claims = judge(read_runs_csv(out / "runs.csv"))
     files.append(write_claims(claims, out / "claims.csv"))
 
@@ -239,7 +269,17 @@ def parse_args(argv):
     ap.add_argument("--presets", default="",
                     help="comma-separated presets to rebuild (default: every preset with runs, "
                          f"except {', '.join(SKIP_BY_DEFAULT)})")
-    return ap.parse_args(argv)
+    ap.add_argument("--prior", type=Path, default=None,
+                    help="an earlier runs.csv of the one preset named by --presets: its runs "
+                         "that no run directory redoes are carried over into the tables and "
+                         "claims (their own commit and date kept); figures show the run "
+                         "directories only")
+    args = ap.parse_args(argv)
+    if args.prior is not None and len([p for p in args.presets.split(",") if p]) != 1:
+        ap.error("--prior needs exactly one preset in --presets")
+    if args.prior is not None and not args.prior.is_file():
+        ap.error(f"--prior {args.prior}: no such file")
+    return args
 
 
 def main(argv=None) -> int:
@@ -267,7 +307,8 @@ def main(argv=None) -> int:
         print(f"\n==== {preset} -> {out_root / preset}")
         runs_p, curves_p, cond_p = (df[df["experiment"] == preset] if len(df) else df
                                     for df in (runs, curves, cond))
-        files = make_preset(preset, runs_p, curves_p, cond_p, runs_root, out_root / preset, command)
+        files = make_preset(preset, runs_p, curves_p, cond_p, runs_root, out_root / preset, command,
+                            args.prior)
         print("wrote: " + ", ".join(str(f) for f in files))
     return 0
 

@@ -106,3 +106,32 @@ def test_image_folder_runs_are_named_after_their_folder_and_count_as_its_dataset
     out = tmp_path / "flowers" / "enorm_resnet_imagenet_small_batch"
     assert set(pd.read_csv(out / "table.csv")["dataset"]) == {"flowers"}
     assert pd.read_csv(out / "claims.csv")["finished_runs"].sum() == 0
+
+
+def test_a_partial_rerun_carries_the_runs_it_did_not_redo_from_the_earlier_runs_csv(tmp_path):
+    # A grid tabled once; then BN + WC alone is rerun (its defaults changed). The new
+    # table takes BN + WC from the new run directories and BN and BN + WS from the earlier
+    # runs.csv, each with its own commit; the old BN + WC rows are gone, not duplicated.
+    old, new = tmp_path / "old", tmp_path / "new"
+    for norm, acc in (("bn", 50.0), ("bn_ws", 52.0), ("bn_wc", 49.0)):
+        for seed in (0, 1, 2):
+            make_run(old, model="resnet18", norm=norm, seed=seed, experiment="wc_resnet",
+                     budget="cpu", final_acc=acc + seed, commit="old1234")
+    for seed in (0, 1, 2):
+        make_run(new, model="resnet18", norm="bn_wc", seed=seed, experiment="wc_resnet",
+                 budget="cpu", final_acc=60.0 + seed, commit="new5678")
+    main = make_tables()
+    out = tmp_path / "results"
+    assert main(["--runs", str(old), "--out", str(out)]) == 0
+    prior = out / "wc_resnet" / "runs.csv"
+    assert main(["--runs", str(new), "--out", str(out), "--presets", "wc_resnet",
+                 "--prior", str(prior)]) == 0
+    runs = pd.read_csv(prior)
+    assert len(runs) == 9 and runs.groupby("norm")["git_commit"].unique().map(list).to_dict() == {
+        "bn": ["old1234"], "bn_ws": ["old1234"], "bn_wc": ["new5678"]}
+    table = pd.read_csv(out / "wc_resnet" / "table.csv").set_index(["model", "dataset"])
+    assert table.loc[("resnet18", "cifar10"), "BN + WC"] == "61.00 ± 1.00 (n=3)"
+    assert table.loc[("resnet18", "cifar10"), "BN"] == "51.00 ± 1.00 (n=3)"
+    # --prior belongs to one preset
+    with pytest.raises(SystemExit):
+        main(["--runs", str(new), "--out", str(out), "--prior", str(prior)])

@@ -29,9 +29,7 @@ and gets the strongest verdict that more than half of its testable depths reach.
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -40,7 +38,6 @@ import pandas as pd
 
 from ..outputs import atomic_write_text
 from .catalogue import ALIAS_NOTE, ALIASES, CLAIMS, METRICS, Claim
-from .runs import load_runs
 from .stats import Welch, holm, seeds_for_power, welch
 
 SUPPORTED, DIRECTION_ONLY = "supported", "direction only"
@@ -495,19 +492,3 @@ def write_claims(claims: pd.DataFrame, path) -> Path:
                       comparisons.to_csv(index=False, float_format="%.6g"))
     atomic_write_text(path.with_suffix(".md"), to_markdown(claims))
     return path
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="wcnorm claims", description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", help="run directories or folders holding them")
-    ap.add_argument("--out", default="results/table", help="folder for claims.csv")
-    args = ap.parse_args(argv)
-    table = evaluate_claims(load_runs(args.runs))
-    path = write_claims(table, Path(args.out) / "claims.csv")
-    print(table[["claim_id", "verdict", "numbers"]].to_string(index=False))
-    print(f"wrote: {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

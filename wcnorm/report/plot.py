@@ -36,6 +36,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from ..outputs import atomic_write_bytes
+from .labels import norm_label, norm_sort_key
 from .runs import (
     CLASSIFICATION,
     FIELD_TASKS,
@@ -48,7 +49,6 @@ from .runs import (
     rendered_views,
     view_order,
 )
-from .table import norm_label, norm_sort_key
 
 # The studied method is red in both papers' figures, its main baseline blue.
 COLORS = {

@@ -27,84 +27,24 @@ import pandas as pd
 
 from ..outputs import atomic_write_text, write_json
 from .claims import evaluate_claims, write_claims
-from .runs import CLASSIFICATION, FIELD_TASKS, NERF, SHAPE, load_runs
+from .labels import (  # noqa: F401  (re-exported: the table's labels are the report's)
+    ACT_LABELS,
+    ENORM_CYCLES,
+    ENORM_SETTINGS,
+    NORM_LABELS,
+    NORM_ORDER,
+    enorm_variant,
+    equal_to,
+    norm_label,
+    norm_sort_key,
+    weight_variant,
+)
+from .runs import CLASSIFICATION, FIELD_TASKS, load_runs
+from .table_markdown import to_markdown
+from .task_tables import BEST_METRIC, FINAL_METRIC, TASK_TABLES, Block, TaskTables  # noqa: F401
 
-NORM_LABELS = {
-    "none": "Baseline", "bn": "BN", "bn_ws": "BN + WS", "bn_wn": "BN + WN",
-    "bn_wc": "BN + WC", "bn_e": "BN + E", "bn_wc_col": "BN + WC (columns)",
-    "bn_wc_both": "BN + WC (both sides)", "bn_wc_hidden": "BN + WC, classifier skipped", "gn": "GN", "gn_wc": "GN + WC", "ln": "LN",
-    "ln_wc": "LN + WC", "ws": "WS", "wn": "WN", "wc": "WC", "enorm": "ENorm",
-    "bn_enorm": "ENorm + BN",
-}
-# Column order of the tables: known norms in this order, unknown ones after, sorted.
-NORM_ORDER = list(NORM_LABELS)
-
-FINAL_METRIC = "final-epoch test accuracy (%)"
-BEST_METRIC = "best-epoch test accuracy (%), best epoch (not used for selection)"
 NO_EXPERIMENT = "(none)"
 LAYOUTS = ("auto", "wc", "enorm_fc", "nerf", "shape", "long")
-
-
-@dataclass(frozen=True)
-class Block:
-    """One metric of a table: a block of rows of the wide table (its ``metric`` column
-    holds ``title``), mean ± std (n) per cell."""
-
-    column: str  # the run column it averages (see `runs.METRIC_FIELDS`)
-    title: str
-    spec: str = ".2f"  # number format of its cells
-    higher_is_better: bool = True
-
-    @property
-    def key(self) -> str:
-        """Prefix of its columns in table_long.csv: test_ssim_mean, test_ssim_std, ..."""
-        return self.column.removeprefix("final_")
-
-
-@dataclass(frozen=True)
-class TaskTables:
-    """What the tables of one task show: ``blocks`` in the wide table (the first is the
-    headline: its numbers are the long table's plain mean, std, min, max and decide a
-    cell's status), ``extra`` in the long table only, ``best`` in the best-epoch table."""
-
-    heading: str
-    blocks: tuple[Block, ...]
-    best: Block
-    best_name: str  # what the best-epoch table holds, in the provenance's words
-    layouts: tuple[str, ...]  # the layouts that suit the task, the first chosen by auto
-    extra: tuple[Block, ...] = ()
-
-
-_AFTER_RUN = "the test views rendered after the last epoch"
-TASK_TABLES = {
-    CLASSIFICATION: TaskTables(
-        "Final-epoch test accuracy (%)", (Block("final_test_acc", FINAL_METRIC),),
-        Block("best_test_acc", BEST_METRIC), "accuracy", ("wc", "enorm_fc", "long")),
-    NERF: TaskTables(
-        "NeRF: test PSNR and SSIM",
-        (Block("final_test_psnr", f"test PSNR (dB), {_AFTER_RUN}"),
-         Block("final_test_ssim", f"test SSIM, {_AFTER_RUN}", ".4f")),
-        Block("best_val_psnr", "best-epoch validation PSNR (dB), best epoch "
-                               "(not used for selection)"),
-        "validation PSNR", (NERF, "long"),
-        extra=(Block("final_val_psnr", "validation PSNR (dB), last epoch"),
-               Block("final_val_ssim", "validation SSIM, last epoch", ".4f"))),
-    SHAPE: TaskTables(
-        "3D shapes: test IoU and Chamfer distance",
-        (Block("final_test_iou", "test IoU of the held-out points, last epoch", ".4f"),
-         Block("final_test_chamfer", "Chamfer-L1 distance of the extracted surface to the "
-                                     "mesh, lower is better", ".2e", higher_is_better=False)),
-        Block("best_test_iou", "best-epoch test IoU, best epoch (not used for selection)",
-              ".4f"),
-        "test IoU", (SHAPE, "long"),
-        extra=(Block("final_test_acc", "test occupancy accuracy (%), last epoch"),)),
-}
-
-# The ENorm settings that change what a run computes (methods.md section 2): every table
-# names them, so that a run of the official code's cycle is never read as one of the
-# project's default cycle, nor the other way round.
-ENORM_SETTINGS = ("order", "balance_last", "c", "cycles", "every")
-ENORM_CYCLES = {("jacobi", False): "official code", ("sequential", True): "wcnorm default"}
 
 
 @dataclass
@@ -118,49 +58,6 @@ class TableResult:
     task: str = CLASSIFICATION
 
 
-ACT_LABELS = {"bn": "BN", "gn": "GN", "ln": "LN", "none": "no normalization"}
-
-
-def norm_label(norm, runs: pd.DataFrame | None = None) -> str:
-    """A norm's column or legend label. Given its ``runs``, a method that every finished
-    run recorded as cancelled on all its layers is labelled with what it is, e.g.
-    "BN + WC, classifier skipped (= BN)"."""
-    label = NORM_LABELS.get(norm, str(norm))
-    same = equal_to(runs[runs["norm"] == norm]) if runs is not None else None
-    return f"{label} (= {same})" if same else label
-
-
-def equal_to(runs: pd.DataFrame) -> str | None:
-    """The activation normalization that finished ``runs`` are, by construction, where
-    each recorded its weight method as cancelled on every layer (``runs.method_scope``)."""
-    if "wm_cancelled" not in runs.columns:
-        return None
-    done = runs[runs["finished"]] if "finished" in runs.columns else runs
-    cancelled = pd.to_numeric(done["wm_cancelled"], errors="coerce")
-    layers = pd.to_numeric(done["wm_layers"], errors="coerce")
-    acts = set(done.get("cfg.norm.act", pd.Series(dtype=object)).dropna())
-    if not len(done) or len(acts) != 1 or not ((cancelled > 0) & (cancelled == layers)).all():
-        return None
-    return ACT_LABELS.get(acts.pop(), "its normalization")
-
-
-def weight_variant(run: dict) -> str | None:
-    """The WC or WN a run used, e.g. "wc side=row, p=2, classifier included"; None for a
-    run without one. WC's side, p and scope change what it computes (a BatchNorm cancels
-    row WC on every layer it follows, so the scope decides whether it acts at all)."""
-    weight = run.get("cfg.norm.weight")
-    if weight not in ("wc", "wn"):
-        return None
-    parts = [f"side={_setting(run.get('cfg.norm.wc.side'))}", f"p={_setting(run.get('cfg.norm.wc.p'))}"] \
-        if weight == "wc" else []
-    included = _setting(run.get(f"cfg.norm.{weight}.include_classifier")) == "true"
-    parts.append(f"classifier {'included' if included else 'skipped'}")
-    cancelled, layers = run.get("wm_cancelled"), run.get("wm_layers")
-    if pd.notna(cancelled) and pd.notna(layers) and 0 < cancelled == layers:
-        parts.append("cancelled on every layer")
-    return f"{weight} " + ", ".join(parts)
-
-
 def _fmt(mean: float, std: float, n: int, n_expected, spec: str = ".2f") -> str:
     count = f"n={n}" if n_expected is None or n >= n_expected else f"n={n}/{n_expected}"
     if n == 0:
@@ -168,28 +65,6 @@ def _fmt(mean: float, std: float, n: int, n_expected, spec: str = ".2f") -> str:
     if n == 1 or pd.isna(std):
         return f"{mean:{spec}} ({count})"
     return f"{mean:{spec}} ± {std:{spec}} ({count})"
-
-
-def _setting(value) -> str:
-    """A config value as the config writes it (true, 1.2, jacobi); "?" where absent."""
-    if isinstance(value, str):
-        return value
-    if value is None or pd.isna(value):
-        return "?"
-    if pd.api.types.is_bool(value):
-        return str(bool(value)).lower()
-    return f"{value:g}" if pd.api.types.is_number(value) else str(value)
-
-
-def enorm_variant(run: dict) -> str | None:
-    """The ENorm a run used, e.g. "order=jacobi, balance_last=false, c=1.2, cycles=1,
-    every=1 (official code)"; None for a run without ENorm."""
-    if _setting(run.get("cfg.norm.enorm.enabled")) != "true":
-        return None
-    settings = {k: _setting(run.get(f"cfg.norm.enorm.{k}")) for k in ENORM_SETTINGS}
-    text = ", ".join(f"{k}={v}" for k, v in settings.items())
-    cycle = ENORM_CYCLES.get((settings["order"], settings["balance_last"] == "true"))
-    return f"{text} ({cycle})" if cycle else text
 
 
 def _values(s: pd.Series) -> str:
@@ -316,10 +191,6 @@ def _expected_cells(df, keys) -> set[tuple]:
         else:
             cells |= {(*r, n) for r, n in itertools.product(rows, g["norm"].unique())}
     return cells
-
-
-def norm_sort_key(norm):
-    return (NORM_ORDER.index(norm), "") if norm in NORM_ORDER else (len(NORM_ORDER), str(norm))
 
 
 def _sort_long(long: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -544,63 +415,6 @@ def _provenance(df, long, layout, keys, expected_seeds, missing, unfinished, com
         "torch_versions": _distinct(df["torch_version"]),
         "date_range": [dates.min().isoformat(), dates.max().isoformat()] if len(dates) else None,
     }
-
-
-def _md_table(df: pd.DataFrame) -> str:
-    df = df.drop(columns=["metric"], errors="ignore").astype(object).where(df.notna(), "")
-    head = "| " + " | ".join(map(str, df.columns)) + " |"
-    sep = "|" + "|".join("---" for _ in df.columns) + "|"
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join([head, sep, *body])
-
-
-def _capital(text: str) -> str:
-    return text[:1].upper() + text[1:]
-
-
-def to_markdown(result: TableResult) -> str:
-    p = result.provenance
-    join = lambda xs: ", ".join(map(str, xs)) or "unknown"  # noqa: E731
-    runs = p["runs"]
-    tables = TASK_TABLES[result.task]
-    lines = [
-        f"## {tables.heading}, {result.layout} layout", "",
-        f"- budget: {join(p['budgets'])}; epochs: {join(p['epochs'])}; "
-        f"preset: {join(p['experiments'])}",
-        f"- seeds expected: {p['seeds_expected']}; seeds found: {join(p['seeds_found'])}",
-        f"- runs: {runs['dirs']} directories ({runs['finished']} finished, "
-        f"{runs['unfinished']} unfinished, not in the means"
-        + (f"; {runs['skipped_unreadable']} unreadable folders skipped)"
-           if runs["skipped_unreadable"] else ")"),
-        f"- cells: {p['cells']['ok']} complete, {p['cells']['incomplete']} incomplete, "
-        f"{p['cells']['missing']} missing"
-        + (f", {p['cells']['not run']} not run at this budget" if "not run" in p["cells"] else ""),
-        f"- devices: {join(p['device_names'])}; commits: {join(p['git_commits'])}; "
-        f"dates: {' to '.join(p['date_range'] or ['unknown'])}",
-    ]
-    for norm, variants in p["enorm_variants"].items():
-        lines.append(f"- ENorm in {norm_label(norm)}: {'; '.join(variants)}")
-    for norm, variants in p.get("weight_variants", {}).items():
-        lines.append(f"- weight method in {norm_label(norm)}: {'; '.join(variants)}")
-    for norm, same in p.get("equal_by_construction", {}).items():
-        lines.append(f"- {norm_label(norm)} is {same} by construction: a per-channel normalization "
-                     "cancels its weight method on every layer it touches (the runs' record)")
-    if p["command"]:
-        lines.append(f"- command: `{p['command']}`")
-    lines += ["", "Cells: mean ± sample std over seeds (n = finished runs, "
-              "n=found/expected where seeds are missing).", ""]
-    if "metric" in result.wide and len(tables.blocks) > 1:
-        for b in tables.blocks:  # one table per metric block
-            lines += [f"### {_capital(b.title)}", "",
-                      _md_table(result.wide[result.wide["metric"] == b.title]), ""]
-    else:
-        lines += [_md_table(result.wide), ""]
-    lines += [f"### {_capital(tables.best.title)}", "", _md_table(result.best), ""]
-    for title, items in (("Not run at this budget", p["not_run"]), ("Incomplete grid", p["missing"]), ("Unfinished runs", p["unfinished"]),
-                         ("Cells pooling different settings", p["mixed_settings"])):
-        if items:
-            lines += [f"### {title}", "", *[f"- {m}" for m in items], ""]
-    return "\n".join(lines)
 
 
 def write_table(result: TableResult, out_dir) -> list[Path]:
