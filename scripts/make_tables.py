@@ -34,7 +34,8 @@ import pandas as pd
 import yaml
 
 from wcnorm.outputs import atomic_write_text
-from wcnorm.report.claims import evaluate_claims, write_claims
+from wcnorm.report.claims import evaluate_claims
+from wcnorm.report.claims_files import write_claims
 from wcnorm.report.plot import (
     copy_pictures,
     plot_conditioning,

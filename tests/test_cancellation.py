@@ -259,3 +259,20 @@ def test_tables_label_a_cancelled_method_and_name_the_wc_variant(tmp_path):
     assert variants["bn_wc"] == "wc side=row, p=2, classifier included"
     assert variants["bn_wc_hidden"] == "wc side=row, p=2, classifier skipped, cancelled on every layer"
     assert table.provenance["equal_by_construction"] == {"bn_wc_hidden": "BN"}
+
+
+def test_a_diverged_run_is_shown_and_counted_not_dropped(tmp_path):
+    import json
+    for seed, acc in enumerate([80.0, 81.0, 82.0]):
+        make_run(tmp_path, norm="bn", seed=seed, final_acc=acc)
+    for seed, acc in enumerate([70.0, 71.0]):
+        make_run(tmp_path, norm="bn_ws", seed=seed, final_acc=acc)
+    lost = make_run(tmp_path, norm="bn_ws", seed=2, finished=False)
+    (lost / "result.json").write_text(json.dumps({"status": "diverged", "error": "loss nan"}))
+    table = build_table(load_runs(tmp_path))
+    assert "70.50 ± 0.71 (n=2/3, 1 diverged)" in table.wide.to_string()
+    assert any("1 of them diverged" in u for u in table.provenance["unfinished"])
+    claim = Claim(id="y", paper="WC", text="BN beats BN + WS.", model="resnet18", dataset="cifar10",
+                  better="bn", worse=("bn_ws",))
+    row = evaluate_claims(load_runs(tmp_path), [claim]).iloc[0]
+    assert "bn_ws (1)" in row["note"] and "1 diverged" in row["numbers"]

@@ -23,8 +23,8 @@ from wcnorm.report.claims import (
     SUPPORTED,
     Claim,
     evaluate_claims,
-    write_claims,
 )
+from wcnorm.report.claims_files import write_claims
 from wcnorm.report.runs import load_runs
 from wcnorm.report.stats import holm, seeds_for_power, welch
 

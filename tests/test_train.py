@@ -97,7 +97,16 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(cfg_factory, m
         train(cfg)
     run = run_dir_for(cfg)
     assert load_checkpoint(run / "last.pt")["epoch"] == 1
-    assert len(pd.read_csv(run / "metrics.csv")) == 1 and not (run / "result.json").exists()
+    assert len(pd.read_csv(run / "metrics.csv")) == 1
+    # The divergence is a result, recorded: a rerun reports it again instead of training
+    # anew (the loss would not turn NaN now: the patch is gone).
+    record = json.loads((run / "result.json").read_text())
+    assert record["status"] == "diverged" and "nan in epoch 2" in record["error"]
+    monkeypatch.undo()
+    with pytest.raises(DivergedError, match="recorded in .*result.json.*trainer.restart=true"):
+        train(cfg)
+    assert len(pd.read_csv(run / "metrics.csv")) == 1
+    assert train(cfg_factory(*FAST, "trainer.epochs=3", "trainer.restart=true"))["status"] == "finished"
 
 
 def test_weight_method_and_enorm_runs_record_what_ran(cfg_factory):

@@ -30,13 +30,11 @@ and gets the strongest verdict that more than half of its testable depths reach.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from ..outputs import atomic_write_text
 from .catalogue import ALIAS_NOTE, ALIASES, CLAIMS, METRICS, Claim
 from .stats import Welch, holm, seeds_for_power, welch
 
@@ -82,6 +80,7 @@ class _Cell:
     values: np.ndarray
     # the method classes its finished runs recorded (runs.method_scope); None: a run without
     classes: frozenset = frozenset()
+    diverged: int = 0  # runs whose loss became NaN: counted as such, never in the mean
 
     @property
     def method_class(self) -> str | None:
@@ -110,7 +109,8 @@ class _Cell:
             return f"{self.name}: no finished run"
         std = "" if math.isnan(self.std) else f"±{self.std:.2f}" if abs(self.mean) >= 1 \
             else f"±{self.std:.3g}"
-        return f"{self.name} {_num(self.mean)}{std} (n={self.n})"
+        lost = f", {self.diverged} diverged" if self.diverged else ""
+        return f"{self.name} {_num(self.mean)}{std} (n={self.n}{lost})"
 
 
 def _num(x: float) -> str:
@@ -123,7 +123,9 @@ def _cell(runs: pd.DataFrame, norm: str, metric: str) -> _Cell:
     vals = done[metric].dropna()
     classes = frozenset(done["method_class"].where(done["method_class"].notna(), None)) \
         if "method_class" in done.columns else frozenset({None} if len(done) else ())
-    return _Cell("|".join(names), vals.to_numpy(dtype=float), classes)
+    diverged = int((runs["norm"].isin(names) & (runs["status"] == "diverged")).sum()) \
+        if "status" in runs.columns else 0
+    return _Cell("|".join(names), vals.to_numpy(dtype=float), classes, diverged)
 
 
 @dataclass
@@ -385,6 +387,11 @@ def _notes(c: Claim, levels: list[_Level], used: pd.DataFrame) -> list[str]:
         notes.append(f"{'; '.join(same)} train the same function of the raw weights (a per-channel "
                      "normalization cancels the weight method on every layer it touches, as the "
                      "runs recorded): equivalent by construction, not tested")
+    lost = sorted({f"{x.name}" + (f" at {_level_label(c.per, lv.level)}" if c.per else "")
+                   + f" ({x.diverged})" for lv in levels for x in lv.cells if x.diverged})
+    if lost:
+        notes.append("runs that diverged (loss NaN or inf) are counted as diverged, not in the "
+                     f"means: {', '.join(lost)}")
     if any(x.test and math.isnan(x.test.p) for lv in levels for x in lv.comparisons):
         notes.append("a comparison of two cells without spread is not tested")
     if len(used) and used[["budget", "epochs"]].astype(str).nunique().max() > 1:
@@ -432,63 +439,3 @@ def evaluate_claims(runs: pd.DataFrame, claims: list[Claim] | None = None) -> pd
             "tests": tests,
         })
     return pd.DataFrame(rows)
-
-
-def _fmt(x: float, spec: str) -> str:
-    return "" if math.isnan(x) else format(x, spec)
-
-
-def to_markdown(claims: pd.DataFrame) -> str:
-    """claims.md: a summary of the claims these runs bear on, one section per such
-    claim with its comparisons as a table, and the claims without runs here listed."""
-    ran = claims["finished_runs"] > 0
-    lines = ["# The papers' claims tested on these runs", ""]
-    if ran.any():
-        lines += ["| claim | verdict | cells |", "|---|---|---|",
-                  *[f"| {r.claim_id} | {r.verdict} | {r.numbers} |"
-                    for r in claims[ran].itertuples(index=False)], ""]
-    lines += ["Each comparison: the difference of the final-epoch means (first method "
-              f"minus second), its {LEVEL:.0%} Welch confidence interval, Welch's two-sided "
-              "p, Holm's adjusted p over the claim's family, and the finished runs (n) of "
-              "each cell.", "", f"Verdicts: {VERDICT_RULES}", "", f"Rule for the {SEEDS_RULE}",
-              ""]
-    for row in claims[ran].itertuples(index=False):
-        lines += [f"## {row.claim_id} ({row.paper}): {row.verdict}", "", f"> {row.claim}", "",
-                  f"- metric: {row.metric}; finished runs: {row.finished_runs}; budgets: "
-                  f"{row.budgets or '-'}; epochs: {row.epochs or '-'}",
-                  f"- cells: {row.numbers}"]
-        if row.seeds_needed:
-            lines.append(f"- seeds needed: {row.seeds_needed}")
-        if row.note:
-            lines.append(f"- how it was read: {row.note}")
-        if row.tests:
-            lines += ["", "| level | claimed | diff | 95 % CI | p | p_holm | n | verdict at this level |",
-                      "|---|---|---|---|---|---|---|---|"]
-        for r in row.tests:
-            ci = "" if math.isnan(r.ci_low) else f"[{r.ci_low:+.3g}, {r.ci_high:+.3g}]"
-            lines.append(
-                f"| {_level_label(r.level_key, r.level)} | {r.better} "
-                f"{'>' if r.claimed == 'higher' else '<'} {r.worse} | {_fmt(r.diff, '+.3g')} "
-                f"| {ci} | {'equal by construction' if r.equivalent else _fmt(r.p, '.3g')} "
-                f"| {_fmt(r.p_holm, '.3g')} "
-                f"| {r.n_better}/{r.n_worse} | {r.level_verdict} |")
-        lines.append("")
-    if not ran.all():
-        lines += ["## Claims without a finished run here (not enough runs)", "",
-                  *[f"- {r.claim_id} ({r.paper}): {r.claim}"
-                    for r in claims[~ran].itertuples(index=False)], ""]
-    return "\n".join(lines)
-
-
-def write_claims(claims: pd.DataFrame, path) -> Path:
-    """Write ``path`` (claims.csv, one row per claim) and, beside it, claims.md and
-    claims_comparisons.csv (one row per comparison); returns ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, claims.drop(columns="tests").to_csv(index=False))
-    rows = [asdict(r) for rs in claims["tests"] for r in rs]
-    comparisons = pd.DataFrame(rows, columns=[f.name for f in fields(ComparisonRow)])
-    atomic_write_text(path.with_name(f"{path.stem}_comparisons.csv"),
-                      comparisons.to_csv(index=False, float_format="%.6g"))
-    atomic_write_text(path.with_suffix(".md"), to_markdown(claims))
-    return path

@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from ..outputs import atomic_write_text, write_json
-from .claims import evaluate_claims, write_claims
+from .claims import evaluate_claims
+from .claims_files import write_claims
 from .labels import (  # noqa: F401  (re-exported: the table's labels are the report's)
     ACT_LABELS,
     ENORM_CYCLES,
@@ -137,6 +138,8 @@ def _cell_stats(g: pd.DataFrame, tables: TaskTables) -> dict:
         "mean": values.mean(), "std": _std(values), "min": values.min(), "max": values.max(),
         "seeds": " ".join(str(s) for s in sorted(done["seed"].dropna())),
         "best_epoch_mean": best.mean(), "best_epoch_std": _std(best),
+        # a run whose loss became NaN: a result of the method at this rate, shown, never dropped
+        "_diverged": int((g["status"] == "diverged").sum()) if "status" in g else 0,
     }
     for b in _other_blocks(tables):
         # Each metric over the finished runs that report it (a run may lack one).
@@ -283,11 +286,16 @@ def build_table(df: pd.DataFrame, layout: str = "auto", expected_seeds: int | No
                                f"{s[f'{b.key}_n']} finished runs of {cid}: its mean is "
                                "infinite")
         if s["n_unfinished"]:
-            unfinished.append(f"{cid}: {s['n_unfinished']} unfinished run(s), "
+            diverged = f", {s['_diverged']} of them diverged (loss NaN or inf)" if s["_diverged"] else ""
+            unfinished.append(f"{cid}: {s['n_unfinished']} unfinished run(s){diverged}, "
                               "counted, not in the mean")
         row = {k: v for k, v in s.items() if not k.startswith("_")}
         row.update(dict(zip(keys + ["norm"], cell)))  # a split key wins over its summary
         row.update(status=status, n_expected=n_exp, **_block_cells(s, tables, n_exp))
+        if s["_diverged"]:  # the headline cell says so: "45.1 ± 0.3 (n=2/3, 1 diverged)"
+            head = _cell_column(tables, tables.blocks[0])
+            row[head] = row[head][:-1] + f", {s['_diverged']} diverged)" if row[head].endswith(")") \
+                else f"{row[head]} ({s['_diverged']} diverged)"
         if s["n_unfinished"] and s["n"] == 0:
             for col in (*(_cell_column(tables, b) for b in tables.blocks), "best_cell"):
                 row[col] = f"missing ({s['n_unfinished']} unfinished)"

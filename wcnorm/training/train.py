@@ -25,6 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from ..errors import DivergedError
 from ..methods import describe_weight_method
 from ..models import count_parameters
 from ..modules import unwrap
@@ -66,6 +67,10 @@ def train(cfg: DictConfig) -> dict:
         # if the config resolved differently per process), its identity and its verdict on
         # result.json.
         run_dir, identity, finished = ctx.on_main(lambda: _locate(cfg))
+        if finished is not None and finished.get("status") == DIVERGED:
+            raise DivergedError(f"{finished.get('error', 'the training loss diverged')} (recorded in "
+                                f"{run_dir / 'result.json'}; rerun with trainer.restart=true to train "
+                                "it again, e.g. at a lower optim.lr)")
         if finished is not None:
             log.info("already finished: %s. To train it again from scratch, rerun with trainer.restart=true "
                      "(deleting result.json alone does not retrain: the run rewrites it from last.pt)",
@@ -127,9 +132,22 @@ def _claim(cfg: DictConfig, run_dir, identity: dict) -> None:
     log.info("run directory: %s", run_dir)
 
 
+DIVERGED = "diverged"  # result.json's status for a run whose loss became NaN or inf
+
+
 def _train(run: Run, run_dir, ctx) -> dict:
     t0 = time.perf_counter()
-    history = run.trainer.fit()
+    try:
+        history = run.trainer.fit()
+    except DivergedError as err:
+        # A diverged run is a result, not a gap: its record says so, and a rerun reports
+        # it again instead of silently training it anew.
+        if ctx.is_main:
+            write_json(run_dir / "result.json", {
+                "status": DIVERGED, "error": str(err), "epoch": run.trainer.epoch + 1,
+                "run_dir": str(run_dir), "identity": run.trainer.identity, **environment(run.device),
+                "config": OmegaConf.to_container(run.cfg, resolve=True)})
+        raise
     if not run.trainer.finished:
         return {"status": "interrupted", "epoch": run.trainer.epoch, "run_dir": str(run_dir)}
     result = {**summarize(run, history), "run_dir": str(run_dir), "identity": run.trainer.identity}
