@@ -259,6 +259,13 @@ def test_tables_label_a_cancelled_method_and_name_the_wc_variant(tmp_path):
     assert variants["bn_wc"] == "wc side=row, p=2, classifier included"
     assert variants["bn_wc_hidden"] == "wc side=row, p=2, classifier skipped, cancelled on every layer"
     assert table.provenance["equal_by_construction"] == {"bn_wc_hidden": "BN"}
+    # Runs without the record (older ones, or no weight method) keep their plain labels.
+    old = tmp_path / "old"
+    for seed in (0, 1):
+        make_run(old, norm="bn_wc", seed=seed, norm_cfg={"act": "bn"})
+        make_run(old, norm="bn", seed=seed, norm_cfg={"act": "bn"},
+                 weight_method={"method": "none", "num_layers": 0})
+    assert list(build_table(load_runs(old)).wide.columns[-2:]) == ["BN", "BN + WC"]
 
 
 def test_a_diverged_run_is_shown_and_counted_not_dropped(tmp_path):

@@ -40,8 +40,9 @@ def equal_to(runs: pd.DataFrame) -> str | None:
     if "wm_cancelled" not in runs.columns:
         return None
     done = runs[runs["finished"]] if "finished" in runs.columns else runs
-    cancelled = pd.to_numeric(done["wm_cancelled"], errors="coerce")
-    layers = pd.to_numeric(done["wm_layers"], errors="coerce")
+    # as floats: a run without the record (NaN) then compares False, never "unknown"
+    cancelled = pd.to_numeric(done["wm_cancelled"], errors="coerce").astype(float)
+    layers = pd.to_numeric(done["wm_layers"], errors="coerce").astype(float)
     acts = set(done.get("cfg.norm.act", pd.Series(dtype=object)).dropna())
     if not len(done) or len(acts) != 1 or not ((cancelled > 0) & (cancelled == layers)).all():
         return None
