@@ -69,6 +69,25 @@ def test_only_and_bad_part(tmp_path):
     assert not list(tmp_path.glob("*.csv"))
 
 
+@pytest.mark.parametrize("args, says", [
+    (["--only", ","], "names no part"),
+    (["--only", "wc,nope"], "unknown part"),
+    (["--threads", "-1"], "--threads must be a positive integer"),
+    (["--threads", "0"], "--threads must be a positive integer"),
+    (["--models", "nosuch"], "unknown model 'nosuch'"),
+    (["--models", ","], "names no model"),
+    (["--models", "resnet18@x"], "after @"),
+    (["--repeats", "0"], "--repeats must be"),
+    (["--overhead-batch", "-4"], "--overhead-batch must be"),
+])
+def test_bad_command_lines_get_one_line_errors_before_any_work(args, says, tmp_path, capsys):
+    threads = torch.get_num_threads()
+    assert bench.main(["--size", "tiny", "--device", "cpu", "--out", str(tmp_path), *args]) == 2
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("wcnorm bench: ") and says in out and "\n" not in out, out
+    assert not list(tmp_path.glob("*.csv")) and torch.get_num_threads() == threads
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear_step_flops_closed_form(bias):
     n, fan_in, fan_out = 16, 24, 10

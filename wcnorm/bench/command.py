@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import WcnormError
+from ..models import MODELS
 from ..outputs import atomic_write_text, device_name
 from ..training.assemble import resolve_device
 from .parts import PARTS, RUNNERS
@@ -101,8 +102,43 @@ def measure(parts, args, plan, device, env: dict, out: Path) -> list[dict]:
     return rows
 
 
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def check_args(args) -> str | None:
+    """What is wrong with the command line, in one line (None if nothing), before any work."""
+    parts = _names(args.only)
+    if not parts:
+        return f"--only {args.only!r} names no part; choose among {','.join(PARTS)}"
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        return f"unknown part(s) {unknown}; valid: {','.join(PARTS)}"
+    if args.models is not None:
+        specs = _names(args.models)
+        if not specs:
+            return f"--models {args.models!r} names no model; e.g. resnet18,vit,resnet18@224"
+        for spec in specs:
+            name, _, px = spec.partition("@")
+            if name not in MODELS:
+                return f"--models: unknown model {name!r}; choose among {', '.join(MODELS)}"
+            if px and not (px.isdigit() and int(px) > 0):
+                return f"--models: {spec!r}: the size after @ must be a positive number of pixels"
+    for flag in ("threads", "batch", "overhead_batch", "repeats"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            return f"--{flag.replace('_', '-')} must be a positive integer, got {value}"
+    if args.workers is not None and args.workers < 0:
+        return f"--workers must be 0 or more, got {args.workers}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    problem = check_args(args)
+    if problem:
+        print(f"wcnorm bench: {problem}")
+        return 2
     try:
         device = resolve_device(args.device)
     except WcnormError as err:
@@ -116,12 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, repeats=args.repeats)
     if args.overhead_batch:
         plan = replace(plan, overhead_batch=args.overhead_batch)
-    args.models = tuple(args.models.split(",")) if args.models else plan.models
-    parts = [p.strip() for p in args.only.split(",") if p.strip()]
-    unknown = sorted(set(parts) - set(PARTS))
-    if unknown:
-        print(f"wcnorm bench: unknown part(s) {unknown}; valid: {','.join(PARTS)}")
-        return 2
+    args.models = tuple(_names(args.models)) if args.models else plan.models
+    parts = _names(args.only)
     env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": str(device),
            "device_name": device_name(device), "torch_version": torch.__version__,
            "threads": torch.get_num_threads(), "size": size}
