@@ -22,7 +22,7 @@ from ..errors import WcnormError
 from ..models import MODELS
 from ..outputs import atomic_write_text, device_name
 from ..training.assemble import resolve_device
-from .parts import PARTS, RUNNERS
+from .parts import DEFAULT_PARTS, PARTS, RUNNERS
 from .plans import SIZES
 
 COLUMNS = ["date", "device", "device_name", "torch_version", "threads", "size", "part", "model",
@@ -36,14 +36,16 @@ def _parser() -> argparse.ArgumentParser:
                                 epilog="figures: median over repeats after warm-up; see `wcnorm.bench`")
     p.add_argument("--size", choices=SIZES, help="tiny (tests), cpu, gpu (default: gpu on CUDA, else cpu)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts among {','.join(PARTS)}")
+    p.add_argument("--only", default=",".join(DEFAULT_PARTS),
+                   help=f"comma-separated parts among {','.join(PARTS)} (default: {','.join(DEFAULT_PARTS)})")
     p.add_argument("--models", help="throughput/MFU models, e.g. resnet18,vit,resnet18@224 (default: the size's)")
     p.add_argument("--batch", type=int, help="override the throughput batch")
     p.add_argument("--overhead-batch", type=int, help="override the batch of the WC and ENorm ratios")
     p.add_argument("--repeats", type=int, help="override the number of timed blocks")
     p.add_argument("--compile", action="store_true", help="torch.compile wcnorm's model (never the reference)")
     p.add_argument("--workers", type=int, help="reference DataLoader workers (default: 8 on CUDA, 0 on CPU)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice; startup: "
+                   "the trained process's OMP_NUM_THREADS)")
     p.add_argument("--peak-tflops", type=float, help="the device's peak for MFU, if not in the built-in table")
     p.add_argument("--out", default="results/bench", help="folder of <device-slug>.csv")
     return p
