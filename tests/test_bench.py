@@ -80,6 +80,8 @@ def test_only_and_bad_part(tmp_path):
     (["--models", "resnet18@x"], "after @"),
     (["--repeats", "0"], "--repeats must be"),
     (["--overhead-batch", "-4"], "--overhead-batch must be"),
+    (["--only", "compile", "--models", "resnet18"], "unknown model 'resnet18'; choose among nerf"),
+    (["--only", "wc", "--models", "nerf"], "unknown model 'nerf'"),
 ])
 def test_bad_command_lines_get_one_line_errors_before_any_work(args, says, tmp_path, capsys):
     threads = torch.get_num_threads()
@@ -229,6 +231,10 @@ def test_a_compile_failure_is_a_row_that_says_why(tmp_path, monkeypatch):
     with open(next(tmp_path.glob("*.csv"))) as f:
         rows = list(csv.DictReader(f))
     assert {r["model"] for r in rows} == set(bench.SIZES["tiny"].compile_models)
+    assert bench.main(["--size", "tiny", "--device", "cpu", "--only", "compile", "--models", "enorm_fc",
+                       "--out", str(tmp_path)]) == 0  # --models picks the compile part's networks
+    with open(next(tmp_path.glob("*.csv"))) as f:
+        assert {r["model"] for r in csv.DictReader(f)} == {"enorm_fc"}
     assert all(math.isnan(float(r["value"])) and "compile failed: RuntimeError: InductorError: no C++ compiler"
                == r["note"] for r in rows)
 

@@ -23,7 +23,7 @@ from ..models import MODELS
 from ..outputs import atomic_write_text, device_name
 from ..training.assemble import resolve_device
 from .parts import DEFAULT_PARTS, PARTS, RUNNERS
-from .plans import SIZES
+from .plans import COMPILE_MODELS, SIZES
 
 COLUMNS = ["date", "device", "device_name", "torch_version", "threads", "size", "part", "model",
            "setup", "shape", "batch", "metric", "value", "unit", "note"]
@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--only", default=",".join(DEFAULT_PARTS),
                    help=f"comma-separated parts among {','.join(PARTS)} (default: {','.join(DEFAULT_PARTS)})")
-    p.add_argument("--models", help="throughput/MFU models, e.g. resnet18,vit,resnet18@224 (default: the size's)")
+    p.add_argument("--models", help="throughput/MFU models, e.g. resnet18,vit,resnet18@224 (default: the size's); "
+                   f"with --only compile, among {','.join(COMPILE_MODELS)}")
     p.add_argument("--batch", type=int, help="override the throughput batch")
     p.add_argument("--overhead-batch", type=int, help="override the batch of the WC and ENorm ratios")
     p.add_argument("--repeats", type=int, help="override the number of timed blocks")
@@ -108,6 +109,10 @@ def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def parts_of(args) -> list[str]:
+    return _names(args.only)
+
+
 def check_args(args) -> str | None:
     """What is wrong with the command line, in one line (None if nothing), before any work."""
     parts = _names(args.only)
@@ -120,10 +125,12 @@ def check_args(args) -> str | None:
         specs = _names(args.models)
         if not specs:
             return f"--models {args.models!r} names no model; e.g. resnet18,vit,resnet18@224"
+        # the compile part's networks, or the classifiers of throughput and mfu
+        valid = COMPILE_MODELS if parts == ["compile"] else MODELS
         for spec in specs:
             name, _, px = spec.partition("@")
-            if name not in MODELS:
-                return f"--models: unknown model {name!r}; choose among {', '.join(MODELS)}"
+            if name not in valid:
+                return f"--models: unknown model {name!r}; choose among {', '.join(valid)}"
             if px and not (px.isdigit() and int(px) > 0):
                 return f"--models: {spec!r}: the size after @ must be a positive number of pixels"
     for flag in ("threads", "batch", "overhead_batch", "repeats"):
@@ -154,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, repeats=args.repeats)
     if args.overhead_batch:
         plan = replace(plan, overhead_batch=args.overhead_batch)
+    if args.models and parts_of(args) == ["compile"]:
+        plan = replace(plan, compile_models=tuple(_names(args.models)))
     args.models = tuple(_names(args.models)) if args.models else plan.models
     parts = _names(args.only)
     env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": str(device),

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from ..models import CIFAR_MAX_SIZE
 
+COMPILE_MODELS = ("nerf", "occupancy", "enorm_fc")  # the networks the compile part can time
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -30,7 +32,7 @@ class Plan:
     enorm_batches: dict = field(default_factory=dict)
     # the networks `--only compile` times eager and compiled: the field MLPs, and the FC
     # net at p = 15
-    compile_models: tuple[str, ...] = ("nerf", "occupancy", "enorm_fc")
+    compile_models: tuple[str, ...] = ("nerf", "occupancy", "enorm_fc")  # among COMPILE_MODELS
 
     def batch_at(self, px: int) -> int:
         return self.big_batch if px > CIFAR_MAX_SIZE else self.batch
