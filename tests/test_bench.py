@@ -264,3 +264,22 @@ def test_startup_reaches_the_first_step_without_the_tools_it_does_not_need():
     loaded = set(r["modules"].split())
     assert not loaded & {"matplotlib", "trimesh", "igl", "skimage", "torchvision", "optuna", "mlflow", "wandb",
                          "tensorboard"}, loaded
+
+
+def test_the_cpu_clock_times_the_threads_own_work(tmp_path):
+    """--clock cpu: the rows say so, and a step that sleeps costs its work, not its wait."""
+    import time
+
+    from wcnorm.bench import timing
+
+    assert bench.main(["--size", "tiny", "--device", "cpu", "--only", "wc", "--clock", "cpu",
+                       "--out", str(tmp_path)]) == 0
+    with open(next(tmp_path.glob("*.csv"))) as f:
+        assert {r["clock"] for r in csv.DictReader(f)} == {"cpu"}
+    assert timing._clock["now"] is time.perf_counter  # the wall clock again after the command
+    timing.use_clock("cpu")
+    try:
+        assert timing.time_block(lambda: time.sleep(0.05), 2, "cpu") < 0.02
+    finally:
+        timing.use_clock("wall")
+    assert timing.time_block(lambda: time.sleep(0.05), 2, "cpu") >= 0.05

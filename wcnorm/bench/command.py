@@ -24,8 +24,9 @@ from ..outputs import atomic_write_text, device_name
 from ..training.assemble import resolve_device
 from .parts import DEFAULT_PARTS, PARTS, RUNNERS
 from .plans import COMPILE_MODELS, SIZES
+from .timing import CLOCKS, use_clock
 
-COLUMNS = ["date", "device", "device_name", "torch_version", "threads", "size", "part", "model",
+COLUMNS = ["date", "device", "device_name", "torch_version", "threads", "clock", "size", "part", "model",
            "setup", "shape", "batch", "metric", "value", "unit", "note"]
 TABLE_COLUMNS = COLUMNS[COLUMNS.index("part"):]
 
@@ -47,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="reference DataLoader workers (default: 8 on CUDA, 0 on CPU)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice; startup: "
                    "the trained process's OMP_NUM_THREADS)")
+    p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                   help="wall, or cpu: the main thread's CPU time (a shared CPU, with --threads 1)")
     p.add_argument("--peak-tflops", type=float, help="the device's peak for MFU, if not in the built-in table")
     p.add_argument("--out", default="results/bench", help="folder of <device-slug>.csv")
     return p
@@ -153,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     except WcnormError as err:
         print(f"wcnorm bench: {err}")
         return 2
+    if args.clock == "cpu" and device.type != "cpu":
+        print(f"wcnorm bench: --clock cpu times the CPU's own work; on {device} use --clock wall")
+        return 2
+    use_clock(args.clock)
     if args.threads:
         torch.set_num_threads(args.threads)
     size = args.size or ("gpu" if device.type == "cuda" else "cpu")
@@ -167,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parts = _names(args.only)
     env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": str(device),
            "device_name": device_name(device), "torch_version": torch.__version__,
-           "threads": torch.get_num_threads(), "size": size}
+           "threads": torch.get_num_threads(), "clock": args.clock, "size": size}
     print(f"wcnorm bench: {env['device_name']} ({device}), torch {env['torch_version']}, "
           f"{env['threads']} threads, size {size}", flush=True)
     out = Path(args.out) / f"{slug(device)}.csv"
@@ -175,4 +182,5 @@ def main(argv: list[str] | None = None) -> int:
         rows = measure(parts, args, plan, device, env, out)
     print(format_table(rows))
     print(f"wrote {out}")
+    use_clock("wall")
     return 0

@@ -194,9 +194,10 @@ def run_compile(args, plan, device, cache) -> list[dict]:
                       r["shape"], r["batch"])
         rows += [row("eager_step_ms", r["eager_ms"], "ms"), row("compiled_step_ms", r["compiled_ms"], "ms"),
                  row("compiled_over_eager", r["ratio"], "x"),
-                 row("eager_first_step_s", r["eager_first_s"], "s"),
-                 row("compiled_first_step_s", r["compiled_first_s"], "s", "includes compiling"),
-                 row("break_even_steps", r["break_even_steps"], "steps", "inf: the compiled step is not faster")]
+                 row("eager_first_step_s", r["eager_first_s"], "s", "wall clock"),
+                 row("compiled_first_step_s", r["compiled_first_s"], "s", "wall clock, includes compiling"),
+                 row("break_even_steps", r["break_even_steps"], "steps",
+                     "extra first-step seconds / seconds saved per step; inf: the compiled step is not faster")]
     return rows
 
 
