@@ -156,6 +156,17 @@ def test_enorm_part_reports_ops_per_cycle():
     r = bench.enorm_overhead("enorm_fc", MICRO, "cpu")
     # a 3-layer chain: 2 waves, each a fixed handful of ops plus a few per piece
     assert 0 < r["ops"] < 200
+    # the chain's one-visit cycle is timed with it
+    assert r["fused_ops"] > 0 and r["fused_ms"] > 0 and r["fused_ratio"] > 0
+
+
+def test_models_pick_the_enorm_parts_networks(tmp_path):
+    assert bench.main(["--size", "tiny", "--device", "cpu", "--only", "enorm", "--models", "enorm_fc",
+                       "--repeats", "1", "--out", str(tmp_path)]) == 0
+    with open(next(tmp_path.glob("*.csv"))) as f:
+        rows = list(csv.DictReader(f))
+    assert {r["model"] for r in rows} == {"enorm_fc"}
+    assert {"cycle_fused_over_step", "step_with_cycle_fused_over_step"} <= {r["metric"] for r in rows}
 
 
 def test_a_run_cut_short_keeps_the_parts_it_measured(tmp_path, monkeypatch):

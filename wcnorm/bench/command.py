@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default=",".join(DEFAULT_PARTS),
                    help=f"comma-separated parts among {','.join(PARTS)} (default: {','.join(DEFAULT_PARTS)})")
     p.add_argument("--models", help="throughput/MFU models, e.g. resnet18,vit,resnet18@224 (default: the size's); "
-                   f"with --only compile, among {','.join(COMPILE_MODELS)}")
+                   f"with --only enorm, its models; with --only compile, among {','.join(COMPILE_MODELS)}")
     p.add_argument("--batch", type=int, help="override the throughput batch")
     p.add_argument("--overhead-batch", type=int, help="override the batch of the WC and ENorm ratios")
     p.add_argument("--repeats", type=int, help="override the number of timed blocks")
@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, overhead_batch=args.overhead_batch)
     if args.models and parts_of(args) == ["compile"]:
         plan = replace(plan, compile_models=tuple(_names(args.models)))
+    if args.models and parts_of(args) == ["enorm"]:
+        plan = replace(plan, enorm_models=tuple(_names(args.models)))
     args.models = tuple(_names(args.models)) if args.models else plan.models
     parts = _names(args.only)
     env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": str(device),
