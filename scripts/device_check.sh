@@ -3,7 +3,8 @@
 #
 #   1. tests/test_cuda.py: the fast path (GPU data, bf16, channels_last, fused SGD, no host
 #      sync in the step loop, ENorm's CUDA graph, torch.compile) and the runner on the GPU;
-#   2. `wcnorm bench --size gpu`: throughput vs the plain loop, WC and ENorm overheads, MFU;
+#   2. `wcnorm bench --size gpu`: throughput vs the plain loop, WC and ENorm overheads (WC's
+#      kernels apart, the fused cycle of the FC net at p = 15), the fields, MFU: the CPU's ratios;
 #   3. a real-size epoch: ResNet-18, 50,000 CIFAR-size images, batch 512, through `wcnorm train`;
 #   (4. on request: the torch.compile tests, which compile cold.)
 #

@@ -42,7 +42,7 @@ def test_tiny_end_to_end(tmp_path, capsys):
         reader = csv.DictReader(f)
         assert reader.fieldnames == bench.COLUMNS
         rows = list(reader)
-    assert {r["part"] for r in rows} == set(bench.PARTS)
+    assert {r["part"] for r in rows} == set(bench.DEFAULT_PARTS)
     assert {r["torch_version"] for r in rows} == {torch.__version__}
     assert {r["threads"] for r in rows} == {"1"}
     # images (3 x px x px), or a field's network
@@ -59,7 +59,8 @@ def test_tiny_end_to_end(tmp_path, capsys):
             ("enorm", "cycle_over_step"), ("enorm", "ops_per_cycle"), ("throughput", "epoch_s"),
             ("wc", "bn_ops_per_step"), ("wc", "wc_ops_per_step"),
             ("mfu", "achieved"), ("mfu", "mfu"), ("fields", "rays_per_s"), ("fields", "points_per_s"),
-            ("fields", "wc_over_none")} <= metrics
+            ("fields", "wc_over_none"), ("wc", "wc_kernels_over_bn_step"), ("fields", "wc_kernels_over_none_step"),
+            ("enorm", "cycle_fused_over_step"), ("enorm", "ops_per_cycle_fused")} <= metrics
     assert {r["model"] for r in rows if r["part"] == "fields"} == {"nerf", "occupancy"}
     assert "wcnorm/reference" in capsys.readouterr().out  # the table was printed
 
@@ -67,6 +68,27 @@ def test_tiny_end_to_end(tmp_path, capsys):
 def test_only_and_bad_part(tmp_path):
     assert bench.main(["--size", "tiny", "--device", "cpu", "--only", "nope", "--out", str(tmp_path)]) == 2
     assert not list(tmp_path.glob("*.csv"))
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--only", ","], "names no part"),
+    (["--only", "wc,nope"], "unknown part"),
+    (["--threads", "-1"], "--threads must be a positive integer"),
+    (["--threads", "0"], "--threads must be a positive integer"),
+    (["--models", "nosuch"], "unknown model 'nosuch'"),
+    (["--models", ","], "names no model"),
+    (["--models", "resnet18@x"], "after @"),
+    (["--repeats", "0"], "--repeats must be"),
+    (["--overhead-batch", "-4"], "--overhead-batch must be"),
+    (["--only", "compile", "--models", "resnet18"], "unknown model 'resnet18'; choose among nerf"),
+    (["--only", "wc", "--models", "nerf"], "unknown model 'nerf'"),
+])
+def test_bad_command_lines_get_one_line_errors_before_any_work(args, says, tmp_path, capsys):
+    threads = torch.get_num_threads()
+    assert bench.main(["--size", "tiny", "--device", "cpu", "--out", str(tmp_path), *args]) == 2
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("wcnorm bench: ") and says in out and "\n" not in out, out
+    assert not list(tmp_path.glob("*.csv")) and torch.get_num_threads() == threads
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -134,6 +156,17 @@ def test_enorm_part_reports_ops_per_cycle():
     r = bench.enorm_overhead("enorm_fc", MICRO, "cpu")
     # a 3-layer chain: 2 waves, each a fixed handful of ops plus a few per piece
     assert 0 < r["ops"] < 200
+    # the chain's one-visit cycle is timed with it
+    assert r["fused_ops"] > 0 and r["fused_ms"] > 0 and r["fused_ratio"] > 0
+
+
+def test_models_pick_the_enorm_parts_networks(tmp_path):
+    assert bench.main(["--size", "tiny", "--device", "cpu", "--only", "enorm", "--models", "enorm_fc",
+                       "--repeats", "1", "--out", str(tmp_path)]) == 0
+    with open(next(tmp_path.glob("*.csv"))) as f:
+        rows = list(csv.DictReader(f))
+    assert {r["model"] for r in rows} == {"enorm_fc"}
+    assert {"cycle_fused_over_step", "step_with_cycle_fused_over_step"} <= {r["metric"] for r in rows}
 
 
 def test_a_run_cut_short_keeps_the_parts_it_measured(tmp_path, monkeypatch):
@@ -194,3 +227,70 @@ def test_the_bench_flushes_denormals_only_while_it_measures():
     with bench.flushed_denormals():
         assert (tiny * 1).item() == 0.0  # flushed: denormal arithmetic would skew CPU times
     assert (tiny * 1).item() > 0  # and IEEE arithmetic is back for whatever runs next
+
+
+def test_a_compile_failure_is_a_row_that_says_why(tmp_path, monkeypatch):
+    """Where the CPU compile toolchain fails, the compile part reports the error as its
+    figure's note (NaN value) and the bench goes on."""
+    from wcnorm.bench import parts
+
+    def broken(model, plan, device, folder):
+        raise RuntimeError("InductorError: no C++ compiler\nmore lines")
+
+    monkeypatch.setattr(parts, "compile_vs_eager", broken)
+    assert bench.main(["--size", "tiny", "--device", "cpu", "--only", "compile", "--out", str(tmp_path)]) == 0
+    with open(next(tmp_path.glob("*.csv"))) as f:
+        rows = list(csv.DictReader(f))
+    assert {r["model"] for r in rows} == set(bench.SIZES["tiny"].compile_models)
+    assert bench.main(["--size", "tiny", "--device", "cpu", "--only", "compile", "--models", "enorm_fc",
+                       "--out", str(tmp_path)]) == 0  # --models picks the compile part's networks
+    with open(next(tmp_path.glob("*.csv"))) as f:
+        assert {r["model"] for r in csv.DictReader(f)} == {"enorm_fc"}
+    assert all(math.isnan(float(r["value"])) and "compile failed: RuntimeError: InductorError: no C++ compiler"
+               == r["note"] for r in rows)
+
+
+def test_wc_kernels_time_the_parametrizations_alone():
+    from wcnorm.bench.measure import method_kernels
+    from wcnorm.methods.wc import weight_conditioning
+
+    net = weight_conditioning(nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2)))
+    calls = []
+    for m in net.modules():
+        if hasattr(m, "parametrizations"):
+            m.parametrizations.weight[0].register_forward_hook(lambda *_: calls.append(1))
+    method_kernels(net)()
+    assert len(calls) == 2  # the two conditioned layers (the classifier is left alone)
+    assert all(p.grad is None for p in net.parameters())  # nothing left behind for the optimizer
+
+
+@pytest.mark.slow
+def test_startup_reaches_the_first_step_without_the_tools_it_does_not_need():
+    """`wcnorm train experiment=demo` in a fresh process: the times are ordered, and at
+    its first step it has imported no plotting, mesh or tracker library and no torchvision."""
+    from wcnorm.bench.startup import RUNS, first_step
+
+    r = first_step(RUNS["demo"], threads=1)
+    assert 0 < r["import_s"] < r["ready_s"] < r["first_step_s"]
+    loaded = set(r["modules"].split())
+    assert not loaded & {"matplotlib", "trimesh", "igl", "skimage", "torchvision", "optuna", "mlflow", "wandb",
+                         "tensorboard"}, loaded
+
+
+def test_the_cpu_clock_times_the_threads_own_work(tmp_path):
+    """--clock cpu: the rows say so, and a step that sleeps costs its work, not its wait."""
+    import time
+
+    from wcnorm.bench import timing
+
+    assert bench.main(["--size", "tiny", "--device", "cpu", "--only", "wc", "--clock", "cpu",
+                       "--out", str(tmp_path)]) == 0
+    with open(next(tmp_path.glob("*.csv"))) as f:
+        assert {r["clock"] for r in csv.DictReader(f)} == {"cpu"}
+    assert timing._clock["now"] is time.perf_counter  # the wall clock again after the command
+    timing.use_clock("cpu")
+    try:
+        assert timing.time_block(lambda: time.sleep(0.05), 2, "cpu") < 0.02
+    finally:
+        timing.use_clock("wall")
+    assert timing.time_block(lambda: time.sleep(0.05), 2, "cpu") >= 0.05

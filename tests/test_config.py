@@ -71,6 +71,7 @@ def test_wc_options_override_from_the_command_line():
     ("norm.wc.side=diagonal", "norm.wc.side"),
     ("norm.enorm.c=0", "norm.enorm.c"),
     ("norm.enorm.cuda_graph=maybe", "norm.enorm.cuda_graph"),
+    ("norm.enorm.fused=maybe", "norm.enorm.fused"),
     ("trainer.device=tpu", "trainer.device"),
     ("dataset.val_split=1", "dataset.val_split=1: must be a fraction in"),
     ("dataset.val_split=-0.1", "dataset.val_split=-0.1"),

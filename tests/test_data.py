@@ -332,3 +332,21 @@ def test_imagefolder_val_split_reads_training_images_with_the_eval_transform(tmp
     assert sum(len(y) for _, y in val) == 4
     again = load_dataset(dataset_cfg("imagefolder", root=str(tmp_path), image_size=16, val_split=0.2))
     assert again.val.indices == d.val.indices  # seeded
+
+
+def test_digits_are_read_without_importing_sklearn_and_equal_load_digits(monkeypatch):
+    """The demo's data, read from the file scikit-learn ships, equals `load_digits()`; and
+    when that file is not where it is expected, `load_digits()` is what gives them."""
+    import importlib.util
+
+    from sklearn.datasets import load_digits
+
+    from wcnorm import data as data_module
+
+    images, target = data_module.digits_arrays()
+    d = load_digits()
+    assert np.array_equal(images, d.images) and np.array_equal(target, d.target)
+    assert images.dtype == d.images.dtype and target.dtype == d.target.dtype
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    images, target = data_module.digits_arrays()
+    assert np.array_equal(images, d.images) and np.array_equal(target, d.target)

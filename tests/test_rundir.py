@@ -488,6 +488,11 @@ def test_new_options_at_their_neutral_value_keep_existing_run_directories():
     assert run_dir_for(cfg).name == "seed0-937510ac"
     wider = compose_cfg(["model=resnet18", "norm=bn_wc", "model.width=0.5"], smoke=False)
     assert run_dir_for(wider).name != "seed0-937510ac"
+    # a bool option at its neutral value (norm.enorm.fused=false) is left out; true names another run
+    enorm = compose_cfg(["model=enorm_fc", "norm=enorm"], smoke=False)
+    fused = compose_cfg(["model=enorm_fc", "norm=enorm", "norm.enorm.fused=true"], smoke=False)
+    assert "fused" not in outputs.config_identity(enorm)["norm"]["enorm"]
+    assert run_dir_for(fused).name != run_dir_for(enorm).name
 
 
 def test_restart_deletes_what_the_run_wrote_and_only_that(tmp_path):

@@ -1,5 +1,6 @@
 """Weight conditioning: the definition, Van der Sluis numerically, invariances, layers."""
 
+import copy
 import math
 import warnings
 
@@ -385,3 +386,65 @@ def test_model_zoo(name, act_norm):
         assert y.shape == (1, 10) and torch.isfinite(y).all()
         remove_weight_methods(model)
         torch.testing.assert_close(model(x), y, atol=1e-5, rtol=1e-4)
+
+
+class _Task:
+    """A task whose loss calls the network `calls` times per step (twice: as a NeRF's
+    coarse and fine passes would call one shared network)."""
+
+    def __init__(self, model, batch, calls):
+        self.model, self.batch, self.calls = model, batch, calls
+        self.train_loader = [batch]
+
+    def loss(self, model, batch):
+        x, y = batch
+        loss = sum((model((k + 1) * x) - y).square().mean() for k in range(self.calls))
+        return loss, torch.stack([loss.detach(), torch.ones((), dtype=loss.dtype)])
+
+    def evaluate(self, model, *, autocast, reduce, epoch):
+        return {"val": float(sum(model(x).sum() for x in self.batch[0].split(2)))}
+
+
+def _calls(model) -> list[int]:
+    """How many times the WC parametrizations of `model` compute E(W) W."""
+    count = [0]
+    for m in model.modules():
+        if isinstance(m, WeightConditioning):
+            m.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+    return count
+
+
+@pytest.mark.parametrize("uses", [1, 2])
+def test_a_training_step_computes_each_conditioned_weight_once_with_the_same_result(uses):
+    """Trainer.train_step caches E(W) W for the step (parametrize.cached): one computation
+    per weight however often the step calls the layer. The weights after each step equal,
+    in float64, those of a step that recomputes E(W) W at every call: bitwise when each
+    layer is called once per step (every wcnorm model: a NeRF's coarse and fine passes
+    are two networks); to 1e-12 when called twice, where the cached weight's backward
+    runs once on the summed gradient instead of once per call."""
+    from wcnorm.training.trainer import Trainer
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 6), nn.ReLU(), nn.Linear(6, 3)).double()
+    weight_conditioning(net, include_classifier=True)
+    ref = copy.deepcopy(net)
+    batch = (torch.randn(8, 5, dtype=torch.float64), torch.randn(8, 3, dtype=torch.float64))
+    calls = _calls(net)
+    opt, ref_opt = (torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (net, ref))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    trainer = Trainer(net, opt, sched, _Task(net, batch, uses), device="cpu", epochs=1)
+    for step in range(3):
+        trainer.train_step(*batch)
+        assert calls[0] == 3 * (step + 1)  # 3 conditioned layers, each once per step
+        loss, _ = _Task(ref, batch, uses).loss(ref, batch)  # E(W) W recomputed at every call
+        ref_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        ref_opt.step()
+        for a, b in zip(net.parameters(), ref.parameters()):
+            if uses == 1:
+                assert torch.equal(a, b)
+            else:
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    calls[0] = 0
+    trainer.evaluate(0)  # 4 chunks: still one computation per weight
+    assert calls[0] == 3

@@ -20,18 +20,23 @@ run would have seen.
 from __future__ import annotations
 
 import copy
+import gzip
+import importlib.util
 import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, RandomSampler, Subset
-from torchvision import datasets, transforms
 
 from .errors import ConfigError, DatasetUnavailable, WcnormError
+
+if TYPE_CHECKING:
+    from torchvision import datasets
 
 ARRAY_DATASETS = ("cifar10", "cifar100", "npz", "digits", "synthetic")
 FOLDER_DATASETS = ("imagenet", "imagefolder")
@@ -152,6 +157,9 @@ def _nhwc_split(x, y) -> ArraySplit:
 
 
 def _load_cifar(cfg) -> DataBundle:
+    # torchvision here, not at the top: importing it takes seconds (docs/performance.md)
+    from torchvision import datasets
+
     cls = datasets.CIFAR10 if cfg.name == "cifar10" else datasets.CIFAR100
     root = Path(cfg.root).expanduser()
     try:
@@ -254,14 +262,29 @@ def _npz_split(arrays: dict, part: str, where: str) -> ArraySplit:
     return _nhwc_split(x, y.astype(np.int64))
 
 
-def _load_digits(cfg) -> DataBundle:
-    from sklearn.datasets import load_digits  # here: a heavy import that only this dataset needs
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1797 real 8x8 digit images (0..16) and labels, read from the file it
+    ships as `load_digits` reads it, without importing `sklearn.datasets` (which imports
+    pandas and scipy: seconds, before a demo's first step); `load_digits` itself where the
+    file is not found."""
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if spec else None
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits
 
-    d = load_digits()  # 1797 real 8x8 images, shipped with scikit-learn
-    x = torch.as_tensor(d.images, dtype=torch.float32)[:, None] / 16.0
+        d = load_digits()
+        return d.images, d.target
+    with gzip.open(path, "rt") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int, copy=False)
+
+
+def _load_digits(cfg) -> DataBundle:
+    images, target = digits_arrays()
+    x = torch.as_tensor(images, dtype=torch.float32)[:, None] / 16.0
     x = F.interpolate(x, size=cfg.image_size, mode="bilinear", align_corners=False)
     x = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, cfg.in_channels, -1, -1).contiguous()
-    y = torch.as_tensor(d.target, dtype=torch.long)
+    y = torch.as_tensor(target, dtype=torch.long)
     # A fixed stratified split, independent of the run's seed: the test set never moves.
     g = torch.Generator().manual_seed(0)
     test_mask = torch.zeros(len(y), dtype=torch.bool)
@@ -294,6 +317,8 @@ def _folder_split(root: Path, names: tuple[str, ...]) -> Path | None:
 
 def read_image(path: str):
     """torchvision's image loader, naming the file when it cannot be decoded."""
+    from torchvision import datasets
+
     try:
         return datasets.folder.default_loader(path)
     except (OSError, ValueError, SyntaxError) as err:  # what PIL raises for broken files
@@ -302,6 +327,8 @@ def read_image(path: str):
 
 
 def _image_folder(split_dir: Path, transform, name: str) -> datasets.ImageFolder:
+    from torchvision import datasets
+
     try:
         return datasets.ImageFolder(str(split_dir), transform, loader=read_image)
     except FileNotFoundError as err:  # torchvision's words for a class folder without images
@@ -317,6 +344,8 @@ def _image_folder(split_dir: Path, transform, name: str) -> datasets.ImageFolder
 
 
 def _load_folder(cfg) -> DataBundle:
+    from torchvision import transforms
+
     root = Path(cfg.root).expanduser()
     train_dir, test_dir = _folder_split(root, ("train",)), _folder_split(root, ("val", "test"))
     if train_dir is None or test_dir is None:

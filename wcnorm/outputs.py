@@ -96,7 +96,7 @@ def _drop(d: dict, dotted: str) -> None:
 # Options added after runs already existed, at the value that computes what those runs
 # computed: left out of the identity at that value, so an existing run directory keeps
 # its name (and resumes) when wcnorm gains an option.
-NEUTRAL_DEFAULTS = {"model.width": 1, "dataset.val_split": 0}
+NEUTRAL_DEFAULTS = {"model.width": 1, "dataset.val_split": 0, "norm.enorm.fused": False}
 
 
 def dotted_get(d: dict, dotted: str):
@@ -114,7 +114,7 @@ def config_identity(cfg: DictConfig) -> dict:
         _drop(ident, key)
     for key, neutral in NEUTRAL_DEFAULTS.items():
         value = dotted_get(ident, key)
-        if value is not None and not isinstance(value, bool) and value == neutral:
+        if value is not None and isinstance(value, bool) == isinstance(neutral, bool) and value == neutral:
             _drop(ident, key)
     return ident
 

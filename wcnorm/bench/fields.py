@@ -121,11 +121,12 @@ def wcnorm_field_step(cfg: DictConfig, device):
     return (lambda: run.trainer.train_step(*next(batches))[0]), describe(run)
 
 
-def fixed_field_step(cfg: DictConfig, device):
-    """Trainer.train_step on one fixed batch: the model step alone."""
+def fixed_field_step(cfg: DictConfig, device, *, with_model: bool = False):
+    """Trainer.train_step on one fixed batch: the model step alone (and the model)."""
     trainer = build_field_run(cfg, device).trainer
     batch = next(iter(trainer.train_loader))
-    return lambda: trainer.train_step(*batch)[0]
+    step = lambda: trainer.train_step(*batch)[0]  # noqa: E731
+    return (step, trainer.model) if with_model else step
 
 
 def _examples(task) -> tuple[torch.Tensor, ...]:

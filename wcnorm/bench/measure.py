@@ -7,6 +7,7 @@ import statistics
 
 import torch
 from omegaconf import OmegaConf
+from torch.nn.utils import parametrize
 
 from ..training.assemble import build_enorm
 from .counting import count_ops, step_flops
@@ -79,17 +80,41 @@ def fixed_step(trainer):
     return lambda: trainer.train_step(x, y)[0]
 
 
+def method_kernels(model):
+    """A call that runs every weight parametrization of `model` (WC's E(W) W) forward and
+    backward on the model's own weights, and nothing else: what the method itself costs
+    in a step, apart from the parametrization's bookkeeping and the step's other work."""
+    pairs = [(plist[0], plist.original) for m in model.modules() if parametrize.is_parametrized(m)
+             for plist in m.parametrizations.values()]
+    grads = [torch.ones_like(w) for _, w in pairs]
+
+    def run():
+        outs = [method(w) for method, w in pairs]
+        torch.autograd.backward(outs, grads, inputs=[w for _, w in pairs])
+        for _, w in pairs:
+            w.grad = None
+
+    return run
+
+
+def _kernel_ms(model, plan: Plan, device) -> float:
+    t = time_step({"k": method_kernels(model)}, warmup=plan.warmup, repeats=plan.repeats, steps=plan.steps,
+                  device=device)
+    return 1e3 * statistics.median(t["k"])
+
+
 def wc_overhead(spec: str, plan: Plan, device, *, compile: bool = False) -> dict:
     """Step time of BN+WC over BN (the model's usual norm: LN for the ViT), runner
     settings, fixed batch, interleaved repeats."""
     name, px = parse_spec(spec, plan.px)
-    steps = {w: fixed_step(build_trainer(name, px, batch=plan.overhead_batch, device=device, weight=w,
-                                         compile=compile, options=plan.options.get(name))[0])
-             for w in ("none", "wc")}
+    trainers = {w: build_trainer(name, px, batch=plan.overhead_batch, device=device, weight=w,
+                                 compile=compile, options=plan.options.get(name))[0] for w in ("none", "wc")}
+    steps = {w: fixed_step(trainer) for w, trainer in trainers.items()}
     t = time_step(steps, warmup=plan.warmup, repeats=plan.repeats, steps=plan.steps, device=device)
     return {"ratio": median_ratio(t["wc"], t["none"]), "bn_ms": 1e3 * statistics.median(t["none"]),
             "wc_ms": 1e3 * statistics.median(t["wc"]), "batch": plan.overhead_batch, "px": px,
-            "bn_ops": count_ops(steps["none"]), "wc_ops": count_ops(steps["wc"])}
+            "bn_ops": count_ops(steps["none"]), "wc_ops": count_ops(steps["wc"]),
+            "kernel_ms": _kernel_ms(trainers["wc"].model, plan, device)}
 
 
 def enorm_overhead(spec: str, plan: Plan, device, *, norm: str = "enorm", compile: bool = False) -> dict:
@@ -100,11 +125,15 @@ def enorm_overhead(spec: str, plan: Plan, device, *, norm: str = "enorm", compil
     back: the cost as training sees it (with the host free to queue the cycle behind
     the step on CUDA)."""
     name, px = parse_spec(spec, plan.px)
-    run = build_run(name, px, batch=plan.overhead_batch, device=device, norm=norm, compile=compile,
+    batch = plan.batch_of(name)
+    run = build_run(name, px, batch=batch, device=device, norm=norm, compile=compile,
                     options=plan.options.get(name), overrides=["norm.enorm.enabled=false"])
     enorm = build_enorm(run.cfg.norm.enorm, run.model, run.optimizer)
+    fused = build_enorm(OmegaConf.merge(run.cfg.norm.enorm, {"fused": True}), run.model, run.optimizer)
     step = fixed_step(run.trainer)
     fns = {"step": step, "cycle": enorm.step, "both": lambda: (step(), enorm.step())}
+    if fused.fused:  # a chain: its one-visit cycle, timed with the others
+        fns.update(cycle_fused=fused.step, both_fused=lambda: (step(), fused.step()))
     if torch.device(device).type == "cuda":  # the same cycle replayed as one CUDA graph
         graphed = build_enorm(OmegaConf.merge(run.cfg.norm.enorm, {"cuda_graph": True}), run.model, run.optimizer)
         fns.update(cycle_graph=graphed.step, both_graph=lambda: (step(), graphed.step()))
@@ -112,7 +141,11 @@ def enorm_overhead(spec: str, plan: Plan, device, *, norm: str = "enorm", compil
     out = {"ratio": median_ratio(t["cycle"], t["step"]), "loop_ratio": median_ratio(t["both"], t["step"]),
            "ops": count_ops(enorm.step),
            "step_ms": 1e3 * statistics.median(t["step"]), "cycle_ms": 1e3 * statistics.median(t["cycle"]),
-           "groups": len(enorm.groups), "units": enorm.num_units, "batch": plan.overhead_batch, "px": px}
+           "groups": len(enorm.groups), "units": enorm.num_units, "batch": batch, "px": px}
+    if "cycle_fused" in t:
+        out.update(fused_ratio=median_ratio(t["cycle_fused"], t["step"]),
+                   fused_loop_ratio=median_ratio(t["both_fused"], t["step"]),
+                   fused_ms=1e3 * statistics.median(t["cycle_fused"]), fused_ops=count_ops(fused.step))
     if "cycle_graph" in t:
         out.update(graph_ratio=median_ratio(t["cycle_graph"], t["step"]),
                    graph_loop_ratio=median_ratio(t["both_graph"], t["step"]),
@@ -147,8 +180,10 @@ def field_wc_overhead(field: str, plan: Plan, device, data: list[str]) -> dict:
     """Step time of the field MLP with WC (rows, p = 2: the preset's) over without,
     fixed batch, interleaved repeats."""
     cfgs = {norm: field_config(field, plan.field_budget, data, norm=norm, device=device) for norm in ("none", "wc")}
-    steps = {norm: fixed_field_step(cfg, device) for norm, cfg in cfgs.items()}
+    steps, models = {}, {}
+    for norm, cfg in cfgs.items():
+        steps[norm], models[norm] = fixed_field_step(cfg, device, with_model=True)
     t = time_step(steps, warmup=plan.warmup, repeats=plan.repeats, steps=plan.steps, device=device)
     return {"ratio": median_ratio(t["wc"], t["none"]), "none_ms": 1e3 * statistics.median(t["none"]),
             "wc_ms": 1e3 * statistics.median(t["wc"]), "batch": int(cfgs["wc"].trainer.batch_size),
-            "shape": network_shape(cfgs["wc"])}
+            "shape": network_shape(cfgs["wc"]), "kernel_ms": _kernel_ms(models["wc"], plan, device)}

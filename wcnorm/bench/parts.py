@@ -15,6 +15,7 @@ import torch
 
 from ..models import CIFAR_MAX_SIZE
 from ..outputs import device_name
+from .compiled import compile_vs_eager
 from .counting import OPS_NOTE, peak_flops
 from .fields import field_data
 from .measure import (
@@ -26,6 +27,7 @@ from .measure import (
     wcnorm_throughput,
 )
 from .memory import free
+from .startup import RUNS, first_step
 
 CIFAR_TRAIN = 50_000  # images in a CIFAR-10 training epoch (the epoch-time figure)
 
@@ -86,7 +88,9 @@ def run_wc(args, plan, device, cache) -> list[dict]:
             row("wc_step_ms", r["wc_ms"], "ms"),
             row("wc_over_bn", r["ratio"], "x"),
             row("bn_ops_per_step", r["bn_ops"], "ops", OPS_NOTE),
-            row("wc_ops_per_step", r["wc_ops"], "ops", OPS_NOTE)]
+            row("wc_ops_per_step", r["wc_ops"], "ops", OPS_NOTE),
+            row("wc_kernels_ms", r["kernel_ms"], "ms", KERNELS_NOTE),
+            row("wc_kernels_over_bn_step", r["kernel_ms"] / r["bn_ms"], "x", KERNELS_NOTE)]
 
 
 def run_enorm(args, plan, device, cache) -> list[dict]:
@@ -102,6 +106,12 @@ def run_enorm(args, plan, device, cache) -> list[dict]:
                      row("cycle_over_step", r["ratio"], "x"),
                      row("ops_per_cycle", r["ops"], "ops", OPS_NOTE),
                      row("step_with_cycle_over_step", r["loop_ratio"], "x")]
+            if "fused_ms" in r:
+                fused = "fused=True: the chain's cycle, one visit per weight"
+                rows += [row("cycle_fused_ms", r["fused_ms"], "ms", fused),
+                         row("cycle_fused_over_step", r["fused_ratio"], "x", fused),
+                         row("ops_per_cycle_fused", r["fused_ops"], "ops", OPS_NOTE),
+                         row("step_with_cycle_fused_over_step", r["fused_loop_ratio"], "x", fused)]
             if "graph_ms" in r:
                 rows += [row("cycle_graph_ms", r["graph_ms"], "ms", "cuda_graph=True: the cycle as one graph"),
                          row("cycle_graph_over_step", r["graph_ratio"], "x"),
@@ -147,10 +157,56 @@ def run_fields(args, plan, device, cache) -> list[dict]:
                          r["speedup"], "x", "paired: the two steps timed interleaved"))
         row = partial(_row, "fields", field, "WC vs none, fixed batch, interleaved", w["shape"], w["batch"])
         rows += [row("none_step_ms", w["none_ms"], "ms"), row("wc_step_ms", w["wc_ms"], "ms"),
-                 row("wc_over_none", w["ratio"], "x")]
+                 row("wc_over_none", w["ratio"], "x"), row("wc_kernels_ms", w["kernel_ms"], "ms", KERNELS_NOTE),
+                 row("wc_kernels_over_none_step", w["kernel_ms"] / w["none_ms"], "x", KERNELS_NOTE)]
     return rows
 
 
+def run_startup(args, plan, device, cache) -> list[dict]:
+    """Seconds from `wcnorm train` to its first step, in a fresh process (`startup`)."""
+    rows = []
+    for name, overrides in RUNS.items():
+        r = first_step(overrides, threads=args.threads)
+        row = partial(_row, "startup", name, " ".join(overrides), "-", 0)
+        note = f"imported at the first step: {r['modules']}"
+        rows += [row("import_s", r["import_s"], "s", "process start to the training modules imported"),
+                 row("ready_s", r["ready_s"], "s", note),
+                 row("first_step_s", r["first_step_s"], "s", "process start to the end of the first step")]
+    return rows
+
+
+def run_compile(args, plan, device, cache) -> list[dict]:
+    """trainer.compile=true against eager (`compiled`); a failure to compile is a row
+    saying why, not a crash."""
+    rows = []
+    for model in plan.compile_models:
+        with tempfile.TemporaryDirectory(prefix="wcnorm-bench-") as folder:
+            try:
+                r = compile_vs_eager(model, plan, device, Path(folder))
+            except Exception as err:  # noqa: BLE001 - the toolchain's error, whatever it is, is the figure
+                why = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+                rows.append(_row("compile", model, "trainer.compile=true", "-", 0, "compiled_over_eager",
+                                 math.nan, "x", f"compile failed: {type(err).__name__}: {why}"))
+                continue
+            finally:
+                free(device)
+        row = partial(_row, "compile", model, "trainer.compile=true vs eager, fixed batch, interleaved",
+                      r["shape"], r["batch"])
+        rows += [row("eager_step_ms", r["eager_ms"], "ms"), row("compiled_step_ms", r["compiled_ms"], "ms"),
+                 row("compiled_over_eager", r["ratio"], "x"),
+                 row("eager_first_step_s", r["eager_first_s"], "s", "wall clock"),
+                 row("compiled_first_step_s", r["compiled_first_s"], "s", "wall clock, includes compiling"),
+                 row("break_even_steps", r["break_even_steps"], "steps",
+                     "extra first-step seconds / seconds saved per step; inf: the compiled step is not faster")]
+    return rows
+
+
+KERNELS_NOTE = "E(W) W forward and backward on the model's own weights, alone"
+
 # In the order they run: throughput before mfu, which reuses its timings.
-RUNNERS = {"throughput": run_throughput, "wc": run_wc, "enorm": run_enorm, "mfu": run_mfu, "fields": run_fields}
+RUNNERS = {"throughput": run_throughput, "wc": run_wc, "enorm": run_enorm, "mfu": run_mfu, "fields": run_fields,
+           "startup": run_startup, "compile": run_compile}
 PARTS = tuple(RUNNERS)
+# What `wcnorm bench` measures unless `--only` names parts: startup and compile take
+# minutes of their own (fresh processes, compilation), so they run when asked for.
+DEFAULT_PARTS = ("throughput", "wc", "enorm", "mfu", "fields")

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from ..models import CIFAR_MAX_SIZE
 
+COMPILE_MODELS = ("nerf", "occupancy", "enorm_fc")  # the networks the compile part can time
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -25,9 +27,19 @@ class Plan:
     # the neural fields' network and batch: their presets' (wc_nerf, wc_shape) at this budget
     field_budget: str = "cpu"
     fields: tuple[str, ...] = ("nerf", "occupancy")
+    # the batch of a model's ENorm ratio where it is not overhead_batch: the FC net at the
+    # ENorm paper's batch (256)
+    enorm_batches: dict = field(default_factory=dict)
+    # the networks `--only compile` times eager and compiled: the field MLPs, and the FC
+    # net at p = 15
+    compile_models: tuple[str, ...] = ("nerf", "occupancy", "enorm_fc")  # among COMPILE_MODELS
 
     def batch_at(self, px: int) -> int:
         return self.big_batch if px > CIFAR_MAX_SIZE else self.batch
+
+    def batch_of(self, model: str) -> int:
+        """The batch of `model`'s ENorm ratio."""
+        return self.enorm_batches.get(model, self.overhead_batch)
 
 
 SIZES = {
@@ -38,10 +50,12 @@ SIZES = {
                  field_budget="smoke"),
     # CPU-size batches of the real models
     "cpu": Plan(16, 4, 16, 32, 2, 3, 2, ("resnet18", "densenet121", "vit", "resnet18@224"),
-                ("resnet18", "densenet121"), ("enorm", "bn_enorm")),
+                ("resnet18", "densenet121", "enorm_fc"), ("enorm", "bn_enorm"),
+                options={"enorm_fc": {"depth": 15}}, enorm_batches={"enorm_fc": 256}),
     # the real shapes
     "gpu": Plan(512, 128, 128, 32, 10, 5, 20, ("resnet18", "densenet121", "vit", "resnet18@224"),
-                ("resnet18", "densenet121"), ("enorm", "bn_enorm"), data_batches=32, field_budget="paper"),
+                ("resnet18", "densenet121", "enorm_fc"), ("enorm", "bn_enorm"), data_batches=32,
+                field_budget="paper", options={"enorm_fc": {"depth": 15}}, enorm_batches={"enorm_fc": 256}),
 }
 
 

@@ -1,4 +1,11 @@
-"""How a time is read: blocks of back-to-back calls, the device drained at both ends."""
+"""How a time is read: blocks of back-to-back calls, the device drained at both ends.
+
+The clock is the wall clock, or with `--clock cpu` the CPU time of the calling thread
+(`time.thread_time`): on a CPU shared with other jobs, the wall clock also counts the
+time the process waits for a core, which swings with the neighbours' load; the thread's
+CPU time counts its own work only. It is what the step costs when the torch work runs
+in that thread (`--threads 1`; the CPU only).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,14 @@ import statistics
 import time
 
 import torch
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+_clock = {"now": time.perf_counter}
+
+
+def use_clock(name: str) -> None:
+    """Read every later time with the `name` clock (see the module docstring)."""
+    _clock["now"] = CLOCKS[name]
 
 
 def sync(device) -> None:
@@ -16,12 +31,13 @@ def sync(device) -> None:
 def time_block(fn, steps: int, device) -> float:
     """Seconds per call over `steps` back-to-back calls; the queue is drained at both ends,
     so the host may run ahead inside the block exactly as in training."""
+    now = _clock["now"]
     sync(device)
-    t0 = time.perf_counter()
+    t0 = now()
     for _ in range(steps):
         fn()
     sync(device)
-    return (time.perf_counter() - t0) / steps
+    return (now() - t0) / steps
 
 
 def time_step(fns: dict, *, warmup: int, repeats: int, steps: int, device) -> dict[str, list[float]]:

@@ -11,14 +11,14 @@
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
-import trimesh
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 from PIL import Image
 from torch import Tensor
+
+if TYPE_CHECKING:
+    import trimesh
 
 __all__ = ["image_png", "mesh_png"]
 
@@ -39,6 +39,11 @@ def image_png(image: Tensor) -> bytes:
 
 def mesh_png(mesh: trimesh.Trimesh, title: str = "") -> bytes:
     """A shaded view of a mesh in [-1, 1]^3; an empty mesh gives a picture that says so."""
+    # matplotlib on first use only: a run that draws no mesh does not pay for importing it
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+
     fig = Figure(figsize=(INCHES, INCHES), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(projection="3d")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torchvision.models as tvm
 from torch import nn
 
 from .layers import WIDTH, init_cnn, swap_norm
@@ -67,6 +66,9 @@ def _replace_stem(model: nn.Module, in_channels: int, gain: float) -> None:
 def build(name: str, num_classes: int, in_channels: int, act_norm: str, image_size: int,
           width: float = WIDTH, **options) -> nn.Module:
     assert width == WIDTH, "torchvision's models have no width multiplier"
+    # torchvision here, not at the top: importing it takes seconds, and only these models need it
+    import torchvision.models as tvm
+
     if name == "vit":
         model = tvm.vit_b_16(weights=None, num_classes=num_classes, image_size=image_size,
                              **{**VIT_OPTIONS, **options})

@@ -28,7 +28,6 @@ from ..data import epoch_generator
 from ..errors import ConfigError, WcnormError
 from ..fields.render import RenderSettings
 from ..fields.scenes import BLENDER_SPLITS, LLFF_SPLITS, check_scene
-from ..fields.shapes import load_mesh
 from ..models.fields import FIELD_MODELS, build, default_options
 
 __all__ = ["FIELD_DATASETS", "SCENE_SPLITS", "FIELD_WEIGHT_METHODS", "RENDER_KEYS", "is_field_config",
@@ -165,6 +164,8 @@ def _mesh_problems(d: DictConfig, check_files: bool) -> list[str]:
     if not check_files:
         return p
     try:
+        from ..fields.shapes import load_mesh  # igl, trimesh, scipy: for a shape task only
+
         load_mesh(d.path, require_watertight=bool(d.require_watertight))
     except WcnormError as err:
         p.append(f"dataset=mesh (shape {d.get('shape')!r}): {err}")

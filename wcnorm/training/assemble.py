@@ -94,7 +94,7 @@ def build_enorm(enorm: DictConfig, model: nn.Module, optimizer: torch.optim.Opti
     """ENorm with the options of a `norm.enorm` config node."""
     return ENorm(model, optimizer, c=float(enorm.c), order=enorm.order, balance_last=bool(enorm.balance_last),
                  bn=enorm.bn, bias_in_norm=bool(enorm.bias_in_norm), attention=bool(enorm.attention),
-                 cuda_graph=bool(enorm.cuda_graph))
+                 cuda_graph=bool(enorm.cuda_graph), fused=bool(enorm.get("fused", False)))
 
 
 def build_callbacks(cfg: DictConfig, task: Task, enorm: ENorm | None, run_dir,

@@ -175,6 +175,7 @@ def _norm_problems(cfg: DictConfig) -> list[str]:
             p.append(f"norm.enorm.order={e.order!r}: valid: {', '.join(ORDERS)}")
         if e.bn not in BN_MODES:
             p.append(f"norm.enorm.bn={e.bn!r}: valid: {', '.join(BN_MODES)}")
-        if not isinstance(e.cuda_graph, bool):
-            p.append(f"norm.enorm.cuda_graph={e.cuda_graph!r}: must be true or false")
+        for key in ("cuda_graph", "fused"):
+            if not isinstance(e.get(key, False), bool):
+                p.append(f"norm.enorm.{key}={e[key]!r}: must be true or false")
     return p

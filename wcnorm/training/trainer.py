@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from ..errors import DivergedError, Interrupted
@@ -155,7 +156,9 @@ class Trainer:
 
     def train_step(self, *batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on `batch`; returns the loss and the task's sums."""
-        with self.autocast():
+        # Every parametrized weight (WC, WS, WN) computed once per step and reused by every
+        # call of its layer within the step; a no-op for a model without parametrizations.
+        with self.autocast(), parametrize.cached():
             loss, sums = self.task.loss(self.model, batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -258,8 +261,9 @@ class Trainer:
         # whose held-out shards differ by one batch cannot wait on each other.
         model = self.model.module if isinstance(self.model, nn.parallel.DistributedDataParallel) else self.model
         model.eval()
-        return self.task.evaluate(model, autocast=self.autocast, reduce=self._reduce,
-                                  epoch=self.epoch if epoch is None else epoch)
+        with parametrize.cached():  # the effective weights once per evaluation, not once per chunk
+            return self.task.evaluate(model, autocast=self.autocast, reduce=self._reduce,
+                                      epoch=self.epoch if epoch is None else epoch)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> list[dict]:

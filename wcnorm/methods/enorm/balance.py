@@ -12,6 +12,7 @@ from ...modules import unwrap
 from .attention import is_attention
 from .cudagraph import CycleGraph
 from .cycle import ORDERS, Cycle, Wave, accumulation_dtype
+from .fused import ChainCycle, chain_links
 from .units import describe_groups, find_unit_groups
 
 # optimizer state that scales like the gradient (power 1) or its square (power 2); a weight
@@ -35,7 +36,10 @@ class ENorm:
     `bias_in_norm` counts biases in l; `attention` balances q/k and v/proj; `eps`: a unit
     whose l or r is below it keeps d = 1. `cuda_graph=True` replays the cycle as one CUDA
     graph when the weights are on a GPU (see `wcnorm.methods.enorm.cudagraph`; on CPU the
-    option changes nothing).
+    option changes nothing). `fused=True` runs the sequential cycle of a chain (an MLP,
+    a plain conv stack) visiting each weight once (`wcnorm.methods.enorm.fused`: the same
+    factors, the weights equal to rounding); on any other network, or with
+    order="jacobi", the packed waves run as without it (`self.fused` says which).
 
     Optimizer state (SGD, Adam, AdamW): a rescale is a jump in parameter space, so the
     state moves with the weights: a weight x f has its momentum / exp_avg x 1/f and its
@@ -59,14 +63,15 @@ class ENorm:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
                  c: float = 1.0, order: str = "sequential", balance_last: bool = True,
                  bn: str = "ignore", bias_in_norm: bool = False, attention: bool = False,
-                 eps: float = 1e-12, cuda_graph: bool = False):
+                 eps: float = 1e-12, cuda_graph: bool = False, fused: bool = False):
         if not c > 0:
             raise ValueError(f"ENorm: c must be > 0, got {c}")
         if order not in ORDERS:
             raise ValueError(f"ENorm: order={order!r}; choose one of {ORDERS}")
         self.c, self.order, self.bias_in_norm, self.eps = float(c), order, bias_in_norm, eps
         self.options = dict(c=c, order=order, balance_last=balance_last, bn=bn,
-                            bias_in_norm=bias_in_norm, attention=attention, cuda_graph=cuda_graph)
+                            bias_in_norm=bias_in_norm, attention=attention, cuda_graph=cuda_graph,
+                            fused=fused)
         self.optimizer, self._powers = optimizer, ()
         if optimizer is not None:
             kind = next((k for k in STATE_POWERS if type(optimizer) is k), None)
@@ -89,8 +94,13 @@ class ENorm:
             if bias_in_norm and s.bias is not None:
                 terms[id(s.bias)] = (s.bias, self.c ** (-2 * s.depth))
         self._terms = list(terms.values())
-        self.cycle = Cycle(self.groups, c=self.c, order=order, bias_in_norm=bias_in_norm, eps=eps,
-                           states=self._states)
+        links = chain_links(self.groups) if fused and order == "sequential" else None
+        self.fused = links is not None  # fused asked for, and the network is a chain
+        if self.fused:
+            self.cycle = ChainCycle(links, c=self.c, bias_in_norm=bias_in_norm, eps=eps, states=self._states)
+        else:
+            self.cycle = Cycle(self.groups, c=self.c, order=order, bias_in_norm=bias_in_norm, eps=eps,
+                               states=self._states)
         # every unit at once, for the diagnostics
         self._all = self.cycle.waves[0] if order == "jacobi" else Wave(self.groups, c=self.c,
                                                                        bias_in_norm=bias_in_norm)
