@@ -11,14 +11,17 @@
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
-import trimesh
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 from PIL import Image
 from torch import Tensor
+
+if TYPE_CHECKING:  # the `fields` extra: a mesh is handed in, never made here
+    import trimesh
 
 __all__ = ["image_png", "mesh_png"]
 
