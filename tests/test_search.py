@@ -10,8 +10,10 @@ import json
 import logging
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -307,3 +309,33 @@ def test_a_search_that_cannot_work_is_refused_before_its_first_trial(tmp_path, e
     assert "this search cannot start, so no trial starts" in out and says in out, out
     assert "run directory" not in out
     assert not list(tmp_path.rglob("result.json")) and not list(tmp_path.rglob("config.yaml"))
+
+
+@pytest.mark.slow
+def test_a_signal_stops_a_search_and_the_rerun_resumes_its_study(tmp_path):
+    """The trial that was training resumes from its checkpoint at its rate, and the study
+    keeps its trials: the rerun trains only what is missing."""
+    args = ["train", "-m", "+search=lr", *TINY, "dataset.train_size=4096", "trainer.epochs=3", "norm=bn,wc",
+            "hydra.sweeper.n_trials=2", "optim.lr=tag(log,interval(0.001,0.01))"]
+    env = {"PATH": str(Path(WCNORM).parent) + ":/usr/bin:/bin", "CI": "1", "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "search.log", "w") as out:
+        proc = subprocess.Popen([WCNORM, *args], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=env)
+        deadline = time.monotonic() + 240
+        while not list((tmp_path / "out").rglob("last.pt")):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "search.log").read_text()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=240) == 128 + signal.SIGTERM.value, (tmp_path / "search.log").read_text()
+    log = (tmp_path / "search.log").read_text()
+    assert "sweep: stopped by SIGTERM" in log and "not started" in log
+    [stopped] = [p.parent for p in (tmp_path / "out").rglob("last.pt") if not (p.parent / "result.json").exists()]
+    stopped_lr = yaml.safe_load((stopped / "config.yaml").read_text())["optim"]["lr"]
+
+    again = wcnorm(*args, cwd=tmp_path)
+    assert again.count("1 stopped trial(s) proposed again at their rates") == 2  # bn: interrupted, wc: not started
+    assert again.count("resumed from") == 1 and str(stopped.name) in again
+    trials = _trials(tmp_path / "out")
+    assert len(trials) == 4 and all(t["value"] is not None for t in trials.values())
+    assert trials[stopped]["lr"] == stopped_lr
+    assert "already finished" not in again  # the finished trials were not launched again

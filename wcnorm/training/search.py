@@ -227,7 +227,7 @@ class Search:
             study.set_user_attr("grid_point", point)
             again = resume(study)
             if again:
-                log.info("search: %s: %d interrupted trials proposed again at their rates",
+                log.info("search: %s: %d stopped trial(s) proposed again at their rates",
                          " ".join(point), again)
             studies.append(study)
         return studies
