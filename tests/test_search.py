@@ -339,3 +339,10 @@ def test_a_signal_stops_a_search_and_the_rerun_resumes_its_study(tmp_path):
     assert len(trials) == 4 and all(t["value"] is not None for t in trials.values())
     assert trials[stopped]["lr"] == stopped_lr
     assert "already finished" not in again  # the finished trials were not launched again
+
+
+@pytest.mark.slow
+def test_a_search_whose_trials_stop_early_ends_instead_of_asking_forever(tmp_path):
+    out = wcnorm(*SMALL_SEARCH, "hydra.sweeper.n_trials=3", "trainer.epochs=2", "trainer.stop_after=1", cwd=tmp_path)
+    assert "1 trials stopped before their last epoch" in out and "run the same command again" in out
+    assert len(list((tmp_path / "out").rglob("last.pt"))) == 1 and not list(tmp_path.rglob("result.json"))

@@ -252,15 +252,21 @@ class Search:
             jobs = [[*point, *(f"{k}={v}" for k, v in trial.params.items())] for _, point, trial in asked]
             returns = self.launcher.launch(jobs, initial_job_idx=job)
             job += len(returns)
+            stopped = 0
             for (study, _, trial), ret in zip(asked, returns):
                 if was_stopped(ret):  # no outcome: the rerun proposes it again (resume)
                     study.tell(trial, state=TrialState.FAIL)
+                    stopped += 1
                     continue
                 value, diverged = trial_value(ret)
                 trial.set_user_attr(DIVERGED, diverged)
                 study.tell(trial, value, state=TrialState.COMPLETE if value is not None else TrialState.FAIL)
             if stop_reason(self.config.hydra.sweep.dir) is not None:
                 return  # a signal stopped the sweep: no further round (training.sweep)
+            if stopped:  # without a signal: trainer.stop_after; asking on would never end
+                log.warning("search: %d trials stopped before their last epoch (trainer.stop_after?); "
+                            "no further round: run the same command again to resume them", stopped)
+                return
 
     def _problems(self, space: dict, points: list[list[str]]) -> list[str]:
         """What stops the search before any trial: nothing to search or the wrong way, no
