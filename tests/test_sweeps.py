@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -223,9 +224,11 @@ def test_jobs_for_other_machines_are_not_judged_by_this_one():
 LONG = [*SMOKE, "dataset.train_size=4096", "trainer.epochs=3"]
 
 
-def _signal_a_sweep(tmp_path: Path, args: list[str], sig: signal.Signals, training: int) -> tuple[int, str]:
+def _signal_a_sweep(tmp_path: Path, args: list[str], sig: signal.Signals, training: int,
+                    group: bool = False) -> tuple[int, str]:
     """Start the sweep, wait until `training` jobs have checkpointed an epoch, signal the
-    sweep's process (only it: as `kill` or a scheduler would), and let it end."""
+    sweep's process (only it: as `kill` or a scheduler would; `group`: all its processes,
+    as a terminal's Ctrl-C does), and let it end."""
     with open(tmp_path / "sweep.log", "w") as out:
         proc = subprocess.Popen([WCNORM, *args], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True,  # the signal reaches the sweep alone, not this test
@@ -235,15 +238,19 @@ def _signal_a_sweep(tmp_path: Path, args: list[str], sig: signal.Signals, traini
         while len(list((tmp_path / "out").rglob("last.pt"))) < training:
             assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "sweep.log").read_text()
             time.sleep(0.1)
-        proc.send_signal(sig)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         status = proc.wait(timeout=240)
     return status, (tmp_path / "sweep.log").read_text()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher, sig", [("basic", signal.SIGTERM), ("basic", signal.SIGINT),
-                                           ("local_parallel", signal.SIGTERM)])
-def test_a_signal_stops_the_sweep_and_the_rerun_resumes_it(tmp_path, launcher, sig):
+@pytest.mark.parametrize("launcher, sig, group", [("basic", signal.SIGTERM, False), ("basic", signal.SIGINT, True),
+                                                  ("local_parallel", signal.SIGTERM, False),
+                                                  ("local_parallel", signal.SIGINT, True)])
+def test_a_signal_stops_the_sweep_and_the_rerun_resumes_it(tmp_path, launcher, sig, group):
     """Before, a signal stopped only the job that was training: the sweep started every
     remaining job, and exited 0."""
     parallel = launcher == "local_parallel"
@@ -251,7 +258,7 @@ def test_a_signal_stops_the_sweep_and_the_rerun_resumes_it(tmp_path, launcher, s
         pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     args = ["train", "-m", *(["hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2"] if parallel else []),
             *LONG, "seed=0,1,2,3"]
-    status, log = _signal_a_sweep(tmp_path, args, sig, training=1)
+    status, log = _signal_a_sweep(tmp_path, args, sig, training=1, group=group)
     assert status == 128 + sig.value, log
     assert f"sweep: stopped by {sig.name}" in log and "Run the same command again to resume" in log, log
     assert "all 4 jobs finished" not in log and "Traceback" not in log

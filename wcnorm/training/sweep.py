@@ -371,6 +371,11 @@ class SweepCallback(Callback):
         logging.getLogger().addHandler(self._log_file)
         if self.sweep_pid is not None and self.sweep_pid != os.getpid():
             _watcher_done = watch_for_stop(str(config.hydra.sweep.dir))
+            if threading.current_thread() is threading.main_thread():
+                # A terminal's Ctrl-C reaches every process of the sweep: a worker leaves it
+                # to the sweep's process (and to the trainer's handler while it trains),
+                # instead of dying of it between jobs.
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
         global _watcher_done
