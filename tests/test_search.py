@@ -315,7 +315,7 @@ def test_a_search_that_cannot_work_is_refused_before_its_first_trial(tmp_path, e
 def test_a_signal_stops_a_search_and_the_rerun_resumes_its_study(tmp_path):
     """The trial that was training resumes from its checkpoint at its rate, and the study
     keeps its trials: the rerun trains only what is missing."""
-    args = ["train", "-m", "+search=lr", *TINY, "dataset.train_size=4096", "trainer.epochs=3", "norm=bn,wc",
+    args = ["train", "-m", "+search=lr", *TINY, "dataset.train_size=2048", "trainer.epochs=2", "norm=bn,wc",
             "hydra.sweeper.n_trials=2", "optim.lr=tag(log,interval(0.001,0.01))"]
     env = {"PATH": str(Path(WCNORM).parent) + ":/usr/bin:/bin", "CI": "1", "OMP_NUM_THREADS": "1"}
     with open(tmp_path / "search.log", "w") as out:

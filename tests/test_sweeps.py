@@ -220,8 +220,8 @@ def test_jobs_for_other_machines_are_not_judged_by_this_one():
 
 # ----------------------------------------------------------------------------- a signal stops a sweep
 
-# Jobs of a few seconds each (256 steps an epoch), so that the signal finds one training.
-LONG = [*SMOKE, "dataset.train_size=4096", "trainer.epochs=3"]
+# Jobs of a few seconds each (128 steps an epoch), so that the signal finds one training.
+LONG = [*SMOKE, "dataset.train_size=2048", "trainer.epochs=2"]
 
 
 def _signal_a_sweep(tmp_path: Path, args: list[str], sig: signal.Signals, training: int,
