@@ -1,15 +1,19 @@
 """The learning-rate search (`wcnorm train -m ... +search=lr`): one study per normalizer on
 the validation split, trials that are ordinary runs (a rerun trains nothing), the table of
-the best rates, and what a diverged or failed trial counts as."""
+the best rates, what a diverged or failed trial counts as, the studies kept in Optuna's
+storage, and the searches refused before their first trial."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import logging
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -27,10 +31,19 @@ from wcnorm.outputs import run_dir_for
 from wcnorm.report.search import load_trials, search_tables
 from wcnorm.training.sweep import SEARCH_OBJECTIVE, JobFailure, SweepCallback, job_failed
 
-pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-from optuna.distributions import LogUniformDistribution  # noqa: E402  (the plugin's dependency)
+optuna = pytest.importorskip("optuna")
+from optuna.distributions import FloatDistribution, IntDistribution  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
 
-from wcnorm.training.search import SWEEPER, split_sweep, trial_value  # noqa: E402  (needs the plugin)
+from wcnorm.training.search import (  # noqa: E402  (needs Optuna)
+    SWEEPER,
+    SpaceError,
+    distribution,
+    resume,
+    split_sweep,
+    trial_value,
+    was_stopped,
+)
 
 WCNORM = shutil.which("wcnorm") or str(Path(sys.executable).parent / "wcnorm")
 TINY = ["dataset=synthetic", "model=enorm_fc", "dataset.image_size=8", "dataset.train_size=160",
@@ -41,11 +54,11 @@ SEARCH = ["train", "-m", "+search=lr", *TINY, "norm=bn,wc", "hydra.sweeper.n_tri
           "optim.lr=tag(log,interval(0.001,0.01))"]
 
 
-def wcnorm(*args, cwd) -> str:
+def wcnorm(*args, cwd, status: int = 0) -> str:
     proc = subprocess.run([WCNORM, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
                           env={"PATH": str(Path(WCNORM).parent) + ":/usr/bin:/bin", "CI": "1", "OMP_NUM_THREADS": "1"})
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"wcnorm {' '.join(args)} exited {proc.returncode}:\n{out}"
+    assert proc.returncode == status, f"wcnorm {' '.join(args)} exited {proc.returncode}, not {status}:\n{out}"
     return out
 
 
@@ -79,9 +92,21 @@ def test_a_search_tunes_each_normalizer_apart_and_a_rerun_trains_nothing(tmp_pat
                         smoke=False)
     assert tmp_path / run_dir_for(plain) == some
 
-    again = wcnorm(*SEARCH, cwd=tmp_path)  # the same search: the same rates, all finished
-    assert again.count("already finished") == 4 and "epoch 1/1" not in again
+    # The studies are kept (Optuna's storage): the same search again has all its trials and
+    # launches none; one more trial per point adds one trial to each study, no more.
+    assert (tmp_path / "out" / ".sweeps" / "studies.db").is_file()
+    again = wcnorm(*SEARCH, cwd=tmp_path)
+    assert "run directory" not in again and "epoch 1/1" not in again and "best optim.lr=" in again
     assert _trials(tmp_path / "out") == trials  # nothing trained or rewritten
+    more = wcnorm(*[a.replace("n_trials=2", "n_trials=3") for a in SEARCH], cwd=tmp_path)
+    assert more.count("epoch 1/1") == 2 and "trial" in more
+    grown = _trials(tmp_path / "out")
+    assert {k: v for k, v in grown.items() if k in trials} == trials and len(grown) == 6
+    rates = {norm: sorted(t["lr"] for t in grown.values() if t["norm"] == norm) for norm in ("bn", "wc")}
+    assert len(set(rates["bn"])) == 3  # a third rate, not one of the first two again
+    for path in grown:  # leave the first search's four trials for the table below
+        if path not in trials:
+            shutil.rmtree(path)
 
     assert cli.main(["search", str(tmp_path / "out"), "--out", str(tmp_path / "res")]) == 0
     table = pd.read_csv(tmp_path / "res" / "search.csv")
@@ -157,6 +182,9 @@ def test_a_diverged_trial_is_the_worst_value_and_a_failed_one_no_value():
     assert trial_value(_ret(job_failed(DivergedError("the training loss became nan")))) == (0.0, True)
     assert trial_value(_ret(JobFailure("dataset missing"))) == (None, False)
     assert trial_value(_ret({"status": "interrupted"})) == (None, False)
+    # A trial that a signal stopped has no outcome: it is proposed again, not counted.
+    assert was_stopped(_ret({"status": "interrupted"})) and was_stopped(_ret(JobFailure("x", interrupted=True)))
+    assert not was_stopped(_ret(JobFailure("dataset missing"))) and not was_stopped(_ret({"status": "finished"}))
     with pytest.raises(RuntimeError):  # an exception that escaped the job is raised, as Hydra's sweepers do
         trial_value(JobReturn(status=JobStatus.FAILED, _return_value=RuntimeError("boom")))
 
@@ -188,18 +216,35 @@ def test_search_lr_adds_nothing_to_a_run_but_the_validation_split_and_the_folder
         sweeper = compose("train", overrides=["+search=lr"], return_hydra_config=True).hydra.sweeper
     assert sweeper._target_ == SWEEPER and sweeper.direction == "maximize"
     assert sweeper.params["optim.lr"].startswith("tag(log, interval(")
+    assert sweeper.storage == "runs/lr_search/.sweeps/studies.db"
+    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed == 0
 
 
-def test_a_search_without_its_plugin_says_what_to_install_and_one_without_m_refuses(monkeypatch, capsys, tmp_path):
+def test_hydra_finds_the_search_sweeper_by_its_plugin_scan():
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.sweeper import Sweeper
+
+    found = {f"{p.__module__}.{p.__name__}" for p in Plugins.instance().discover(Sweeper)}
+    assert SWEEPER in found
+
+
+def test_no_private_module_of_hydra_or_a_plugin_is_imported_and_nothing_is_planted():
+    root = Path(__file__).resolve().parents[1]
+    for path in [*(root / "wcnorm").rglob("*.py"), *(root / "hydra_plugins").rglob("*.py")]:
+        text = path.read_text()
+        assert not re.search(r"hydra\._internal|hydra_plugins\.\w+\._|from \._", text), path
+        assert "sys.modules[" not in text, path  # no module planted
+
+
+def test_a_search_without_optuna_says_what_to_install_and_one_without_m_refuses(monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
     assert cli.main(["train", "experiment=demo", "+search=lr"]) == 2
     assert "add -m" in capsys.readouterr().err
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name.startswith("hydra_plugins.") else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "optuna" else real(name, *a))
     assert cli.main(["train", "-m", "experiment=demo", "+search=lr"]) == 2
     err = capsys.readouterr().err
-    assert "+search=lr" in err and "pip install 'wcnorm[search]'" in err and "pip install hydra-optuna-sweeper" in err
+    assert "+search=lr" in err and "pip install 'wcnorm[search]'" in err and "pip install 'optuna>=5'" in err
     assert not list(tmp_path.iterdir())  # stopped before Hydra did anything
 
 
@@ -208,5 +253,96 @@ def test_the_sweep_splits_into_the_search_space_and_the_grid_of_the_first_seed()
     overrides = parser.parse_overrides(["norm=bn,bn_ws", "seed=range(2,5)", "optim.lr=tag(log,interval(1e-4,1))",
                                         "trainer.epochs=2", "norm=bn,bn_wc"])  # the command line's norm wins
     space, points = split_sweep(overrides, parser)
-    assert space == {"optim.lr": LogUniformDistribution(1e-4, 1.0)}
+    assert {k: distribution(o) for k, o in space.items()} == {"optim.lr": FloatDistribution(1e-4, 1.0, log=True)}
     assert points == [["norm=bn", "seed=2", "trainer.epochs=2"], ["norm=bn_wc", "seed=2", "trainer.epochs=2"]]
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("optim.lr=interval(0.01,0.5)", FloatDistribution(0.01, 0.5)),
+    ("trainer.batch_size=tag(log,int,interval(16,256))", IntDistribution(16, 256, log=True)),
+])
+def test_an_interval_is_its_distribution(line, expected):
+    assert distribution(OverridesParser.create().parse_overrides([line])[0]) == expected
+
+
+@pytest.mark.parametrize("line, says", [
+    ("optim.lr=tag(log,interval(0,1))", "must start above 0"),
+    ("optim.lr=tag(log,interval(-1,1))", "must start above 0"),
+    ("optim.lr=interval(0.5,0.1)", "is empty"),
+])
+def test_an_interval_that_is_no_space_is_refused(line, says):
+    with pytest.raises(SpaceError, match=says):
+        distribution(OverridesParser.create().parse_overrides([line])[0])
+
+
+def test_a_stopped_trial_is_proposed_again_at_its_rate():
+    """A trial that a signal (told as failed, no outcome) or a crash (left running) stopped
+    is asked again with its parameters, so that its run resumes; once, and the trials with
+    an outcome are kept as they are."""
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    space = {"optim.lr": FloatDistribution(1e-4, 1.0, log=True)}
+    done = study.ask(space)
+    done.set_user_attr("diverged", False)
+    study.tell(done, 50.0)
+    signalled, crashed = study.ask(space), study.ask(space)
+    study.tell(signalled, state=TrialState.FAIL)  # no outcome attribute: stopped, not failed
+    assert resume(study) == 2
+    assert [t.state for t in study.trials[:3]] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]
+    assert resume(study) == 0  # already proposed again: not twice
+    again = [study.ask(space).params for _ in range(2)]
+    assert again == [signalled.params, crashed.params]
+    assert study.trials[0].value == 50.0
+
+
+SMALL_SEARCH = ["train", "-m", "+search=lr", *TINY, "norm=bn", "hydra.sweeper.n_trials=1"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra, says", [
+    (["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0: must be a whole number >= 1"),
+    (["optim.lr=tag(log,interval(0,1))"], "optim.lr: a log-scaled interval must start above 0"),
+    (["experiment=wc_shape", "budget=smoke"], "trains a neural field"),
+])
+def test_a_search_that_cannot_work_is_refused_before_its_first_trial(tmp_path, extra, says):
+    args = [a for a in SMALL_SEARCH if not (extra[0].startswith("experiment") and a in TINY)]
+    out = wcnorm(*args, *extra, cwd=tmp_path, status=1)
+    assert "this search cannot start, so no trial starts" in out and says in out, out
+    assert "run directory" not in out
+    assert not list(tmp_path.rglob("result.json")) and not list(tmp_path.rglob("config.yaml"))
+
+
+@pytest.mark.slow
+def test_a_signal_stops_a_search_and_the_rerun_resumes_its_study(tmp_path):
+    """The trial that was training resumes from its checkpoint at its rate, and the study
+    keeps its trials: the rerun trains only what is missing."""
+    args = ["train", "-m", "+search=lr", *TINY, "dataset.train_size=2048", "trainer.epochs=2", "norm=bn,wc",
+            "hydra.sweeper.n_trials=2", "optim.lr=tag(log,interval(0.001,0.01))"]
+    env = {"PATH": str(Path(WCNORM).parent) + ":/usr/bin:/bin", "CI": "1", "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "search.log", "w") as out:
+        proc = subprocess.Popen([WCNORM, *args], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=env)
+        deadline = time.monotonic() + 240
+        while not list((tmp_path / "out").rglob("last.pt")):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "search.log").read_text()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=240) == 128 + signal.SIGTERM.value, (tmp_path / "search.log").read_text()
+    log = (tmp_path / "search.log").read_text()
+    assert "sweep: stopped by SIGTERM" in log and "not started" in log
+    [stopped] = [p.parent for p in (tmp_path / "out").rglob("last.pt") if not (p.parent / "result.json").exists()]
+    stopped_lr = yaml.safe_load((stopped / "config.yaml").read_text())["optim"]["lr"]
+
+    again = wcnorm(*args, cwd=tmp_path)
+    assert again.count("1 stopped trial(s) proposed again at their rates") == 2  # bn: interrupted, wc: not started
+    assert again.count("resumed from") == 1 and str(stopped.name) in again
+    trials = _trials(tmp_path / "out")
+    assert len(trials) == 4 and all(t["value"] is not None for t in trials.values())
+    assert trials[stopped]["lr"] == stopped_lr
+    assert "already finished" not in again  # the finished trials were not launched again
+
+
+@pytest.mark.slow
+def test_a_search_whose_trials_stop_early_ends_instead_of_asking_forever(tmp_path):
+    out = wcnorm(*SMALL_SEARCH, "hydra.sweeper.n_trials=3", "trainer.epochs=2", "trainer.stop_after=1", cwd=tmp_path)
+    assert "1 trials stopped before their last epoch" in out and "run the same command again" in out
+    assert len(list((tmp_path / "out").rglob("last.pt"))) == 1 and not list(tmp_path.rglob("result.json"))

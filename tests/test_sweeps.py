@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +216,64 @@ def test_jobs_for_other_machines_are_not_judged_by_this_one():
     assert [b.num for b in here] == [0, 1] and "CUDA is not available" in here[0].problems[0]
     _, cluster = _sweep("hydra/launcher=slurm", *SMOKE, "trainer.device=cuda", "seed=0,1")
     assert cluster == []  # the cluster's nodes have GPUs; this login node need not
+
+
+# ----------------------------------------------------------------------------- a signal stops a sweep
+
+# Jobs of a few seconds each (128 steps an epoch), so that the signal finds one training.
+LONG = [*SMOKE, "dataset.train_size=2048", "trainer.epochs=2"]
+
+
+def _signal_a_sweep(tmp_path: Path, args: list[str], sig: signal.Signals, training: int,
+                    group: bool = False) -> tuple[int, str]:
+    """Start the sweep, wait until `training` jobs have checkpointed an epoch, signal the
+    sweep's process (only it: as `kill` or a scheduler would; `group`: all its processes,
+    as a terminal's Ctrl-C does), and let it end."""
+    with open(tmp_path / "sweep.log", "w") as out:
+        proc = subprocess.Popen([WCNORM, *args], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True,  # the signal reaches the sweep alone, not this test
+                                env={"PATH": str(Path(WCNORM).parent) + ":/usr/bin:/bin", "CI": "1",
+                                     "OMP_NUM_THREADS": "1"})
+        deadline = time.monotonic() + 240
+        while len(list((tmp_path / "out").rglob("last.pt"))) < training:
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "sweep.log").read_text()
+            time.sleep(0.1)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        status = proc.wait(timeout=240)
+    return status, (tmp_path / "sweep.log").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher, sig, group", [("basic", signal.SIGTERM, False), ("basic", signal.SIGINT, True),
+                                                  ("local_parallel", signal.SIGTERM, False),
+                                                  ("local_parallel", signal.SIGINT, True)])
+def test_a_signal_stops_the_sweep_and_the_rerun_resumes_it(tmp_path, launcher, sig, group):
+    """Before, a signal stopped only the job that was training: the sweep started every
+    remaining job, and exited 0."""
+    parallel = launcher == "local_parallel"
+    if parallel:
+        pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    args = ["train", "-m", *(["hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2"] if parallel else []),
+            *LONG, "seed=0,1,2,3"]
+    status, log = _signal_a_sweep(tmp_path, args, sig, training=1, group=group)
+    assert status == 128 + sig.value, log
+    assert f"sweep: stopped by {sig.name}" in log and "Run the same command again to resume" in log, log
+    assert "all 4 jobs finished" not in log and "Traceback" not in log
+    [sweep_dir] = (tmp_path / "out" / ".sweeps").iterdir()
+    records = {int(p.parent.name): json.loads(p.read_text())["status"] for p in sweep_dir.glob("*/job.json")}
+    assert "interrupted" in records.values(), records  # the job that was training saved its step
+    assert "not started" in records.values(), records  # and at least one job never started
+    runs = [p.parent for p in (tmp_path / "out").rglob("config.yaml")]
+    stopped = [r for r in runs if not (r / "result.json").exists()]
+    assert stopped and all((r / "last.pt").exists() for r in stopped)
+    assert len(runs) < 4  # no job trained after the signal
+    interrupted = {num for num, s in records.items() if s == "interrupted"}
+    assert f"interrupted (checkpoint saved, resumes from it): #{min(interrupted)} seed=" in log
+
+    again = wcnorm(*args, cwd=tmp_path)  # the same command: the sweep goes on where it stopped
+    assert "all 4 jobs finished" in again
+    assert again.count("resumed from") == len(stopped)
+    assert len(list((tmp_path / "out").rglob("result.json"))) == 4

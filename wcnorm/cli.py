@@ -6,6 +6,7 @@ completion); the others are plain argparse tools that read run directories.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -37,9 +38,9 @@ LAUNCHER_PLUGINS = {
     name: ("hydra_submitit_launcher", "hydra-submitit-launcher") for name in ("slurm", "submitit_slurm", "submitit_local")
 } | {name: ("hydra_joblib_launcher", "hydra-joblib-launcher") for name in ("local_parallel", "joblib")}
 
-# `+search=<name>` (conf/search/): a learning-rate search, built on the Optuna sweeper plugin.
+# `+search=<name>` (conf/search/): a learning-rate search, on Optuna (the `search` extra).
 SEARCH_GROUP = "search"
-SEARCH_PLUGIN = ("hydra_optuna_sweeper", "hydra-optuna-sweeper")
+SEARCH_PACKAGE = ("optuna", "optuna>=5")
 # Flags of `wcnorm train` under which it trains no single run: a sweep, or Hydra's help and
 # config printing. Without one, a search would train one run at the default rate.
 NOT_A_RUN = {"-m", "--multirun", "--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help",
@@ -84,8 +85,6 @@ def _choices(argv: list[str], group: str) -> list[str]:
 
 
 def _plugin_installed(module: str) -> bool:
-    import importlib.util
-
     try:
         return importlib.util.find_spec(f"hydra_plugins.{module}") is not None
     except ModuleNotFoundError:  # no Hydra plugin at all: no `hydra_plugins` namespace
@@ -110,10 +109,10 @@ def search_problem(argv: list[str]) -> str | None:
     names = _choices(argv, SEARCH_GROUP)
     if not names:
         return None
-    module, package = SEARCH_PLUGIN
-    if not _plugin_installed(module):
-        return (f"+{SEARCH_GROUP}={names[-1]} needs the Hydra sweeper plugin '{package}', which is not "
-                f"installed here. Install it with:\n  pip install 'wcnorm[search]'\nor\n  pip install {package}")
+    module, package = SEARCH_PACKAGE
+    if importlib.util.find_spec(module) is None:
+        return (f"+{SEARCH_GROUP}={names[-1]} needs Optuna, which is not installed here. Install it "
+                f"with:\n  pip install 'wcnorm[search]'\nor\n  pip install '{package}'")
     if not NOT_A_RUN & set(argv):
         return f"+{SEARCH_GROUP}={names[-1]} is a sweep of many runs: add -m (`wcnorm train -m ...`)"
     return None
@@ -124,20 +123,18 @@ def _train(argv: list[str]) -> int:
     if missing:
         print(f"wcnorm train: {missing}", file=sys.stderr)
         return 2
-    if _choices(argv, SEARCH_GROUP):  # optuna loads only for a search
-        from .training.search import register_sweeper
-
-        register_sweeper()
-
     import hydra
     from omegaconf import DictConfig
 
-    from .training.sweep import USER_ERRORS, in_multirun, job_failed
+    from .training.sweep import USER_ERRORS, in_multirun, job_failed, job_stop_reason, not_started
     from .training.train import train
 
     @hydra.main(config_path="pkg://wcnorm.conf", config_name="train", version_base="1.3")
     def app(cfg: DictConfig):
         _stop_logging_into_a_closed_stdout()
+        stopped = job_stop_reason()
+        if stopped is not None:  # a signal stopped the sweep: no further job trains
+            return not_started(stopped)
         try:
             return train(cfg)
         except StdoutClosed:

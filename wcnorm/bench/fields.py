@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import trimesh
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..fields.scenes import Scene
+from ..fields.tooling import require
 from ..tasks import build_task
 from ..training.assemble import Run, assemble, seed_everything
 from ..training.config import validate
@@ -73,7 +73,7 @@ def write_bench_scene(root: Path, seed: int = 0) -> Path:
 
 
 def write_bench_shape(path: Path) -> Path:
-    trimesh.creation.icosphere(subdivisions=3, radius=0.6).export(path)
+    require("trimesh").creation.icosphere(subdivisions=3, radius=0.6).export(path)
     return path
 
 

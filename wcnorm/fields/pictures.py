@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the `fields` extra: a mesh is handed in, never made here
     import trimesh
 
 __all__ = ["image_png", "mesh_png"]

@@ -24,16 +24,18 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import igl
 import numpy as np
 import torch
-import trimesh
 from scipy.spatial import cKDTree
-from skimage.measure import marching_cubes
 from torch import Tensor
 
 from ..errors import DatasetUnavailable, WcnormError
+from .tooling import require
+
+if TYPE_CHECKING:  # the mesh tooling is the `fields` extra, imported where it is used
+    import trimesh
 
 __all__ = ["MeshError", "MESH_EXTENT", "SURFACE_SIGMA", "NEAR_FRACTION", "N_TRAIN_POINTS",
            "N_EVAL_POINTS", "EVAL_SEED", "OccupancySet", "load_mesh", "normalize_mesh",
@@ -62,6 +64,7 @@ def load_mesh(path: str | Path, *, require_watertight: bool = True) -> trimesh.T
     path = Path(path)
     if not path.is_file():
         raise DatasetUnavailable(f"mesh {path} is missing")
+    trimesh = require("trimesh")
     try:
         mesh = trimesh.load(path, force="mesh")
     except Exception as err:  # trimesh raises many types for unreadable files
@@ -94,7 +97,7 @@ def sample_points(mesh: trimesh.Trimesh, n: int, rng: np.random.Generator, *,
     surface samples, clipped to the box."""
     n_near = int(round(n * near_fraction))
     uniform = rng.uniform(-BOX, BOX, size=(n - n_near, 3))
-    surface, _ = trimesh.sample.sample_surface(mesh, n_near, seed=rng)
+    surface, _ = require("trimesh").sample.sample_surface(mesh, n_near, seed=rng)
     near = np.clip(surface + rng.normal(0.0, sigma, size=surface.shape), -BOX, BOX)
     points = np.concatenate([uniform, near])
     return points, np.arange(n) >= n - n_near
@@ -106,6 +109,7 @@ def inside(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
     vertices = np.ascontiguousarray(mesh.vertices, dtype=np.float64)
     faces = np.ascontiguousarray(mesh.faces, dtype=np.int64)
     points = np.ascontiguousarray(points, dtype=np.float64)
+    igl = require("igl")
     winding = np.abs(igl.fast_winding_number(vertices, faces, points))
     unsure = np.abs(winding - 0.5) < AMBIGUOUS
     if unsure.any():
@@ -154,6 +158,7 @@ def extract_surface(field: Callable[[Tensor], Tensor], resolution: int = 256, *,
     occupancy logits, level 0 = probability 1/2) by marching cubes on a ``resolution``^3
     grid over [-1, 1]^3, evaluating ``chunk`` points at a time. Empty where the field
     does not cross the level."""
+    trimesh, measure = require("trimesh"), require("skimage.measure")
     values = torch.empty(resolution**3)
     for start in range(0, resolution**3, chunk):
         flat = torch.arange(start, min(start + chunk, resolution**3), device=device)
@@ -162,7 +167,7 @@ def extract_surface(field: Callable[[Tensor], Tensor], resolution: int = 256, *,
     if not volume.min() < level < volume.max():
         return trimesh.Trimesh()
     step = 2 * BOX / (resolution - 1)
-    verts, faces, _, _ = marching_cubes(volume, level, spacing=(step, step, step))
+    verts, faces, _, _ = measure.marching_cubes(volume, level, spacing=(step, step, step))
     return trimesh.Trimesh(verts - BOX, faces, process=False)
 
 
@@ -182,6 +187,7 @@ def surface_chamfer(mesh: trimesh.Trimesh, reference: trimesh.Trimesh, n_points:
     if len(mesh.faces) == 0 or len(reference.faces) == 0:
         return float("inf")
     rng = np.random.default_rng(seed)
+    trimesh = require("trimesh")
     a, _ = trimesh.sample.sample_surface(mesh, n_points, seed=rng)
     b, _ = trimesh.sample.sample_surface(reference, n_points, seed=rng)
     return chamfer_distance(a, b)

@@ -28,6 +28,7 @@ from ..data import epoch_generator
 from ..errors import ConfigError, WcnormError
 from ..fields.render import RenderSettings
 from ..fields.scenes import BLENDER_SPLITS, LLFF_SPLITS, check_scene
+from ..fields.tooling import tooling_problem
 from ..models.fields import FIELD_MODELS, build, default_options
 
 __all__ = ["FIELD_DATASETS", "SCENE_SPLITS", "FIELD_WEIGHT_METHODS", "RENDER_KEYS", "is_field_config",
@@ -87,6 +88,8 @@ def field_config_problems(cfg: DictConfig, *, check_files: bool = True) -> list[
     if cfg.diagnostics.hessian:
         problems.append("diagnostics.hessian=true: the Hessian probe needs a classification batch; "
                         "neural fields have none (set diagnostics.hessian=false)")
+    if d.name not in SCENE_SPLITS and tooling_problem():  # the shape task's mesh tooling: an extra
+        return [*problems, f"dataset={d.name}: {tooling_problem()}"]
     problems += _scene_problems(d, check_files) if d.name in SCENE_SPLITS else _mesh_problems(d, check_files)
     return problems
 

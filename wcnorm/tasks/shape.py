@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-import trimesh
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
@@ -39,10 +39,14 @@ from ..fields.shapes import (
     occupancy_sets,
     surface_chamfer,
 )
+from ..fields.tooling import require
 from ..models.fields import build
 from ..outputs import MESH_FILE, MESH_PICTURE, atomic_write_bytes, atomic_write_text
 from .base import Task, sums_tensor
 from .fields import PoolLoader, field_model
+
+if TYPE_CHECKING:  # the `fields` extra (wcnorm.fields.tooling), imported where it is used
+    import trimesh
 
 
 def _iou(intersection: Tensor, union: Tensor, points: Tensor) -> float:
@@ -69,7 +73,7 @@ def obj_text(mesh: trimesh.Trimesh) -> str:
     """A Wavefront OBJ of the mesh (a comment alone when it is empty)."""
     if len(mesh.faces) == 0:
         return "# no surface: the field does not cross its level anywhere on the grid\n"
-    return trimesh.exchange.obj.export_obj(mesh, include_normals=False, include_texture=False)
+    return require("trimesh").exchange.obj.export_obj(mesh, include_normals=False, include_texture=False)
 
 
 class OccupancyTask(Task):
