@@ -34,6 +34,7 @@ def one_thread():
     torch.set_num_threads(saved)
 
 
+@pytest.mark.slow
 def test_tiny_end_to_end(tmp_path, capsys):
     assert bench.main(["--size", "tiny", "--device", "cpu", "--out", str(tmp_path)]) == 0
     (path,) = tmp_path.glob("*.csv")
@@ -136,6 +137,7 @@ def test_enorm_part_reports_ops_per_cycle():
     assert 0 < r["ops"] < 200
 
 
+@pytest.mark.slow
 def test_a_run_cut_short_keeps_the_parts_it_measured(tmp_path, monkeypatch):
     def killed(*args):
         raise KeyboardInterrupt  # e.g. a time limit ends the run during the wc part

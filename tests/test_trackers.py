@@ -251,6 +251,7 @@ def test_tensorboard_receives_rows_steps_config_and_pictures(tiny, run_dir):
     assert logged["model.name"].string_value == "enorm_fc"
 
 
+@pytest.mark.slow
 @needs("tensorboard")
 def test_tensorboard_resume_continues_and_hides_what_a_crash_left(tiny, run_dir):
     cfg = tiny(3, "logger=[tensorboard]", "logger.every_n_steps=1")
@@ -267,6 +268,7 @@ def test_tensorboard_resume_continues_and_hides_what_a_crash_left(tiny, run_dir)
     assert sorted(second.losses) == [5, 6]
 
 
+@pytest.mark.slow
 @needs("tensorboard")
 def test_a_tracker_chosen_when_resuming_gets_the_epochs_before(tiny, run_dir):
     session(tiny(3, "trainer.stop_after=2"), run_dir)  # csv only
@@ -315,6 +317,7 @@ def wandb_history(run_dir: Path):
     return ids, history
 
 
+@pytest.mark.slow
 @needs("wandb")
 def test_wandb_offline_run_continues_when_resumed(tiny, run_dir):
     trainer = stopped_then_resumed(tiny, run_dir, "logger=[wandb]", "logger.every_n_steps=2")
@@ -333,6 +336,7 @@ def test_wandb_offline_run_continues_when_resumed(tiny, run_dir):
         assert (np.asarray(Image.open(copy)) == 10 * step // STEPS_PER_EPOCH).all()
 
 
+@pytest.mark.slow
 @needs("wandb")
 def test_wandb_records_the_config(tiny, run_dir):
     session(tiny(1, "logger=[wandb]", "optim.lr=0.0123"), run_dir)
@@ -346,6 +350,7 @@ def test_wandb_records_the_config(tiny, run_dir):
 # ----------------------------------------------------------------------------- MLflow
 
 
+@pytest.mark.slow
 @needs("mlflow")
 def test_mlflow_file_store_run_continues_when_resumed(tiny, run_dir):
     from mlflow.tracking import MlflowClient
@@ -368,6 +373,7 @@ def test_mlflow_file_store_run_continues_when_resumed(tiny, run_dir):
     assert pictures == ["renders/epoch_001/view0.png", "renders/epoch_002/view0.png", "renders/epoch_003/view0.png"]
 
 
+@pytest.mark.slow
 @needs("mlflow")
 def test_mlflow_marks_a_stopped_run_killed(tiny, run_dir):
     from mlflow.tracking import MlflowClient
@@ -382,6 +388,7 @@ def test_mlflow_marks_a_stopped_run_killed(tiny, run_dir):
 # ----------------------------------------------------------------------------- starting over
 
 
+@pytest.mark.slow
 @needs("tensorboard")
 @needs("wandb")
 @needs("mlflow")

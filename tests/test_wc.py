@@ -353,6 +353,7 @@ def test_autocast_bfloat16_close_to_fp32():
     torch.testing.assert_close(yb.float(), y, atol=5e-2, rtol=5e-2)
 
 
+@pytest.mark.slow
 def test_torch_compile_matches_eager():
     torch.manual_seed(0)
     m = weight_conditioning(mlp(), side="both")
@@ -368,7 +369,8 @@ ZOO = [("resnet18", "bn"), ("resnet50", "bn"), ("densenet121", "bn"), ("googlene
        ("vit", "ln"), ("enorm_fc", "none"), ("enorm_fullconv", "bn")]
 
 
-@pytest.mark.parametrize("name,act_norm", ZOO)
+@pytest.mark.parametrize("name,act_norm", [z if z[0] in ("resnet18", "enorm_fc", "enorm_fullconv")
+                                           else pytest.param(*z, marks=pytest.mark.slow) for z in ZOO])
 def test_model_zoo(name, act_norm):
     torch.manual_seed(0)
     model = models.build_model(name, num_classes=10, image_size=32, act_norm=act_norm)
