@@ -48,7 +48,7 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.mark.parametrize("name,act_norm", [c if c[0].startswith("enorm") else pytest.param(*c, marks=pytest.mark.slow)
+@pytest.mark.parametrize("name,act_norm", [c if c[0] == "enorm_fc" else pytest.param(*c, marks=pytest.mark.slow)
                                            for c in CASES])  # a CIFAR-size training step: seconds each
 def test_cifar_size_trains(name, act_norm):
     model = _build(name, 32, act_norm)
@@ -66,7 +66,8 @@ def test_cifar_size_trains(name, act_norm):
     assert torch.isfinite(model(x)).all()
 
 
-@pytest.mark.parametrize("name", CIFAR_MODELS + ["enorm_fc", "enorm_fullconv"])
+@pytest.mark.parametrize("name", [pytest.param(m, marks=pytest.mark.slow) for m in CIFAR_MODELS]
+                         + ["enorm_fc", "enorm_fullconv"])  # the CIFAR zoo at 64 px: seconds each
 def test_runs_at_64(name):
     assert not is_torchvision(name, 64)
     assert _build(name, 64)(torch.randn(2, 3, 64, 64)).shape == (2, 10)
