@@ -1,8 +1,12 @@
-"""Shared fixtures: the real Hydra config, composed as the CLI composes it."""
+"""Shared fixtures: the real Hydra config, composed as the CLI composes it, and the
+installed `wcnorm` command, run as a user runs it."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,25 @@ SMOKE = ["trainer.device=cpu", "trainer.epochs=1", "trainer.batch_size=16", "tra
          "trainer.limit_eval_batches=2", "trainer.progress=false", "dataset=synthetic"]
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+WCNORM = shutil.which("wcnorm") or str(Path(sys.executable).parent / "wcnorm")
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """A bare environment: the console script's folder and the system's on PATH, nothing
+    of the test process's own (no PYTHONPATH), one thread per op, no progress bars."""
+    return {"PATH": f"{Path(WCNORM).parent}:/usr/bin:/bin", "CI": "1", "OMP_NUM_THREADS": "1", **extra}
+
+
+def wcnorm(*args: str, cwd, status: int | None = 0, env: dict[str, str] | None = None, timeout: int = 300) -> str:
+    """Run `wcnorm ARGS` from `cwd`; its stdout and stderr together. The test fails unless
+    it exits with `status` (None: any)."""
+    proc = subprocess.run([WCNORM, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=cli_env(**(env or {})))
+    out = proc.stdout + proc.stderr
+    if status is not None and proc.returncode != status:
+        pytest.fail(f"wcnorm {' '.join(args)} exited {proc.returncode}, not {status}:\n{out}")
+    return out
 
 
 def compose_cfg(overrides: list[str] | tuple[str, ...] = (), *, smoke: bool = True):

@@ -34,6 +34,7 @@ def one_thread():
     torch.set_num_threads(saved)
 
 
+@pytest.mark.slow
 def test_tiny_end_to_end(tmp_path, capsys):
     assert bench.main(["--size", "tiny", "--device", "cpu", "--out", str(tmp_path)]) == 0
     (path,) = tmp_path.glob("*.csv")
@@ -169,6 +170,7 @@ def test_models_pick_the_enorm_parts_networks(tmp_path):
     assert {"cycle_fused_over_step", "step_with_cycle_fused_over_step"} <= {r["metric"] for r in rows}
 
 
+@pytest.mark.slow
 def test_a_run_cut_short_keeps_the_parts_it_measured(tmp_path, monkeypatch):
     def killed(*args):
         raise KeyboardInterrupt  # e.g. a time limit ends the run during the wc part

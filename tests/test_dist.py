@@ -142,6 +142,7 @@ def _metrics(root: Path, name: str) -> pd.DataFrame:
     return pd.read_csv(run_dir_for(_cfg(name, root)) / "metrics.csv")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NORMS)
 def test_two_processes_follow_the_single_process_trajectory(runs, name):
     ddp, single = _metrics(runs["ddp"], name), _metrics(runs["single"], name)
@@ -152,6 +153,7 @@ def test_two_processes_follow_the_single_process_trajectory(runs, name):
         pd.testing.assert_series_equal(ddp[col], single[col], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_parameters_stay_identical_across_ranks_after_every_step(runs, name):
     for rec in runs["records"]:
@@ -162,6 +164,7 @@ def test_parameters_stay_identical_across_ranks_after_every_step(runs, name):
     assert runs["records"][0][name] == runs["records"][1][name]  # the same (reduced) final loss
 
 
+@pytest.mark.slow
 def test_the_replica_check_repairs_drifted_optimizer_state(runs):
     r0, r1 = (rec["repair"] for rec in runs["records"])
     assert r0["before"] == r1["before"] > 0  # the drift is seen, on every rank
@@ -169,6 +172,7 @@ def test_the_replica_check_repairs_drifted_optimizer_state(runs):
     assert r1["momentum"] == r0["momentum"]  # rank 0's state won
 
 
+@pytest.mark.slow
 def test_rank_0_decides_for_everyone(runs):
     r0, r1 = runs["records"]
     assert r0["again"] == r1["again"] == "finished"  # a finished run is skipped on every rank
@@ -181,6 +185,7 @@ def test_rank_0_decides_for_everyone(runs):
     assert not list(run.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_torchrun_resumes_an_interrupted_ddp_run_to_the_uninterrupted_result(runs):
     """The run stopped after epoch 1 under DDP (in `runs`); the user's command resumes it."""
     [run] = [p.parent for p in (runs["ddp"] / "resume").rglob("last.pt")]

@@ -140,9 +140,10 @@ def build(name, dtype=torch.float64, seed=0):
 
 
 CASES = [(n, "sequential") for n in MODELS] + [(n, "jacobi") for n in MODELS if not n.startswith("tv_")]
+HEAVY = ("tv_resnet18", "tv_googlenet")  # seconds each in float64: `slow`
 
 
-@pytest.mark.parametrize("name, order", CASES)
+@pytest.mark.parametrize("name, order", [pytest.param(*c, marks=pytest.mark.slow) if c[0] in HEAVY else c for c in CASES])
 def test_function_invariance(name, order):
     model, x = build(name)
     enorm = ENorm(model, c=1.2, order=order, bias_in_norm=(name == "small_cnn"))
@@ -165,6 +166,7 @@ def test_function_invariance_float32():
         assert rel(model(x), y0) <= 1e-5
 
 
+@pytest.mark.slow
 def test_bn_fold_eval_invariance():
     torch.manual_seed(0)
     model = randomize_bn(torchvision.models.resnet18(weights=None, num_classes=10)).double().eval()

@@ -48,7 +48,8 @@ CASES = [(n, a, b) for n in CNNS for a, b in (("none", "ignore"), ("bn", "fold")
          if a != "gn" or n in ("resnet18", "enorm_fc", "enorm_fullconv")]
 
 
-@pytest.mark.parametrize("name, act_norm, bn", CASES)
+@pytest.mark.parametrize("name, act_norm, bn", [c if c[0].startswith("enorm") else pytest.param(*c, marks=pytest.mark.slow)
+                                                 for c in CASES])  # the CIFAR zoo in float64: seconds each
 def test_zoo_invariance(name, act_norm, bn):
     model = build(name, act_norm)
     enorm = ENorm(model, c=1.1, bn=bn)

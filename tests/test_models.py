@@ -48,7 +48,8 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.mark.parametrize("name,act_norm", CASES)
+@pytest.mark.parametrize("name,act_norm", [c if c[0] == "enorm_fc" else pytest.param(*c, marks=pytest.mark.slow)
+                                           for c in CASES])  # a CIFAR-size training step: seconds each
 def test_cifar_size_trains(name, act_norm):
     model = _build(name, 32, act_norm)
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 7])
@@ -65,12 +66,14 @@ def test_cifar_size_trains(name, act_norm):
     assert torch.isfinite(model(x)).all()
 
 
-@pytest.mark.parametrize("name", CIFAR_MODELS + ["enorm_fc", "enorm_fullconv"])
+@pytest.mark.parametrize("name", [pytest.param(m, marks=pytest.mark.slow) for m in CIFAR_MODELS]
+                         + ["enorm_fc", "enorm_fullconv"])  # the CIFAR zoo at 64 px: seconds each
 def test_runs_at_64(name):
     assert not is_torchvision(name, 64)
     assert _build(name, 64)(torch.randn(2, 3, 64, 64)).shape == (2, 10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,act_norm", [c for c in CASES if not c[0].startswith("enorm")])
 def test_imagenet_size_forward(name, act_norm):
     assert is_torchvision(name, 224)
@@ -80,6 +83,7 @@ def test_imagenet_size_forward(name, act_norm):
     assert out.shape == (1, 1000) and torch.isfinite(out).all()
 
 
+@pytest.mark.slow
 def test_parameter_counts():
     assert abs(count_parameters(_build("resnet18")) - 11.17e6) / 11.17e6 < 0.01
     expected = {"resnet18": 11_689_512, "resnet50": 25_557_032, "densenet121": 7_978_856,

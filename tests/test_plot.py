@@ -102,6 +102,7 @@ def test_conditioning_plot_draws_raw_weights_only_where_they_differ(roots, tmp_p
                                                                  for y in ("kappa_eff", "kappa_raw"))}
 
 
+@pytest.mark.slow
 def test_plot_all_and_cli(roots, tmp_path):
     with pytest.warns(UserWarning):
         files = plot_all(list(roots), tmp_path / "a")

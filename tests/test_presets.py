@@ -15,14 +15,13 @@ import itertools
 import json
 import math
 import re
-import shutil
 import subprocess
-import sys
 from importlib.resources import files
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import wcnorm
 from hydra import compose, initialize_config_module
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
@@ -39,7 +38,6 @@ BUDGETS = ("smoke", "short", "paper")
 REQUIRED = {"wc_googlenet_c100", "wc_resnet", "wc_googlenet", "wc_densenet", "wc_vit",
             "wc_vit_imagenet", "enorm_fc", "enorm_fullconv", "enorm_resnet_small_batch",
             "enorm_resnet_imagenet_small_batch"}
-WCNORM = shutil.which("wcnorm") or str(Path(sys.executable).parent / "wcnorm")
 
 
 @functools.cache
@@ -211,6 +209,7 @@ def test_small_batch_lr_scales_linearly_with_the_batch(name, base):
 # ----------------------------------------------------------------------------- the sweeper
 
 
+@pytest.mark.slow
 def test_the_real_sweeper_expands_the_budget_seeds(tmp_path):
     """`hydra.sweeper.params.seed` is an interpolation of the preset's protocol: the
     real `wcnorm train -m` must resolve it (2 seeds here) and record the budget."""
@@ -218,9 +217,7 @@ def test_the_real_sweeper_expands_the_budget_seeds(tmp_path):
             "model.depth=1", "norm=bn", "dataset=synthetic", "dataset.train_size=32",
             "dataset.test_size=16", "trainer.epochs=1", "trainer.batch_size=16",
             "trainer.limit_batches=1", "trainer.device=cpu", "out_dir=out"]
-    proc = subprocess.run([WCNORM, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={"PATH": str(Path(WCNORM).parent) + ":/usr/bin:/bin", "CI": "1"})
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    wcnorm(*args, cwd=tmp_path)
     results = sorted((tmp_path / "out").rglob("result.json"))
     assert [r.parent.name.split("-")[0] for r in results] == ["seed0", "seed1"]
     for r in results:
@@ -248,6 +245,7 @@ def first_point(cfg) -> list[str]:
 FIELD_PRESETS = ("wc_nerf", "wc_shape")  # neural fields: real scenes and shapes, no image stand-in
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FIELD_PRESETS)
 def test_one_grid_point_of_every_field_preset_runs_at_smoke_budget(name, tmp_path, shared_data):
     base = compose_preset(name, "budget=smoke")
@@ -260,6 +258,7 @@ def test_one_grid_point_of_every_field_preset_runs_at_smoke_budget(name, tmp_pat
     assert saved["budget"] == "smoke" and saved["experiment"] == name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [p for p in PRESETS if p not in FIELD_PRESETS])
 def test_one_grid_point_of_every_preset_runs_at_smoke_budget(name, tmp_path):
     base = compose_preset(name, "budget=smoke")
@@ -450,6 +449,7 @@ def test_the_cpu_subsets_are_the_real_data(subset, shared_data, cpu_command, mon
     assert (len(d.train), len(d.test), d.num_classes) == STAND_INS[subset][2]
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 def test_one_cpu_budget_run_trains_on_the_cifar10_subset(shared_data, cpu_command, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)

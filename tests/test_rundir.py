@@ -130,6 +130,7 @@ def test_an_unreadable_checkpoint_gets_one_clear_message(cfg_factory, tmp_path, 
     assert f"mv '{run / 'last.pt'}' '{run / 'last.pt'}.bad'" in msg and "\n" not in msg
 
 
+@pytest.mark.slow
 def test_the_cli_reports_a_bad_checkpoint_without_a_traceback(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -12,14 +12,13 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from conftest import compose_cfg
+from conftest import WCNORM, compose_cfg, wcnorm
 from hydra import compose, initialize_config_module
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
@@ -45,21 +44,12 @@ from wcnorm.training.search import (  # noqa: E402  (needs Optuna)
     was_stopped,
 )
 
-WCNORM = shutil.which("wcnorm") or str(Path(sys.executable).parent / "wcnorm")
 TINY = ["dataset=synthetic", "model=enorm_fc", "dataset.image_size=8", "dataset.train_size=160",
         "dataset.test_size=16", "trainer.device=cpu", "trainer.epochs=1", "trainer.batch_size=16",
         "diagnostics.conditioning=false", "out_dir=out"]
 # Two normalizers, two trials each, rates from a range where the tiny net cannot diverge.
 SEARCH = ["train", "-m", "+search=lr", *TINY, "norm=bn,wc", "hydra.sweeper.n_trials=2",
           "optim.lr=tag(log,interval(0.001,0.01))"]
-
-
-def wcnorm(*args, cwd, status: int = 0) -> str:
-    proc = subprocess.run([WCNORM, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={"PATH": str(Path(WCNORM).parent) + ":/usr/bin:/bin", "CI": "1", "OMP_NUM_THREADS": "1"})
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == status, f"wcnorm {' '.join(args)} exited {proc.returncode}, not {status}:\n{out}"
-    return out
 
 
 def _trials(root: Path) -> dict[Path, dict]:
@@ -73,6 +63,7 @@ def _trials(root: Path) -> dict[Path, dict]:
     return found
 
 
+@pytest.mark.slow
 def test_a_search_tunes_each_normalizer_apart_and_a_rerun_trains_nothing(tmp_path):
     log = wcnorm(*SEARCH, cwd=tmp_path)
     trials = _trials(tmp_path / "out")

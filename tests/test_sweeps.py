@@ -6,16 +6,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import WCNORM, wcnorm
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
@@ -23,18 +22,9 @@ from hydra.types import RunMode
 from wcnorm import cli
 from wcnorm.training.sweep import invalid_jobs, job_overrides
 
-WCNORM = shutil.which("wcnorm") or str(Path(sys.executable).parent / "wcnorm")
 SMOKE = ["dataset=synthetic", "model=enorm_fc", "dataset.image_size=8", "dataset.train_size=64",
          "dataset.test_size=16", "trainer.device=cpu", "trainer.epochs=1", "trainer.batch_size=16",
          "diagnostics.conditioning=false", "out_dir=out"]
-
-
-def wcnorm(*args, cwd, status: int = 0) -> str:
-    proc = subprocess.run([WCNORM, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={"PATH": str(Path(WCNORM).parent) + ":/usr/bin:/bin", "CI": "1", "OMP_NUM_THREADS": "1"})
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == status, f"wcnorm {' '.join(args)} exited {proc.returncode}, not {status}:\n{out}"
-    return out
 
 
 def _results(root: Path) -> dict[str, int]:
@@ -42,6 +32,7 @@ def _results(root: Path) -> dict[str, int]:
     return {p.parent.name.split("-")[0]: p.stat().st_mtime_ns for p in root.rglob("result.json")}
 
 
+@pytest.mark.slow
 def test_a_parallel_sweep_runs_skips_and_reruns_only_what_is_missing(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     sweep = ["train", "-m", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2", *SMOKE, "seed=0,1"]
@@ -62,6 +53,7 @@ def test_a_parallel_sweep_runs_skips_and_reruns_only_what_is_missing(tmp_path):
     assert again["seed0"] == first["seed0"] and again["seed1"] > first["seed1"]
 
 
+@pytest.mark.slow
 def test_a_submitit_job_with_two_tasks_trains_one_run_with_ddp(tmp_path):
     """What `hydra/launcher=slurm hydra.launcher.tasks_per_node=2` does on a cluster, on this machine."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
@@ -162,12 +154,14 @@ def _check_bad_sweep(log: str, root: Path) -> None:
     assert "Traceback" not in log
 
 
+@pytest.mark.slow
 def test_a_bad_job_does_not_stop_a_sweep_and_is_reported(tmp_path):
     _npz_files(tmp_path)
     log = wcnorm("train", "-m", *BAD_SWEEP, cwd=tmp_path, status=1)
     _check_bad_sweep(log, tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_a_bad_job_does_not_stop_a_parallel_sweep(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     _npz_files(tmp_path)
@@ -176,6 +170,7 @@ def test_a_bad_job_does_not_stop_a_parallel_sweep(tmp_path):
     _check_bad_sweep(log, tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_a_sweep_that_cannot_be_composed_lists_every_bad_job_and_starts_none(tmp_path):
     log = wcnorm("train", "-m", *SMOKE, "model=enorm_fc,resnet1000", "trainer.epochs=1,0", cwd=tmp_path, status=1)
     assert "3 of 4 jobs of this sweep are invalid" in log and "no job starts" in log

@@ -19,6 +19,7 @@ from wcnorm.training.trainer import Trainer
 FAST = ["model=enorm_fc", "norm=bn", "dataset.train_size=96", "dataset.test_size=32"]
 
 
+@pytest.mark.slow
 def test_a_run_writes_the_output_contract(cfg_factory):
     cfg = cfg_factory(*FAST, "trainer.epochs=2")
     result = train(cfg)

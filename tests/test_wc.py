@@ -2,14 +2,17 @@
 
 import copy
 import math
+import shutil
 import warnings
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
+from wcnorm import models
 from wcnorm.methods import remove_weight_methods
 from wcnorm.methods.wc import (
     SIDES,
@@ -272,7 +275,6 @@ def test_attention_projections_included():
 
 
 def test_torchvision_resnet18():
-    torchvision = pytest.importorskip("torchvision")
     m = weight_conditioning(torchvision.models.resnet18(weights=None, num_classes=10))
     convs = [mod for mod in m.modules() if isinstance(mod, nn.Conv2d)]
     assert all(parametrize.is_parametrized(c) for c in convs) and len(convs) == 20
@@ -352,14 +354,14 @@ def test_autocast_bfloat16_close_to_fp32():
     torch.testing.assert_close(yb.float(), y, atol=5e-2, rtol=5e-2)
 
 
+@pytest.mark.slow
 def test_torch_compile_matches_eager():
     torch.manual_seed(0)
     m = weight_conditioning(mlp(), side="both")
     x = torch.randn(4, 6)
-    try:
-        y = torch.compile(m)(x)
-    except Exception as e:  # no C compiler / inductor unavailable here
-        pytest.skip(f"torch.compile unavailable: {type(e).__name__}: {str(e)[:200]}")
+    if not any(map(shutil.which, ("cc", "gcc", "clang"))):
+        pytest.skip("torch.compile needs a C compiler on CPU; none is installed")
+    y = torch.compile(m)(x)
     torch.testing.assert_close(y, m(x), atol=1e-5, rtol=1e-5)
 
 
@@ -368,9 +370,9 @@ ZOO = [("resnet18", "bn"), ("resnet50", "bn"), ("densenet121", "bn"), ("googlene
        ("vit", "ln"), ("enorm_fc", "none"), ("enorm_fullconv", "bn")]
 
 
-@pytest.mark.parametrize("name,act_norm", ZOO)
+@pytest.mark.parametrize("name,act_norm", [z if z[0] in ("resnet18", "enorm_fc", "enorm_fullconv")
+                                           else pytest.param(*z, marks=pytest.mark.slow) for z in ZOO])
 def test_model_zoo(name, act_norm):
-    models = pytest.importorskip("wcnorm.models")
     torch.manual_seed(0)
     model = models.build_model(name, num_classes=10, image_size=32, act_norm=act_norm)
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]

@@ -19,7 +19,6 @@ import itertools
 import shlex
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,21 +41,17 @@ from .labels import (  # noqa: F401  (re-exported: the table's labels are the re
 )
 from .runs import CLASSIFICATION, FIELD_TASKS, load_runs
 from .table_markdown import to_markdown
-from .task_tables import BEST_METRIC, FINAL_METRIC, TASK_TABLES, Block, TaskTables  # noqa: F401
+from .task_tables import (  # noqa: F401  (re-exported)
+    BEST_METRIC,
+    FINAL_METRIC,
+    TASK_TABLES,
+    Block,
+    TableResult,
+    TaskTables,
+)
 
 NO_EXPERIMENT = "(none)"
 LAYOUTS = ("auto", "wc", "enorm_fc", "nerf", "shape", "long")
-
-
-@dataclass
-class TableResult:
-    wide: pd.DataFrame  # paper layout, the task's final numbers (a block per metric)
-    best: pd.DataFrame  # same layout, the best epoch's number (information only)
-    long: pd.DataFrame  # one row per cell, machine-readable
-    provenance: dict
-    missing: list[str] = field(default_factory=list)
-    layout: str = "wc"
-    task: str = CLASSIFICATION
 
 
 def _fmt(mean: float, std: float, n: int, n_expected, spec: str = ".2f") -> str:

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import pandas as pd
 
 from .labels import norm_label
-from .task_tables import TASK_TABLES
-
-if TYPE_CHECKING:
-    from .table import TableResult
+from .task_tables import TASK_TABLES, TableResult
 
 
 def _md_table(df: pd.DataFrame) -> str:

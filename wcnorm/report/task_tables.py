@@ -3,7 +3,9 @@ headline (it decides a cell's status) and which goes in the best-epoch table."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import pandas as pd
 
 from .runs import CLASSIFICATION, NERF, SHAPE
 
@@ -65,3 +67,14 @@ TASK_TABLES = {
         "test IoU", (SHAPE, "long"),
         extra=(Block("final_test_acc", "test occupancy accuracy (%), last epoch"),)),
 }
+
+
+@dataclass
+class TableResult:
+    wide: pd.DataFrame  # paper layout, the task's final numbers (a block per metric)
+    best: pd.DataFrame  # same layout, the best epoch's number (information only)
+    long: pd.DataFrame  # one row per cell, machine-readable
+    provenance: dict
+    missing: list[str] = field(default_factory=list)
+    layout: str = "wc"
+    task: str = CLASSIFICATION
