@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from ..outputs import atomic_write_text, write_json
-from .claims import evaluate_claims, write_claims
+from .claims import write_claims
+from .declared import not_run, split_keys
 from .labels import (  # noqa: F401  (re-exported: the table's labels are the report's)
     ACT_LABELS,
     ENORM_CYCLES,
@@ -39,7 +40,9 @@ from .labels import (  # noqa: F401  (re-exported: the table's labels are the re
     norm_sort_key,
     weight_variant,
 )
-from .runs import CLASSIFICATION, FIELD_TASKS, load_runs
+from .relabel import load_report_runs, relabel
+from .runs import CLASSIFICATION, FIELD_TASKS
+from .runs_table import runs_table, verdicts
 from .table_markdown import to_markdown
 from .task_tables import BEST_METRIC, FINAL_METRIC, TASK_TABLES, Block, TaskTables  # noqa: F401
 
@@ -449,22 +452,27 @@ def parse_args(argv):
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    df = load_runs(args.runs)
+    df = load_report_runs(args.runs)  # runs on data files named after them, as `wcnorm report` does
     if args.preset is not None and not df.empty:
         df = df[df["experiment"] == args.preset]
     if df.empty:
         print("wcnorm table: no run directories found"
               + (f" for preset {args.preset}" if args.preset else ""), file=sys.stderr)
         return 1
+    # A preset's table as `wcnorm report` makes it: its left-out points, its split keys.
+    left_out = not_run(args.preset, df) if args.preset else {}
     split = tuple(k for k in args.split_by.split(",") if k)
+    split += tuple(k for k in split_keys(df, left_out) if args.preset and k not in split)
     try:
-        result = build_table(df, layout=args.layout, expected_seeds=args.expected_seeds,
-                             split_by=split, command=shlex.join(["wcnorm", "table", *argv]))
+        result = build_table(relabel(df)[0], layout=args.layout, expected_seeds=args.expected_seeds,
+                             split_by=split, command=shlex.join(["wcnorm", "table", *argv]),
+                             not_run=left_out)
     except ValueError as e:  # mixed tasks, a layout that does not suit, an unknown key
         print(f"wcnorm table: {e}", file=sys.stderr)
         return 1
     files = write_table(result, args.out)
-    files.append(write_claims(evaluate_claims(df), Path(args.out) / "claims.csv"))
+    # The claims judged as `wcnorm report` judges them: from the runs.csv rows of the runs.
+    files.append(write_claims(verdicts(runs_table(df, Path.cwd())), Path(args.out) / "claims.csv"))
     print(to_markdown(result))
     print("wrote: " + ", ".join(str(f) for f in files))
     return 0
