@@ -31,9 +31,9 @@ demo: setup ## BN vs BN+WC vs ENorm on the bundled digits data (CPU, under a min
 lint: setup ## ruff
 	$(BIN)/ruff check wcnorm tests scripts
 
-tables: setup ## regenerate every table, plot and claims file in results/ from $(RUNS) (smoke runs: results/smoke)
-	$(BIN)/python scripts/make_tables.py --runs $(RUNS) --out results
-	if [ -d $(RUNS)/smoke ]; then $(BIN)/python scripts/make_tables.py --runs $(RUNS)/smoke --out results/smoke --budgets smoke; fi
+tables: setup ## regenerate every table, plot and claims file in results/ (and its verdict index) from $(RUNS) (smoke runs: results/smoke)
+	$(BIN)/wcnorm report $(RUNS) --out results
+	if [ -d $(RUNS)/smoke ]; then $(BIN)/wcnorm report $(RUNS)/smoke --out results/smoke --budgets smoke; fi
 
 bench: setup ## throughput and overhead figures -> results/bench/
 	$(BIN)/wcnorm bench

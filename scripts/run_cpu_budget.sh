@@ -5,12 +5,13 @@
 #     bash scripts/run_cpu_budget.sh wc_resnet wc_vit     # runs -> runs/cpu/<preset>/
 #     make tables RUNS=runs/cpu                           # tables -> results/<preset>/
 #
-# The subset that stands in for each preset's dataset is added on the command line:
-# the 5,170 / 1,017 real CIFAR-10 images (cifar10-partial.npz) for the CIFAR-10 presets
-# (the FC studies enorm_fc and wc_fc included), which also leaves out their CIFAR-100
-# points (the 486-image CIFAR-100 subset cannot support a comparison), and the 10-class ImageNet subset (imagenet-mini/, 64 px) for
-# the ImageNet small-batch study. Any other preset runs on its own data; a preset
-# without a CPU budget (wc_googlenet_c100, wc_vit_imagenet) refuses it with its reason.
+# The subset that stands in for each preset's dataset is the one the preset declares
+# (`protocol.cpu.stand_in` in conf/experiment/<preset>.yaml, read through Hydra by
+# `python -m wcnorm.presets`): the 5,170 / 1,017 real CIFAR-10 images
+# (cifar10-partial.npz) for the CIFAR-10 presets, the 10-class ImageNet subset
+# (imagenet-mini/, 64 px) for the ImageNet small-batch study. Any other preset runs on
+# its own data; a preset without a CPU budget (wc_googlenet_c100, wc_vit_imagenet)
+# refuses it with its reason.
 #
 # Two runs at a time, one thread each (Hydra's joblib launcher, conf/hydra/launcher/
 # local_parallel.yaml): on these small models two single-threaded runs use two cores
@@ -23,18 +24,18 @@
 #              OUT     where the runs go (default runs/cpu)
 #              JOBS    runs at a time (default 2; 1: one after another, no plugin needed)
 #              BIN     where wcnorm is (default .venv/bin)
+#              PYTHON  the Python that has wcnorm installed (default $BIN/python)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 DATA=${DATA:-../shared/data}
 OUT=${OUT:-runs/cpu}
 JOBS=${JOBS:-2}
+PYTHON=${PYTHON:-$BIN/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 if [ $# -eq 0 ]; then
-  echo "usage: $0 PRESET...  (wc_resnet wc_googlenet wc_densenet wc_vit enorm_fullconv" \
-       "enorm_resnet_small_batch enorm_resnet_imagenet_small_batch enorm_fc wc_fc" \
-       "wc_nerf wc_shape)" >&2
+  echo "usage: $0 PRESET...  (the presets of conf/experiment/ with a protocol.cpu)" >&2
   exit 2
 fi
 launcher=()
@@ -42,17 +43,20 @@ if [ "$JOBS" -gt 1 ]; then
   launcher=(hydra/launcher=local_parallel "hydra.launcher.n_jobs=$JOBS")
 fi
 
+# The subset that stands in for each preset's dataset, as the preset declares it: one
+# line a preset, its name and then its overrides, tab-separated; none for a name that
+# is no preset (the helper says so).
+declared=$("$PYTHON" -m wcnorm.presets --budget cpu --data "$DATA" "$@")
+
 failed=()
 for preset in "$@"; do
-  case "$preset" in  # the subset that stands in for the preset's dataset
-    wc_resnet | wc_variants | wc_googlenet | wc_densenet | wc_vit | enorm_fullconv | enorm_resnet_small_batch \
-      | enorm_fc | wc_fc)
-      data=(dataset=npz "dataset.path=$DATA/cifar10-partial.npz") ;;
-    enorm_resnet_imagenet_small_batch)
-      data=(dataset=imagefolder "dataset.root=$DATA/imagenet-mini" dataset.image_size=64) ;;
-    *)
-      data=() ;;
-  esac
+  line=$(awk -F'\t' -v p="$preset" '$1 == p' <<< "$declared")
+  if [ -z "$line" ]; then
+    failed+=("$preset")
+    continue
+  fi
+  IFS=$'\t' read -r -a fields <<< "$line"
+  data=("${fields[@]:1}")
   echo "== $preset"
   "$BIN/wcnorm" train -m "experiment=$preset" budget=cpu "out_dir=$OUT/$preset" \
     "${data[@]}" "${launcher[@]}" || failed+=("$preset")

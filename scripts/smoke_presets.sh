@@ -24,4 +24,4 @@ for file in conf/experiment/*.yaml; do
   echo "== $preset"
   "$BIN/wcnorm" train -m "experiment=$preset" budget=smoke "${data[@]}" "out_dir=$RUNS/$preset"
 done
-"$BIN/python" scripts/make_tables.py --runs "$RUNS" --out "$OUT" --budgets smoke
+"$BIN/wcnorm" report "$RUNS" --out "$OUT" --budgets smoke

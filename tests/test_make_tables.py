@@ -1,4 +1,4 @@
-"""scripts/make_tables.py: which runs a results folder is made of."""
+"""`wcnorm report`: which runs a results folder is made of."""
 
 from __future__ import annotations
 
@@ -10,14 +10,11 @@ import pytest
 import yaml
 from fabricate import make_nerf_run, make_run  # tests/ is on sys.path under pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_tables.py"
+from wcnorm.cli import main as wcnorm
+from wcnorm.report import plot
+from wcnorm.report.pipeline import main as report
 
-
-def make_tables():
-    spec = importlib.util.spec_from_file_location("make_tables", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 @pytest.mark.filterwarnings("ignore:wcnorm. no test renders")  # the runs render nothing
@@ -27,15 +24,15 @@ def test_smoke_runs_never_mix_into_a_presets_results_unless_asked(tmp_path):
         for seed in (0, 1):
             make_nerf_run(runs / "cpu", norm=norm, seed=seed, budget="cpu", views=())
         make_nerf_run(runs / "smoke", norm=norm, seed=0, budget="smoke", test_psnr=8.0, views=())
-    main = make_tables()
-    assert main(["--runs", str(runs), "--out", str(tmp_path / "results")]) == 0
+    main = report
+    assert main([str(runs), "--out", str(tmp_path / "results")]) == 0
     table = pd.read_csv(tmp_path / "results" / "wc_nerf" / "runs.csv")
     assert set(table["budget"]) == {"cpu"} and len(table) == 4  # the real runs only
-    assert main(["--runs", str(runs / "smoke"), "--out", str(tmp_path / "smoke"), "--budgets", "smoke"]) == 0
+    assert main([str(runs / "smoke"), "--out", str(tmp_path / "smoke"), "--budgets", "smoke"]) == 0
     table = pd.read_csv(tmp_path / "smoke" / "wc_nerf" / "runs.csv")
     assert set(table["budget"]) == {"smoke"} and len(table) == 2
     # a root of smoke runs alone, without asking for them: nothing to table, and it says so
-    assert main(["--runs", str(runs / "smoke"), "--out", str(tmp_path / "none")]) == 1
+    assert main([str(runs / "smoke"), "--out", str(tmp_path / "none")]) == 1
 
 
 def test_a_presets_table_marks_the_points_its_budget_leaves_out(tmp_path):
@@ -45,7 +42,7 @@ def test_a_presets_table_marks_the_points_its_budget_leaves_out(tmp_path):
         for seed in (0, 1):
             make_run(runs, model="resnet18", norm=norm, seed=seed, experiment="wc_resnet",
                      budget="cpu", final_acc=50.0 + seed)
-    assert make_tables()(["--runs", str(runs), "--out", str(tmp_path / "results")]) == 0
+    assert report([str(runs), "--out", str(tmp_path / "results")]) == 0
     out = tmp_path / "results" / "wc_resnet"
     table = pd.read_csv(out / "table.csv").set_index(["model", "dataset"])
     assert table.loc[("resnet18", "cifar100"), "BN + WC"] == "no cpu budget"
@@ -54,7 +51,7 @@ def test_a_presets_table_marks_the_points_its_budget_leaves_out(tmp_path):
     # the same runs at another budget: the preset declares nothing left out there
     for f in runs.rglob("config.yaml"):
         f.write_text(f.read_text().replace("budget: cpu", "budget: short"))
-    assert make_tables()(["--runs", str(runs), "--out", str(tmp_path / "short")]) == 0
+    assert report([str(runs), "--out", str(tmp_path / "short")]) == 0
     table = pd.read_csv(tmp_path / "short" / "wc_resnet" / "table.csv")
     assert list(table["dataset"]) == ["cifar10"]
 
@@ -66,7 +63,7 @@ def test_left_out_batch_sizes_are_marked_while_one_batch_size_has_runs(tmp_path)
         for seed in (0, 1):
             make_run(runs, norm=norm, seed=seed, batch_size=4, budget="cpu",
                      experiment="enorm_resnet_small_batch")
-    assert make_tables()(["--runs", str(runs), "--out", str(tmp_path / "results")]) == 0
+    assert report([str(runs), "--out", str(tmp_path / "results")]) == 0
     table = pd.read_csv(tmp_path / "results" / "enorm_resnet_small_batch" / "table.csv")
     rows = table.set_index("batch_size")
     assert sorted(rows.index) == [2, 4, 8, 32]
@@ -90,7 +87,7 @@ def test_image_folder_runs_are_named_after_their_folder_and_count_as_its_dataset
             run = make_run(runs, dataset="imagefolder", norm=norm, seed=seed, batch_size=8, budget="cpu",
                            experiment="enorm_resnet_imagenet_small_batch", final_acc=40.0 + seed)
             _stored_in(run, root="../data/imagenet-mini")
-    assert make_tables()(["--runs", str(runs), "--out", str(tmp_path / "results")]) == 0
+    assert report([str(runs), "--out", str(tmp_path / "results")]) == 0
     out = tmp_path / "results" / "enorm_resnet_imagenet_small_batch"
     assert set(pd.read_csv(out / "table.csv")["dataset"]) == {"imagenet-mini"}
     assert set(pd.read_csv(out / "runs.csv")["dataset_file"]) == {"imagenet-mini"}
@@ -102,7 +99,7 @@ def test_image_folder_runs_are_named_after_their_folder_and_count_as_its_dataset
 
     for f in runs.rglob("config.yaml"):  # a folder of other images counts as no named dataset
         f.write_text(f.read_text().replace("imagenet-mini", "flowers"))
-    assert make_tables()(["--runs", str(runs), "--out", str(tmp_path / "flowers")]) == 0
+    assert report([str(runs), "--out", str(tmp_path / "flowers")]) == 0
     out = tmp_path / "flowers" / "enorm_resnet_imagenet_small_batch"
     assert set(pd.read_csv(out / "table.csv")["dataset"]) == {"flowers"}
     assert pd.read_csv(out / "claims.csv")["finished_runs"].sum() == 0
@@ -120,11 +117,11 @@ def test_a_partial_rerun_carries_the_runs_it_did_not_redo_from_the_earlier_runs_
     for seed in (0, 1, 2):
         make_run(new, model="resnet18", norm="bn_wc", seed=seed, experiment="wc_resnet",
                  budget="cpu", final_acc=60.0 + seed, commit="new5678")
-    main = make_tables()
+    main = report
     out = tmp_path / "results"
-    assert main(["--runs", str(old), "--out", str(out)]) == 0
+    assert main([str(old), "--out", str(out)]) == 0
     prior = out / "wc_resnet" / "runs.csv"
-    assert main(["--runs", str(new), "--out", str(out), "--presets", "wc_resnet",
+    assert main([str(new), "--out", str(out), "--presets", "wc_resnet",
                  "--prior", str(prior)]) == 0
     runs = pd.read_csv(prior)
     assert len(runs) == 9 and runs.groupby("norm")["git_commit"].unique().map(list).to_dict() == {
@@ -134,4 +131,55 @@ def test_a_partial_rerun_carries_the_runs_it_did_not_redo_from_the_earlier_runs_
     assert table.loc[("resnet18", "cifar10"), "BN"] == "51.00 ± 1.00 (n=3)"
     # --prior belongs to one preset
     with pytest.raises(SystemExit):
-        main(["--runs", str(new), "--out", str(out), "--prior", str(prior)])
+        main([str(new), "--out", str(out), "--prior", str(prior)])
+
+
+def test_every_door_judges_the_same_runs_alike(tmp_path, monkeypatch):
+    # Runs on a CIFAR-10 subset file and on an ImageNet subset folder: `wcnorm report`
+    # (a results folder) and `wcnorm table` (one preset's table and claims) label them
+    # after their file or folder, count them as CIFAR-10 / ImageNet, and judge alike.
+    runs = tmp_path / "runs"
+    for i, norm in enumerate(("bn", "bn_ws", "bn_wc")):
+        for seed in (0, 1, 2):
+            run = make_run(runs, model="resnet18", dataset="npz", norm=norm, seed=seed,
+                           experiment="wc_resnet", budget="cpu", final_acc=50.0 + 2 * i + seed / 3)
+            _stored_in(run, path="../data/cifar10-partial.npz")
+    for i, norm in enumerate(("bn", "gn", "enorm", "bn_enorm")):
+        for seed in (0, 1):
+            run = make_run(runs, dataset="imagefolder", norm=norm, seed=seed, batch_size=8, budget="cpu",
+                           experiment="enorm_resnet_imagenet_small_batch", final_acc=40.0 - i + seed)
+            _stored_in(run, root="../data/imagenet-mini")
+    assert wcnorm(["report", str(runs), "--out", str(tmp_path / "results")]) == 0
+    verdict = ["claim_id", "verdict", "numbers", "comparisons", "finished_runs", "note"]
+    for preset, judged in (("wc_resnet", "wc2_resnet18_cifar10"),
+                           ("enorm_resnet_imagenet_small_batch", "enorm_small_batch_resnet18_imagenet")):
+        out = tmp_path / "table" / preset
+        assert wcnorm(["table", str(runs), "--out", str(out), "--preset", preset]) == 0
+        by_report = pd.read_csv(tmp_path / "results" / preset / "claims.csv")[verdict]
+        by_table = pd.read_csv(out / "claims.csv")[verdict]
+        pd.testing.assert_frame_equal(by_table, by_report)
+        claim = by_table.set_index("claim_id").loc[judged]
+        assert claim["finished_runs"] > 0 and claim["verdict"] != "not enough runs", claim
+        assert set(pd.read_csv(out / "table.csv")["dataset"]) == set(
+            pd.read_csv(tmp_path / "results" / preset / "table.csv")["dataset"])
+    assert set(pd.read_csv(tmp_path / "table" / "wc_resnet" / "table.csv")["dataset"]) == {
+        "cifar10-partial", "cifar100"}  # the CIFAR-100 points: "no cpu budget"
+    # `wcnorm plot` draws the runs under the same labels (its curves' panel titles)
+    drawn = []
+    draw = plot.plot_curves
+    monkeypatch.setattr(plot, "plot_curves", lambda curves, *a: drawn.append(curves) or draw(curves, *a))
+    assert wcnorm(["plot", str(runs), "--out", str(tmp_path / "plots")]) == 0
+    assert set(drawn[0]["dataset"]) == {"cifar10-partial", "imagenet-mini"}
+    assert (tmp_path / "plots" / "curves_wc_resnet.png").is_file()
+
+
+def test_the_earlier_script_is_the_report_under_its_old_arguments():
+    # results/*/README.md quote `python scripts/make_tables.py --runs RUNS ...`
+    spec = importlib.util.spec_from_file_location("make_tables", SCRIPTS / "make_tables.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main is report
+    assert script.report_argv(["--runs", "runs/cpu", "--out", "results", "--presets", "wc_fc"]) == [
+        "runs/cpu", "--out", "results", "--presets", "wc_fc"]
+    assert script.report_argv(["--runs=r", "--budgets", "smoke"]) == ["r", "--budgets", "smoke"]
+    assert script.report_argv(["--out", "x"]) == ["--out", "x"]  # the default runs folder

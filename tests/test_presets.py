@@ -16,6 +16,7 @@ import json
 import math
 import re
 import subprocess
+import sys
 from importlib.resources import files
 from pathlib import Path
 
@@ -26,8 +27,10 @@ from hydra import compose, initialize_config_module
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
+from wcnorm import presets
 from wcnorm.data import load_dataset
 from wcnorm.errors import ConfigError
+from wcnorm.outputs import config_digest
 from wcnorm.training.config import validate
 from wcnorm.training.train import train
 
@@ -286,21 +289,27 @@ def test_one_grid_point_of_every_preset_runs_at_smoke_budget(name, tmp_path):
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
-# The presets with a CPU budget (conf/budget/cpu.yaml), each with the dataset of its
-# grid that a real subset stands in for (scripts/run_cpu_budget.sh adds the subset).
-CPU_PRESETS = {"wc_resnet": "cifar10", "wc_googlenet": "cifar10", "wc_densenet": "cifar10",
-               "wc_vit": "cifar10", "enorm_fullconv": "cifar10", "enorm_resnet_small_batch": "cifar10",
-               "enorm_resnet_imagenet_small_batch": "imagenet", "enorm_fc": "cifar10", "wc_fc": "cifar10"}
+# The presets with a CPU budget (conf/budget/cpu.yaml) on a real subset, each with the
+# dataset of its grid that the subset stands in for, as the preset declares it
+# (`protocol.cpu.stand_in`, which scripts/run_cpu_budget.sh adds).
+CPU_PRESETS = {name: stand_in["replaces"] for name in PRESETS
+               if (stand_in := presets.stand_in(name, "cpu"))}
 # The presets that refuse it, with words their stated reason must contain.
 CPU_REFUSED = {"wc_googlenet_c100": "486 CIFAR-100 training images", "wc_vit_imagenet": "ViT-B/16"}
-# Each subset: the dataset group that loads it, its file or folder in the shared data
-# folder, and its (train, test, classes) counts.
-STAND_INS = {"cifar10": ("npz", "cifar10-partial.npz", (5170, 1017, 10)),
-             "imagenet": ("imagefolder", "imagenet-mini", (1000, 500, 10))}
+# Each subset's (train, test, classes) counts.
+SUBSET_SIZES = {"cifar10": (5170, 1017, 10), "imagenet": (1000, 500, 10)}
+
+
+def stand_in_location(name: str) -> tuple[str, str]:
+    """The dataset group that loads a preset's CPU subset, and its file or folder in the
+    shared data folder, as declared."""
+    spec = presets.stand_in(name, "cpu")
+    return spec["dataset"], spec.get("path") or spec["root"]
+
 
 STUB = """#!/usr/bin/env bash
 echo "$OMP_NUM_THREADS | $*" >> "$STUB_LOG"
-[[ " $* " != *" experiment=fails "* ]]
+[[ " $* " != *" experiment=${FAIL:-none} "* ]]
 """
 
 
@@ -311,7 +320,8 @@ def run_script(tmp_path, *presets, **env):
     (tmp_path / "wcnorm").chmod(0o755)
     log = tmp_path / "calls.log"
     log.unlink(missing_ok=True)
-    env = {"PATH": "/usr/bin:/bin", "BIN": str(tmp_path), "STUB_LOG": str(log), **env}
+    env = {"PATH": "/usr/bin:/bin", "BIN": str(tmp_path), "PYTHON": sys.executable,
+           "STUB_LOG": str(log), **env}
     proc = subprocess.run(["bash", str(REPO / "scripts" / "run_cpu_budget.sh"), *presets],
                           capture_output=True, text=True, timeout=60, env=env)
     return proc, log.read_text().splitlines() if log.exists() else []
@@ -350,7 +360,7 @@ def test_every_cpu_preset_composes_on_the_real_data_with_three_seeds(name, cpu_c
     assert p.seeds >= 3 and sorted({o for job in jobs for o in job if o.startswith("seed=")}) == [
         f"seed={s}" for s in range(p.seeds)]
     # The subset in ../shared/data from the repository root, for every job.
-    group, location, _ = STAND_INS[CPU_PRESETS[name]]
+    group, location = stand_in_location(name)
     assert cfg.dataset.name == group and all(f"dataset={group}" in job for job in jobs)
     assert (REPO / data_location(cfg.dataset)).resolve() == (SHARED / location).resolve()
     if "width" in cfg.model:  # every model but the FC net, which has no width option
@@ -405,7 +415,7 @@ def grid_values(name: str, key: str) -> set[str]:
 
 @pytest.mark.parametrize("name", sorted(CPU_PRESETS))
 def test_what_a_cpu_grid_leaves_out_is_declared_for_its_tables(name):
-    # make_tables writes each declared point's rows, every cell "no cpu budget".
+    # `wcnorm report` writes each declared point's rows, every cell "no cpu budget".
     cpu = compose_preset(name, "budget=cpu").protocol.cpu
     declared = cpu.get("not_run") or {}
     datasets = grid_values(name, "dataset") - {CPU_PRESETS[name]}
@@ -441,12 +451,12 @@ def test_a_preset_without_a_cpu_budget_refuses_it_with_its_reason(name, cpu_comm
 
 
 @pytest.mark.shared_data
-@pytest.mark.parametrize("subset", sorted(STAND_INS))
+@pytest.mark.parametrize("subset", sorted(SUBSET_SIZES))
 def test_the_cpu_subsets_are_the_real_data(subset, shared_data, cpu_command, monkeypatch):
     monkeypatch.chdir(REPO)  # the script's paths are relative to the repository root
     name = next(n for n, d in CPU_PRESETS.items() if d == subset)
     d = load_dataset(compose_preset(name, *cpu_command[name][1:]).dataset)
-    assert (len(d.train), len(d.test), d.num_classes) == STAND_INS[subset][2]
+    assert (len(d.train), len(d.test), d.num_classes) == SUBSET_SIZES[subset]
 
 
 @pytest.mark.slow
@@ -488,10 +498,44 @@ def test_the_cpu_script_takes_the_data_folder_output_and_jobs(tmp_path):
 
 
 def test_the_cpu_script_runs_every_preset_and_fails_if_one_failed(tmp_path):
-    proc, calls = run_script(tmp_path, "fails", "wc_vit")
-    assert proc.returncode == 1 and "fails" in proc.stderr
-    assert [c.split("experiment=")[1].split()[0] for c in calls] == ["fails", "wc_vit"]
+    proc, calls = run_script(tmp_path, "wc_nerf", "wc_vit", FAIL="wc_nerf")
+    assert proc.returncode == 1 and "failed: wc_nerf" in proc.stderr
+    assert [c.split("experiment=")[1].split()[0] for c in calls] == ["wc_nerf", "wc_vit"]
+    # a name that is no preset: said, nothing trained for it, the others run
+    proc, calls = run_script(tmp_path, "nosuch", "wc_vit")
+    assert proc.returncode == 1 and "no preset 'nosuch'" in proc.stderr and "failed: nosuch" in proc.stderr
+    assert [c.split("experiment=")[1].split()[0] for c in calls] == ["wc_vit"]
     assert run_script(tmp_path)[0].returncode == 2  # no preset: usage
+
+
+def test_the_cpu_stand_ins_are_declared_in_the_presets():
+    # The CNN and ViT presets of CIFAR-10 and the ImageNet small-batch study; the
+    # neural-field presets (their own real data) and the refused ones declare none.
+    assert set(CPU_PRESETS.values()) == set(SUBSET_SIZES)
+    assert {"wc_resnet", "wc_variants", "enorm_fc", "wc_fc"} <= {n for n, d in CPU_PRESETS.items() if d == "cifar10"}
+    assert [n for n, d in CPU_PRESETS.items() if d == "imagenet"] == ["enorm_resnet_imagenet_small_batch"]
+    assert not set(CPU_PRESETS) & (set(FIELD_PRESETS) | set(CPU_REFUSED))
+    assert presets.stand_in_overrides("enorm_resnet_imagenet_small_batch", "cpu", "/d") == [
+        "dataset=imagefolder", "dataset.root=/d/imagenet-mini", "dataset.image_size=64"]
+    assert presets.stand_in_overrides("wc_nerf", "cpu", "/d") == []
+    with pytest.raises(ValueError, match="no preset 'nosuch'"):
+        presets.stand_in("nosuch", "cpu")
+
+
+def test_declaring_a_stand_in_renames_no_run():
+    # `protocol` is a lookup table outside a run's identity: the declaration added to
+    # protocol.cpu leaves every run directory's name as it was.
+    cfg = task(compose_preset("wc_resnet", "budget=cpu", "dataset=npz", "dataset.path=x.npz"))
+    before = config_digest(cfg)
+    with open_dict(cfg):
+        del cfg.protocol.cpu.stand_in
+    assert config_digest(cfg) == before
+    with open_dict(cfg):
+        cfg.protocol.cpu.stand_in = {"replaces": "cifar100", "dataset": "npz", "path": "y.npz"}
+    assert config_digest(cfg) == before
+    with open_dict(cfg):
+        cfg.trainer.epochs = 11  # what does name a run still does
+    assert config_digest(cfg) != before
 
 
 @pytest.mark.parametrize("name", ["wc_nerf", "wc_shape"])

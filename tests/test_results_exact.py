@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import warnings
 from pathlib import Path
@@ -19,20 +18,13 @@ from fabricate import (  # tests/ is on sys.path under pytest
 )
 from scipy import stats
 
+from wcnorm.report import pipeline
 from wcnorm.report.catalogue import ALIASES, CLAIMS
 from wcnorm.report.runs import RunReadError, read_runs_csv
 from wcnorm.report.table import write_table
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_tables.py"
 # Numbers with more digits than any fixed format keeps.
 ODD = (0.123456789, -0.314159265, 0.271828182)
-
-
-def make_tables():
-    spec = importlib.util.spec_from_file_location("make_tables", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _configure(run_dir: Path, **keys) -> None:
@@ -100,11 +92,11 @@ def _grid(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("exact")
-    module = make_tables()
+    module = pipeline
     runs = _grid(tmp / "runs")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "wcnorm. no test renders")  # NeRF runs render nothing
-        assert module.main(["--runs", str(runs), "--out", str(tmp / "results")]) == 0
+        assert module.main([str(runs), "--out", str(tmp / "results")]) == 0
     return module, tmp / "results"
 
 

@@ -13,6 +13,7 @@ import sys
 
 COMMANDS = {
     "train": "train one run, or a sweep with -m (Hydra overrides: `wcnorm train --help`)",
+    "report": "a results folder from run directories: per preset tables, claims, figures, runs.csv",
     "table": "tables like the papers' (CSV + Markdown) and the claims check, from run directories",
     "search": "the best learning rate of each grid point of a search (`train -m ... +search=lr`)",
     "plot": "figures like the papers' (curves, accuracy vs depth, condition numbers)",
@@ -20,7 +21,7 @@ COMMANDS = {
 }
 
 # The module whose `main(argv)` each plain command runs.
-TOOL_MODULES = {"table": "wcnorm.report.table", "search": "wcnorm.report.search", "plot": "wcnorm.report.plot",
+TOOL_MODULES = {"report": "wcnorm.report.pipeline", "table": "wcnorm.report.table", "search": "wcnorm.report.search", "plot": "wcnorm.report.plot",
                 "bench": "wcnorm.bench"}
 
 USAGE = "usage: wcnorm <command> [args]\n\ncommands:\n" + "\n".join(
@@ -29,6 +30,7 @@ USAGE = "usage: wcnorm <command> [args]\n\ncommands:\n" + "\n".join(
     "  wcnorm train model=resnet18 norm=bn_wc\n"
     "  wcnorm train -m norm=bn,bn_wc,enorm seed=0,1,2\n"
     "  wcnorm table runs/ --out results/table\n"
+    "  wcnorm report runs/cpu --out results\n"
     "  wcnorm train -m experiment=wc_resnet budget=short +search=lr\n")
 
 

@@ -37,6 +37,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ..outputs import atomic_write_bytes
 from .labels import norm_label, norm_sort_key
+from .relabel import label_per_run, load_report_runs, relabel
 from .runs import (
     CLASSIFICATION,
     FIELD_TASKS,
@@ -44,7 +45,6 @@ from .runs import (
     SHAPE,
     load_conditioning,
     load_curves,
-    load_runs,
     mesh_picture,
     rendered_views,
     view_order,
@@ -448,11 +448,18 @@ def copy_pictures(runs: pd.DataFrame, out, seed: int | None = None) -> list[Path
 
 
 def plot_all(paths, out, formats=("png",)) -> list[Path]:
-    """Every figure the runs below ``paths`` support; returns the written files."""
-    files = plot_curves(load_curves(paths), out, formats)
-    with warnings.catch_warnings():  # unreadable folders were reported once already
+    """Every figure the runs below ``paths`` support, their runs labelled as `wcnorm
+    report` labels them (a data file's runs after the file); returns the written files."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unreadable folders: reported with the curves
+        runs = load_report_runs(paths)
+    curves = load_curves(paths)  # its warnings: once, here
+    runs = relabel(runs)[0]
+    curves = label_per_run(curves, runs)
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        runs, cond = load_runs(paths), load_conditioning(paths)
+        cond = label_per_run(load_conditioning(paths), runs)
+    files = plot_curves(curves, out, formats)
     files += plot_fc_depth(runs, out, formats)
     files += plot_conditioning(cond, out, formats)
     files += plot_gallery(runs, out, formats)

@@ -375,7 +375,7 @@ def read_runs_csv(path: str | Path) -> pd.DataFrame:
     lacking = [c for c in _RUNS_CSV_NEEDS if c not in df.columns]
     if lacking:
         raise RunReadError(f"{path} is not a runs table: no column {', '.join(lacking)} "
-                           "(write it with scripts/make_tables.py)")
+                           "(write it with `wcnorm report`)")
     df["finished"] = df["status"] == "finished"
     for col in ID_COLUMNS:
         if col not in df.columns:

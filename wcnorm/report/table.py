@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from ..outputs import atomic_write_text, write_json
-from .claims import evaluate_claims
-from .claims_files import write_claims
+from .claims_files import write_claims  # noqa: F401  (re-exported)
+from .declared import not_run, split_keys
 from .labels import (  # noqa: F401  (re-exported: the table's labels are the report's)
     ACT_LABELS,
     ENORM_CYCLES,
@@ -39,8 +39,13 @@ from .labels import (  # noqa: F401  (re-exported: the table's labels are the re
     norm_sort_key,
     weight_variant,
 )
-from .runs import CLASSIFICATION, FIELD_TASKS, load_runs
+from .relabel import load_report_runs, relabel
+from .runs import CLASSIFICATION, FIELD_TASKS
+from .runs_table import runs_table, verdicts
 from .table_markdown import to_markdown
+from .table_provenance import cell_id as _cell_id
+from .table_provenance import distinct as _distinct
+from .table_provenance import provenance as _provenance
 from .task_tables import (  # noqa: F401  (re-exported)
     BEST_METRIC,
     FINAL_METRIC,
@@ -67,12 +72,6 @@ def _values(s: pd.Series) -> str:
     """Distinct non-null values of a column as "a;b" (a cell that pools settings shows it)."""
     vals = sorted({str(v) for v in s.dropna()})
     return ";".join(vals)
-
-
-def _cell_id(keys: list[str], row: tuple, norm) -> str:
-    named = ("model", "dataset", "experiment", *FIELD_TASKS.values())
-    parts = [f"{k}={v}" if k not in named else str(v) for k, v in zip(keys, row)]
-    return "/".join(parts + [str(norm)])
 
 
 def _task(df: pd.DataFrame) -> str:
@@ -232,6 +231,27 @@ def build_table(df: pd.DataFrame, layout: str = "auto", expected_seeds: int | No
     of a row key (e.g. ``"dataset=cifar100"``) -> the reason. Their rows are written,
     every cell reading "no <budget> budget", rather than left out of the table.
     """
+    df, split_by = _prepared(df, split_by)
+    task = _task(df)
+    tables = TASK_TABLES[task]
+    layout = _resolve_layout(df, layout, task)
+    keys = _row_keys(df, layout, split_by, task)
+    stats = {_key(cell): _cell_stats(g, tables)
+             for cell, g in df.groupby(keys + ["norm"], dropna=False, sort=False)}
+    rows, missing, unfinished = _cell_rows(df, keys, stats, tables, expected_seeds)
+    rows += _not_run_rows(df, keys, {_key(c) for c in stats}, not_run or {}, tables)
+    long, variant = _long_table(rows, df, keys, tables)
+    wide, best = _wide_tables(long, df, keys, layout, variant, tables)
+    prov = _provenance(df, long, layout, keys, expected_seeds, missing, unfinished, command,
+                       task, [f"{point}: {reason}" for point, reason in (not_run or {}).items()])
+    return TableResult(wide=wide, best=best,
+                       long=long.drop(columns=[*_cell_titles(tables), "best_cell"]), provenance=prov,
+                       missing=missing, layout=layout, task=task)
+
+
+def _prepared(df: pd.DataFrame, split_by) -> tuple[pd.DataFrame, list[str]]:
+    """The runs with their preset (or NO_EXPERIMENT) and method variants, and the split
+    keys as run columns."""
     if df.empty:
         raise ValueError("no runs to tabulate")
     df = df.copy()
@@ -242,87 +262,105 @@ def build_table(df: pd.DataFrame, layout: str = "auto", expected_seeds: int | No
     for k in split_by:
         if k not in df.columns:
             raise ValueError(f"--split-by {k}: no such run column or config key")
-    task = _task(df)
-    tables = TASK_TABLES[task]
-    layout = _resolve_layout(df, layout, task)
-    keys = _row_keys(df, layout, split_by, task)
+    return df, split_by
 
-    stats = {_key(cell): _cell_stats(g, tables)
-             for cell, g in df.groupby(keys + ["norm"], dropna=False, sort=False)}
+
+def _cell_rows(df, keys, stats, tables, expected_seeds) -> tuple[list[dict], list[str], list[str]]:
+    """One row per expected or filled cell, and what is missing or unfinished, said."""
     seed_sets = _seed_expectation(df, expected_seeds)
     exp_pos = keys.index("experiment") if "experiment" in keys else None
     only_exp = df["experiment"].iloc[0]
-
     rows, missing, unfinished = [], [], []
     for cell in sorted(_expected_cells(df, keys) | set(stats), key=str):
         s = stats.get(cell) or _cell_stats(df.iloc[0:0], tables)
-        exp = cell[exp_pos] if exp_pos is not None else only_exp
-        seen = seed_sets[exp]
+        seen = seed_sets[cell[exp_pos] if exp_pos is not None else only_exp]
         n_exp = expected_seeds if expected_seeds is not None else (len(seen) if seen else None)
         cid = _cell_id(keys, cell[:-1], cell[-1])
-        lost = sorted(seen - s["_found"]) if seen and (expected_seeds is None
-                                                         or len(seen) == expected_seeds) else []
-        lost_txt = f" (missing seed {' '.join(map(str, lost))})" if lost else ""
-        if s["n"] == 0:
-            status = "missing"
-            extra = f" ({s['n_unfinished']} unfinished)" if s["n_unfinished"] else ""
-            missing.append(f"{cid}: missing, no finished run{extra}")
-        elif n_exp is not None and s["n"] < n_exp:
-            status = "incomplete"
-            missing.append(f"seeds found {s['n']}/{n_exp} for {cid}{lost_txt}")
-        else:
-            status = "ok"
-        for b in tables.blocks[1:]:  # a metric some finished runs did not report
-            if s[f"{b.key}_n"] < s["n"]:
-                missing.append(f"{b.key} found in {s[f'{b.key}_n']} of {s['n']} finished "
-                               f"runs of {cid}")
-            if s[f"_{b.key}_infinite"]:
-                missing.append(f"{b.key} infinite in {s[f'_{b.key}_infinite']} of "
-                               f"{s[f'{b.key}_n']} finished runs of {cid}: its mean is "
-                               "infinite")
+        status = _cell_status(s, n_exp, seen, expected_seeds, cid, missing)
+        missing += _metric_gaps(s, tables, cid)
         if s["n_unfinished"]:
             diverged = f", {s['_diverged']} of them diverged (loss NaN or inf)" if s["_diverged"] else ""
             unfinished.append(f"{cid}: {s['n_unfinished']} unfinished run(s){diverged}, "
                               "counted, not in the mean")
-        row = {k: v for k, v in s.items() if not k.startswith("_")}
-        row.update(dict(zip(keys + ["norm"], cell)))  # a split key wins over its summary
-        row.update(status=status, n_expected=n_exp, **_block_cells(s, tables, n_exp))
-        if s["_diverged"]:  # the headline cell says so: "45.1 ± 0.3 (n=2/3, 1 diverged)"
-            head = _cell_column(tables, tables.blocks[0])
-            row[head] = row[head][:-1] + f", {s['_diverged']} diverged)" if row[head].endswith(")") \
-                else f"{row[head]} ({s['_diverged']} diverged)"
-        if s["n_unfinished"] and s["n"] == 0:
-            for col in (*(_cell_column(tables, b) for b in tables.blocks), "best_cell"):
-                row[col] = f"missing ({s['n_unfinished']} unfinished)"
-        rows.append(row)
+        rows.append(_cell_row(s, keys, cell, status, n_exp, tables))
+    return rows, missing, unfinished
 
-    rows += _not_run_rows(df, keys, {_key(c) for c in stats}, not_run or {}, tables)
+
+def _cell_status(s: dict, n_exp, seen, expected_seeds, cid: str, missing: list[str]) -> str:
+    """ok, incomplete or missing; a cell short of runs is named in ``missing``."""
+    lost = sorted(seen - s["_found"]) if seen and (expected_seeds is None
+                                                     or len(seen) == expected_seeds) else []
+    lost_txt = f" (missing seed {' '.join(map(str, lost))})" if lost else ""
+    if s["n"] == 0:
+        extra = f" ({s['n_unfinished']} unfinished)" if s["n_unfinished"] else ""
+        missing.append(f"{cid}: missing, no finished run{extra}")
+        return "missing"
+    if n_exp is not None and s["n"] < n_exp:
+        missing.append(f"seeds found {s['n']}/{n_exp} for {cid}{lost_txt}")
+        return "incomplete"
+    return "ok"
+
+
+def _metric_gaps(s: dict, tables: TaskTables, cid: str) -> list[str]:
+    """A metric some finished runs of the cell did not report, or reported infinite."""
+    gaps = []
+    for b in tables.blocks[1:]:
+        if s[f"{b.key}_n"] < s["n"]:
+            gaps.append(f"{b.key} found in {s[f'{b.key}_n']} of {s['n']} finished "
+                        f"runs of {cid}")
+        if s[f"_{b.key}_infinite"]:
+            gaps.append(f"{b.key} infinite in {s[f'_{b.key}_infinite']} of "
+                        f"{s[f'{b.key}_n']} finished runs of {cid}: its mean is "
+                        "infinite")
+    return gaps
+
+
+def _cell_row(s: dict, keys: list[str], cell: tuple, status: str, n_exp, tables) -> dict:
+    row = {k: v for k, v in s.items() if not k.startswith("_")}
+    row.update(dict(zip(keys + ["norm"], cell)))  # a split key wins over its summary
+    row.update(status=status, n_expected=n_exp, **_block_cells(s, tables, n_exp))
+    if s["_diverged"]:  # the headline cell says so: "45.1 ± 0.3 (n=2/3, 1 diverged)"
+        head = _cell_column(tables, tables.blocks[0])
+        row[head] = row[head][:-1] + f", {s['_diverged']} diverged)" if row[head].endswith(")") \
+            else f"{row[head]} ({s['_diverged']} diverged)"
+    if s["n_unfinished"] and s["n"] == 0:
+        for col in (*(_cell_column(tables, b) for b in tables.blocks), "best_cell"):
+            row[col] = f"missing ({s['n_unfinished']} unfinished)"
+    return row
+
+
+def _cell_titles(tables: TaskTables) -> dict[str, str]:
+    """The long table's text column of each wide-table block -> the block's title."""
+    return {_cell_column(tables, b): b.title for b in tables.blocks}
+
+
+def _long_table(rows: list[dict], df, keys, tables) -> tuple[pd.DataFrame, list[str]]:
+    """One row per cell, sorted, in the documented columns; and the variant columns."""
     long = _sort_long(pd.DataFrame(rows), keys)
-    # The ENorm column only where ENorm ran: a table without ENorm runs keeps its columns.
     # The ENorm and WC/WN columns only where they ran: other tables keep their columns.
     variant = [v for v in ("enorm_variant", "weight_variant") if df[v].notna().any()]
     block_stats = [f"{b.key}_{x}" for b in _other_blocks(tables) for x in ("n", "mean", "std")]
-    cell_cols = {_cell_column(tables, b): b.title for b in tables.blocks}
     stat_cols = ["status", "n", "n_expected", "n_unfinished", "mean", "std", "min", "max",
                  "seeds", "best_epoch_mean", "best_epoch_std", *block_stats, "budget",
-                 "epochs", "lr", "batch_size", *variant, *cell_cols, "best_cell"]
+                 "epochs", "lr", "batch_size", *variant, *_cell_titles(tables), "best_cell"]
     long = long[keys + ["norm"] + [c for c in stat_cols if c not in keys]]
     long["n_expected"] = long["n_expected"].astype("Int64")
+    return long, variant
+
+
+def _wide_tables(long, df, keys, layout, variant, tables) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The paper-layout table of the final numbers and that of the best epoch."""
+    cell_cols = _cell_titles(tables)
     if layout == "long":
         # One row per cell, readable: the numbers themselves are in the long CSV.
         base = keys + ["norm", "status", "n", "n_expected", "n_unfinished", *variant]
         wide = long[base + list(cell_cols)].rename(columns=cell_cols)
         best = long[base + ["best_cell"]].rename(columns={"best_cell": tables.best.title})
-    else:
-        labels = {norm: norm_label(norm, df) for norm in df["norm"].unique()}
-        wide = pd.concat([_pivot(long, keys, col, title, labels) for col, title in cell_cols.items()],
-                         ignore_index=True)
-        best = _pivot(long, keys, "best_cell", tables.best.title, labels)
-    prov = _provenance(df, long, layout, keys, expected_seeds, missing, unfinished, command,
-                       task, [f"{point}: {reason}" for point, reason in (not_run or {}).items()])
-    return TableResult(wide=wide, best=best,
-                       long=long.drop(columns=[*cell_cols, "best_cell"]), provenance=prov,
-                       missing=missing, layout=layout, task=task)
+        return wide, best
+    labels = {norm: norm_label(norm, df) for norm in df["norm"].unique()}
+    wide = pd.concat([_pivot(long, keys, col, title, labels) for col, title in cell_cols.items()],
+                     ignore_index=True)
+    return wide, _pivot(long, keys, "best_cell", tables.best.title, labels)
 
 
 def _not_run_rows(df, keys, cells, not_run: Mapping[str, str], tables) -> list[dict]:
@@ -352,74 +390,6 @@ def _not_run_rows(df, keys, cells, not_run: Mapping[str, str], tables) -> list[d
     return rows
 
 
-def _distinct(s: pd.Series) -> list:
-    return sorted({v.item() if hasattr(v, "item") else v for v in s.dropna()}, key=str)
-
-
-# Config keys that legitimately differ between the seeds of one cell.
-_BOOKKEEPING = ("seed", "out_dir", "run_dir", "diagnostics.", "trainer.progress",
-                "trainer.num_workers", "hydra.")
-
-
-def _pooled_differences(df: pd.DataFrame, keys: list[str]) -> list[str]:
-    """Cells whose runs differ in some config value (e.g. epochs, norm.wc.p): said, not hidden."""
-    cfg_cols = [c for c in df.columns if c.startswith("cfg.")
-                and not c[4:].startswith(_BOOKKEEPING)
-                and not c.endswith(("root", "dir", "path"))]
-    notes = []
-    for cell, g in df.groupby(keys + ["norm"], dropna=False, sort=True):
-        if len(g) < 2:
-            continue
-        diff = [f"{c[4:]} ({', '.join(sorted(g[c].astype(str).unique()))})" for c in cfg_cols
-                if g[c].astype(str).nunique() > 1]
-        if diff:
-            notes.append(f"{_cell_id(keys, cell[:-1], cell[-1])} pools runs that differ in "
-                         + "; ".join(diff))
-    return notes
-
-
-def _provenance(df, long, layout, keys, expected_seeds, missing, unfinished, command,
-                task, not_run: list[str]) -> dict:
-    mixed = _pooled_differences(df, keys)
-    dates = pd.to_datetime(df["date"], errors="coerce", utc=True, format="ISO8601").dropna()
-    counts = long["status"].value_counts()
-    tables = TASK_TABLES[task]
-    return {
-        "command": command,
-        "metric": "; ".join(b.title for b in tables.blocks)
-                  + ": mean ± sample std over seeds of finished runs; best-epoch "
-                  f"{tables.best_name} is reported for information only (not used for selection)",
-        "task": task,
-        "metrics": [{"column": b.column, "title": b.title,
-                     "better": "higher" if b.higher_is_better else "lower",
-                     "table": "wide" if b in tables.blocks else "long"}
-                    for b in (*tables.blocks, *tables.extra)],
-        "layout": layout, "row_keys": keys, "column_key": "norm",
-        "experiments": _distinct(df["experiment"]),
-        "budgets": _distinct(df["budget"]), "epochs": _distinct(df["epochs"]),
-        "seeds_expected": expected_seeds if expected_seeds is not None
-        else "union of seeds seen per preset",
-        "seeds_found": _distinct(df.loc[df["finished"], "seed"]),
-        "enorm_variants": {norm: _distinct(g["enorm_variant"])
-                           for norm, g in df.groupby("norm", sort=True) if g["enorm_variant"].notna().any()},
-        "weight_variants": {norm: _distinct(g["weight_variant"])
-                            for norm, g in df.groupby("norm", sort=True) if g["weight_variant"].notna().any()},
-        "equal_by_construction": {norm: same for norm, g in df.groupby("norm", sort=True)
-                                  if (same := equal_to(g))},
-        "runs": {"dirs": len(df), "finished": int(df["finished"].sum()),
-                 "unfinished": int((~df["finished"]).sum()),
-                 "skipped_unreadable": len(df.attrs.get("skipped", []))},
-        "cells": {"expected": len(long), **{k: int(counts.get(k, 0))
-                                            for k in ("ok", "incomplete", "missing")},
-                  **({"not run": int(counts["not run"])} if "not run" in counts else {})},
-        "not_run": not_run, "missing": missing, "unfinished": unfinished, "mixed_settings": mixed,
-        "device_names": _distinct(df["device_name"]),
-        "git_commits": _distinct(df["git_commit"]),
-        "torch_versions": _distinct(df["torch_version"]),
-        "date_range": [dates.min().isoformat(), dates.max().isoformat()] if len(dates) else None,
-    }
-
-
 def write_table(result: TableResult, out_dir) -> list[Path]:
     """Write table.csv, table_best_epoch.csv, table_long.csv, table.md, provenance.json."""
     out = Path(out_dir)
@@ -443,7 +413,9 @@ def parse_args(argv):
     ap.add_argument("--out", default="results/table", help="output folder")
     ap.add_argument("--expected-seeds", type=int, default=None,
                     help="seeds each cell should have (default: the union seen per preset)")
-    ap.add_argument("--preset", default=None, help="only runs of this experiment preset")
+    ap.add_argument("--preset", default=None,
+                    help="only runs of this experiment preset, with the grid points its budget "
+                         "leaves out (as `wcnorm report` tables them)")
     ap.add_argument("--split-by", default="",
                     help="comma-separated extra row keys, e.g. batch_size or cfg keys")
     return ap.parse_args(argv)
@@ -452,22 +424,27 @@ def parse_args(argv):
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    df = load_runs(args.runs)
+    df = load_report_runs(args.runs)  # runs on data files named after them, as `wcnorm report` does
     if args.preset is not None and not df.empty:
         df = df[df["experiment"] == args.preset]
     if df.empty:
         print("wcnorm table: no run directories found"
               + (f" for preset {args.preset}" if args.preset else ""), file=sys.stderr)
         return 1
+    # A preset's table as `wcnorm report` makes it: its left-out points, its split keys.
+    left_out = not_run(args.preset, df) if args.preset else {}
     split = tuple(k for k in args.split_by.split(",") if k)
+    split += tuple(k for k in split_keys(df, left_out) if args.preset and k not in split)
     try:
-        result = build_table(df, layout=args.layout, expected_seeds=args.expected_seeds,
-                             split_by=split, command=shlex.join(["wcnorm", "table", *argv]))
+        result = build_table(relabel(df)[0], layout=args.layout, expected_seeds=args.expected_seeds,
+                             split_by=split, command=shlex.join(["wcnorm", "table", *argv]),
+                             not_run=left_out)
     except ValueError as e:  # mixed tasks, a layout that does not suit, an unknown key
         print(f"wcnorm table: {e}", file=sys.stderr)
         return 1
     files = write_table(result, args.out)
-    files.append(write_claims(evaluate_claims(df), Path(args.out) / "claims.csv"))
+    # The claims judged as `wcnorm report` judges them: from the runs.csv rows of the runs.
+    files.append(write_claims(verdicts(runs_table(df, Path.cwd())), Path(args.out) / "claims.csv"))
     print(to_markdown(result))
     print("wrote: " + ", ".join(str(f) for f in files))
     return 0
