@@ -203,3 +203,61 @@ def test_base_imports_nothing_of_wcnorm():
     absolute = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     absolute += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level]
     assert relative == [] and not [m for m in absolute if m.split(".")[0] == "wcnorm"]
+
+
+# ------------------------------------------------------------------ one layer, PyTorch's style
+LAYER_METHODS = [(weight_conditioning, WeightConditioning), (weight_standardization, WeightStandardization),
+                 (weight_normalization, base.WeightMethod)]
+
+
+@pytest.mark.parametrize("apply, kind", LAYER_METHODS)
+def test_a_single_layer_is_conditioned_like_torch_weight_norm(apply, kind):
+    """A Conv/Linear given alone is a layer (even though, walked as a model, it would be
+    its own classifier); name="weight" says the same explicitly."""
+    for make in (lambda: nn.Linear(6, 4), lambda: nn.Conv2d(3, 5, 3)):
+        for layer in (apply(make()), apply(make(), "weight"), apply(make(), name="weight")):
+            assert parametrize.is_parametrized(layer, "weight")
+            assert isinstance(layer.parametrizations.weight[0], kind)
+            assert describe_weight_method(layer)["layers"] == [""]
+    # walked as a model, the same layer is the classifier and is left alone
+    model = apply(nn.Sequential(nn.Linear(6, 4)))
+    assert not parametrize.is_parametrized(model[0])
+
+
+def test_a_single_layer_has_the_methods_function():
+    torch.manual_seed(0)
+    layer = weight_conditioning(nn.Conv2d(3, 5, 3, groups=1).double(), side="row", p=2)
+    rows = layer.weight.flatten(1)
+    torch.testing.assert_close(rows.norm(dim=1), torch.ones(5, dtype=torch.float64), rtol=0, atol=1e-12)
+    raw = layer.parametrizations.weight.original
+    torch.testing.assert_close(layer.weight, raw / raw.flatten(1).norm(dim=1)[:, None, None, None])
+
+
+def test_name_picks_one_tensor_of_any_module():
+    class Bilinear(nn.Module):  # a custom module: a model when walked, a layer with name=
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(4, 3))
+            self.scale = nn.Parameter(torch.ones(4))
+
+    m = weight_conditioning(Bilinear(), name="weight")
+    torch.testing.assert_close(m.weight.norm(dim=1), torch.ones(4))
+    for bad in ("scale", "nope"):
+        with pytest.raises(ValueError, match=f"no weight matrix '{bad}'.*'weight', 'scale'"):
+            weight_conditioning(Bilinear(), name=bad)
+    mha = weight_conditioning(nn.MultiheadAttention(8, 2))  # a layer: its packed input projection
+    assert [i.label for i in installed_methods(mha)] == ["in_proj_weight"]
+
+
+def test_a_layer_refuses_what_only_a_model_means_and_stacking():
+    layer = nn.Linear(3, 2)
+    with pytest.raises(ValueError, match="skip_stem=True selects layers of a model"):
+        weight_conditioning(layer, skip_stem=True)
+    assert not parametrize.is_parametrized(layer)
+    weight_conditioning(layer, include_classifier=True)  # harmless: a layer is always conditioned
+    with pytest.raises(ValueError, match="already has a weight method"):
+        weight_standardization(layer, "weight")
+    assert len(layer.parametrizations.weight) == 1
+    # options recorded for a layer are the method's own
+    assert describe_weight_method(layer)["options"] == {"side": "row", "p": 2, "eps": 1e-08,
+                                                          "detach": False, "iters": 3}

@@ -49,6 +49,17 @@ def apply_weight_method(model: nn.Module, method: str | None, options: Mapping |
     wc: side, p, eps, detach, iters, include_classifier, skip_stem; for ws: eps,
     include_classifier, skip_stem; for wn and none: include_classifier, skip_stem.
     Any other key is a ValueError (a misspelt option must not be silently ignored).
+
+    Example::
+
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> model = apply_weight_method(model, "wc", {"side": "row", "p": 2})
+        >>> describe_weight_method(model)["layers"]     # the classifier is left alone
+        ['0']
+        >>> apply_weight_method(nn.Linear(4, 2), "wc", {"sides": "row"})
+        Traceback (most recent call last):
+        ValueError: weight method 'wc': unknown options ['sides']; valid: [...]
     """
     method = "none" if method is None else str(method).lower()
     if method not in _BUILDERS:
@@ -67,7 +78,19 @@ def remove_weight_methods(model: nn.Module) -> nn.Module:
     wherever WC, WS or WN is installed; the outputs are unchanged. Other
     parametrizations are left alone, but one stacked on the same tensor as ours is
     refused (removing ours would remove it too), before anything is removed.
-    Parameters are new objects afterwards: rebuild any optimizer."""
+    Parameters are new objects afterwards: rebuild any optimizer.
+
+    Example::
+
+        >>> import torch
+        >>> from torch import nn
+        >>> model = apply_weight_method(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2)), "wc")
+        >>> x = torch.randn(3, 4)
+        >>> y = model(x)
+        >>> model = remove_weight_methods(model)
+        >>> type(model[0].weight).__name__, torch.allclose(model(x), y)
+        ('Parameter', True)
+    """
     installed = installed_methods(model)
     for item in installed:
         if not all(isinstance(p, WeightMethod) for p in item.module.parametrizations[item.tensor]):
@@ -90,7 +113,16 @@ def describe_weight_method(model: nn.Module) -> dict:
 
     ``method`` and ``options`` are those of the one call that installed every method
     found; otherwise (several calls, or parametrizations registered by hand) the
-    methods found joined by "+", and no options."""
+    methods found joined by "+", and no options.
+
+    Example::
+
+        >>> from torch import nn
+        >>> model = apply_weight_method(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2)), "ws")
+        >>> info = describe_weight_method(model)
+        >>> info["method"], info["options"]["eps"], info["layers"], info["untouched_layers"]
+        ('ws', 1e-05, ['0'], ['1'])
+    """
     installed = installed_methods(model)
     records = [(item.parametrization.method, item.parametrization.options) for item in installed]
     if records and records[0][1] is not None and all(r == records[0] for r in records):

@@ -147,24 +147,51 @@ def json_safe(options: Mapping) -> dict:
     return {k: conv(v) for k, v in options.items()}
 
 
+def _layer_targets(layer: nn.Module, name: str | None, skip_stem: bool) -> list[tuple[str, nn.Module, str]]:
+    """The tensors of one layer that a method is installed on (see :func:`install`)."""
+    if skip_stem:
+        raise ValueError(f"skip_stem=True selects layers of a model; {type(layer).__name__} is "
+                         "conditioned as one layer (drop skip_stem, or pass the model)")
+    tensors = weight_tensor_names(layer) if name is None else (name,)
+    for tensor in tensors:
+        value = getattr(layer, tensor, None)
+        if not isinstance(value, Tensor) or value.dim() < 2:
+            raise ValueError(f"{type(layer).__name__} has no weight matrix {tensor!r} (a tensor of >= 2 "
+                             f"dims); its parameters: {[n for n, _ in layer.named_parameters(recurse=False)]}")
+    return [(_label("", tensor), layer, tensor) for tensor in tensors]
+
+
 def install(model: nn.Module, make: Callable[[nn.Module], WeightMethod], options: Mapping, *,
-            include_classifier: bool = False, skip_stem: bool = False) -> nn.Module:
-    """Register ``make(layer)`` on every weight tensor of :func:`weight_layers`, in place;
-    returns ``model``. Each parametrization records ``options`` and the layer selection.
+            name: str | None = None, include_classifier: bool = False,
+            skip_stem: bool = False) -> nn.Module:
+    """Register ``make(layer)`` on weight tensors of ``model``, in place; returns ``model``.
+    Each parametrization records ``options`` and the layer selection.
+
+    A layer is conditioned, a model is walked, as ``torch.nn.utils.parametrizations``
+    acts on one module:
+
+    * **one layer** -- ``model`` is itself a Conv/Linear/MultiheadAttention, or ``name``
+      is given: the tensor ``name`` of ``model`` (default: its weight matrices, see
+      :func:`weight_tensor_names`), whatever its place in a larger model;
+    * **a model** -- otherwise: every weight tensor of :func:`weight_layers`.
 
     Two weight methods are never stacked on one tensor (the second would condition the
     first's output, a method of its own): a model where any target already carries one
     is refused before anything is registered."""
-    targets = [(_label(name, tensor), module, tensor)
-               for name, module in weight_layers(model, include_classifier=include_classifier,
-                                                 skip_stem=skip_stem)
-               for tensor in weight_tensor_names(module)]
+    if name is not None or weight_tensor_names(model):
+        targets = _layer_targets(model, name, skip_stem)
+        record = json_safe(dict(options))
+    else:
+        targets = [(_label(layer_name, tensor), module, tensor)
+                   for layer_name, module in weight_layers(model, include_classifier=include_classifier,
+                                                           skip_stem=skip_stem)
+                   for tensor in weight_tensor_names(module)]
+        record = json_safe(dict(options, include_classifier=include_classifier, skip_stem=skip_stem))
     for label, module, tensor in targets:
         if parametrize.is_parametrized(module, tensor) and any(
                 isinstance(p, WeightMethod) for p in module.parametrizations[tensor]):
-            raise ValueError(f"{label} ({type(module).__name__}.{tensor}) already has a weight method; "
-                             "call remove_weight_methods(model) first")
-    record = json_safe(dict(options, include_classifier=include_classifier, skip_stem=skip_stem))
+            raise ValueError(f"{label or 'the layer'} ({type(module).__name__}.{tensor}) already has a "
+                             "weight method; call remove_weight_methods(model) first")
     for label, module, tensor in targets:
         parametrization = make(module)
         parametrization.check(label, getattr(module, tensor))

@@ -55,17 +55,44 @@ class WeightNormalization(WeightMethod):
         return torch.norm_except_dim(W, 2, 0), W
 
 
-def weight_standardization(model: nn.Module, *, eps: float = 1e-5, include_classifier: bool = False,
-                           skip_stem: bool = False) -> nn.Module:
-    """Register :class:`WeightStandardization` on the layers of ``weight_layers``, in
-    place; returns ``model``."""
-    return install(model, lambda layer: WeightStandardization(eps=eps), dict(eps=eps),
+def weight_standardization(model: nn.Module, name: str | None = None, *, eps: float = 1e-5,
+                           include_classifier: bool = False, skip_stem: bool = False) -> nn.Module:
+    """Register :class:`WeightStandardization` on one layer, or on the layers of
+    ``weight_layers`` of a model, in place; returns ``model``. A layer or a model, and
+    ``name``: as in :func:`wcnorm.methods.wc.weight_conditioning`.
+
+    Example::
+
+        >>> import torch
+        >>> from torch import nn
+        >>> conv = weight_standardization(nn.Conv2d(3, 8, 3))
+        >>> rows = conv.weight.flatten(1)
+        >>> bool(rows.mean(1).abs().max() < 1e-6), bool((rows.std(1, correction=0) - 1).abs().max() < 1e-3)
+        (True, True)
+    """
+    return install(model, lambda layer: WeightStandardization(eps=eps), dict(eps=eps), name=name,
                    include_classifier=include_classifier, skip_stem=skip_stem)
 
 
-def weight_normalization(model: nn.Module, *, include_classifier: bool = False,
+def weight_normalization(model: nn.Module, name: str | None = None, *, include_classifier: bool = False,
                          skip_stem: bool = False) -> nn.Module:
-    """Register :class:`WeightNormalization` on the layers of ``weight_layers``, in
-    place; returns ``model``. WC row/p=2 is this with g fixed at 1."""
-    return install(model, lambda layer: WeightNormalization(), {},
+    """Register :class:`WeightNormalization` on one layer, or on the layers of
+    ``weight_layers`` of a model, in place; returns ``model``. A layer or a model, and
+    ``name``: as in :func:`wcnorm.methods.wc.weight_conditioning`. WC row/p=2 is this
+    with g fixed at 1.
+
+    Example::
+
+        >>> import torch
+        >>> from torch import nn
+        >>> layer = nn.Linear(5, 3)
+        >>> before = layer.weight.detach().clone()
+        >>> layer = weight_normalization(layer)      # the function is unchanged...
+        >>> torch.allclose(layer.weight, before)
+        True
+        >>> g, v = layer.parametrizations.weight.original0, layer.parametrizations.weight.original1
+        >>> tuple(g.shape), tuple(v.shape)          # ...and the gain g is trained apart from V
+        ((3, 1), (3, 5))
+    """
+    return install(model, lambda layer: WeightNormalization(), {}, name=name,
                    include_classifier=include_classifier, skip_stem=skip_stem)

@@ -161,6 +161,17 @@ def row_equilibrate(W: Tensor, p=2, eps: float = 1e-8) -> Tensor:
 
     W is out x in; a tensor with more dims (a conv kernel) is treated as the matrix
     with dims 1.. flattened. A zero row stays zero (the eps clamp).
+
+    Example::
+
+        >>> import torch
+        >>> W = torch.tensor([[3.0, 4.0], [0.0, 2.0], [0.0, 0.0]])
+        >>> row_equilibrate(W)
+        tensor([[0.6000, 0.8000],
+                [0.0000, 1.0000],
+                [0.0000, 0.0000]])
+        >>> row_equilibrate(W, p="inf")[0]             # max-norm: the largest entry is 1
+        tensor([0.7500, 1.0000])
     """
     return _condition(W, "row", parse_p(p), eps, 0, 1, detach=False)
 
@@ -169,12 +180,32 @@ def column_equilibrate(W: Tensor, p=2, eps: float = 1e-8, *, groups: int = 1) ->
     """W diag(1 / max(||W^j||_p, eps)): every column unit-norm (right scaling).
 
     ``groups``: for a grouped conv, columns are equilibrated within each group's block.
+
+    Example::
+
+        >>> import torch
+        >>> column_equilibrate(torch.tensor([[3.0, 1.0], [4.0, 0.0]]))
+        tensor([[0.6000, 1.0000],
+                [0.8000, 0.0000]])
     """
     return _condition(W, "column", parse_p(p), eps, 0, groups, detach=False)
 
 
 def ruiz_equilibrate(W: Tensor, p=2, eps: float = 1e-8, iters: int = 3, *, groups: int = 1) -> Tensor:
-    """Two-sided equilibration D_r W D_c by ``iters`` alternating row/column steps."""
+    """Two-sided equilibration D_r W D_c by ``iters`` alternating row/column steps.
+
+    The last step is a column step: columns end unit-norm, rows near it.
+
+    Example::
+
+        >>> import torch
+        >>> W = torch.tensor([[1.0, 100.0], [0.01, 1.0]], dtype=torch.float64)
+        >>> A = ruiz_equilibrate(W, iters=10)
+        >>> torch.linalg.vector_norm(A, dim=0)           # columns
+        tensor([1., 1.], dtype=torch.float64)
+        >>> torch.linalg.vector_norm(A, dim=1).round(decimals=3)   # rows, near 1
+        tensor([1., 1.], dtype=torch.float64)
+    """
     if iters < 1:
         raise ValueError(f"weight conditioning: iters must be >= 1, got {iters}")
     return _condition(W, "both", parse_p(p), eps, iters, groups, detach=False)
@@ -246,22 +277,49 @@ class WeightConditioning(WeightMethod):
         return s + (f", groups={self.groups}" if self.groups > 1 else "")
 
 
-def weight_conditioning(model: nn.Module, *, side: str = "row", p=2, eps: float = 1e-8,
-                        detach: bool = False, iters: int = 3, include_classifier: bool = False,
-                        skip_stem: bool = False) -> nn.Module:
-    """Register :class:`WeightConditioning` on every Conv1d/2d/3d and Linear weight of
-    ``model`` (attention projections included), in place; returns ``model``.
+def weight_conditioning(model: nn.Module, name: str | None = None, *, side: str = "row", p=2,
+                        eps: float = 1e-8, detach: bool = False, iters: int = 3,
+                        include_classifier: bool = False, skip_stem: bool = False) -> nn.Module:
+    """Register :class:`WeightConditioning` on one layer or on every layer of a model,
+    in place; returns ``model``. The raw weights stay the trainable tensors
+    (``parametrizations.weight.original``): build the optimizer afterwards.
 
-    Which layers: see :func:`wcnorm.methods.base.weight_layers` (the classifier, the
-    last Conv/Linear, is skipped unless ``include_classifier``; the stem, the first,
-    is skipped with ``skip_stem``). The model's function changes (rows are rescaled to
-    unit norm) unless a normalization layer follows; the raw weights are kept as the
-    trainable ``parametrizations.weight.original``. A layer WC would freeze (see
-    :func:`frozen_by_conditioning`) is conditioned all the same, with a warning.
-    Row WC on a layer that a per-channel normalization follows is cancelled by it
+    A layer is conditioned, a model is walked:
+
+    * **one layer**, as ``torch.nn.utils.parametrizations.weight_norm`` does: when
+      ``model`` is itself a Conv1d/2d/3d or Linear (its ``weight``; an
+      ``nn.MultiheadAttention``: its input projections), or when ``name`` names the
+      tensor to condition (any weight matrix of ``model``, e.g. ``name="weight"``).
+      ``include_classifier`` changes nothing there; ``skip_stem=True`` is an error;
+    * **a model**, otherwise: every Conv1d/2d/3d and Linear weight (attention
+      projections included) of :func:`wcnorm.methods.base.weight_layers` -- the
+      classifier, the last Conv/Linear, is skipped unless ``include_classifier``; the
+      stem, the first, is skipped with ``skip_stem``.
+
+    The function changes (rows are rescaled to unit norm) unless a normalization layer
+    follows. A layer WC would freeze (see :func:`frozen_by_conditioning`) is
+    conditioned all the same, with a warning. Row WC on a layer that a per-channel
+    normalization follows is cancelled by it exactly
     (:func:`wcnorm.methods.cancellation.cancelled_layers` lists such layers).
+
+    Example::
+
+        >>> import torch
+        >>> from torch import nn
+        >>> layer = weight_conditioning(nn.Linear(20, 40), name="weight")
+        >>> torch.linalg.vector_norm(layer.weight, dim=1).allclose(torch.ones(40))
+        True
+        >>> sorted(layer.parametrizations.keys())   # the raw weight is .original
+        ['weight']
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
+        ...                       nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
+        >>> model = weight_conditioning(model)       # every layer but the classifier
+        >>> [type(m).__name__ for m in model if hasattr(m, "parametrizations")]
+        ['ParametrizedConv2d', 'ParametrizedConv2d']
+        >>> model(torch.randn(2, 3, 8, 8)).shape
+        torch.Size([2, 10])
     """
     opts = dict(side=_check_side(side), p=parse_p(p), eps=eps, detach=detach, iters=iters)
     WeightConditioning(**opts)  # validate before touching the model
     return install(model, lambda layer: WeightConditioning(**opts, groups=getattr(layer, "groups", 1)),
-                   opts, include_classifier=include_classifier, skip_stem=skip_stem)
+                   opts, name=name, include_classifier=include_classifier, skip_stem=skip_stem)

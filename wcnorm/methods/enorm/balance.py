@@ -58,6 +58,21 @@ class ENorm:
     layers of several depths: each slice then enters l^2 and r^2 weighted by
     c^(-2 (depth - expected depth)), so that d stays the exact minimiser of the objective
     and the fixed point has (weighted) r / l = c. With c = 1 all weights are 1.
+
+    Example::
+
+        >>> import torch
+        >>> from torch import nn
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+        ...                       nn.Linear(16, 2)).double()
+        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        >>> enorm = ENorm(model, optimizer, c=1.0)
+        >>> enorm                                    # the 2 hidden layers' units
+        ENorm(2 groups, 32 units, order='sequential', c=1.0)
+        >>> x = torch.randn(8, 4, dtype=torch.float64)
+        >>> loss = model(x).square().mean()
+        >>> loss.backward(); optimizer.step(); enorm.step()   # one cycle per SGD step
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
@@ -132,14 +147,43 @@ class ENorm:
 
     @torch.no_grad()
     def step(self, cycles: int = 1) -> None:
-        """Run `cycles` balancing cycles, in place, on the model's parameters."""
+        """Run `cycles` balancing cycles, in place, on the model's parameters (and the
+        optimizer's state): the function is unchanged, the objective does not rise.
+
+        Example::
+
+            >>> import torch
+            >>> from torch import nn
+            >>> _ = torch.manual_seed(0)
+            >>> model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)).double()
+            >>> with torch.no_grad():
+            ...     _ = model[0].weight.mul_(10)        # unbalanced: big incoming weights
+            >>> enorm = ENorm(model)
+            >>> x = torch.randn(8, 4, dtype=torch.float64)
+            >>> y, before = model(x), enorm.objective()
+            >>> enorm.step(5)
+            >>> torch.allclose(model(x), y), bool(enorm.objective() < 0.5 * before)
+            (True, True)
+            >>> mean, worst = enorm.imbalance()        # |log(r / (c l))| over the units
+            >>> bool(worst < 1e-6)
+            True
+        """
         graphed = self.graph is not None and self._touched[0].is_cuda
         for _ in range(cycles):
             (self.graph if graphed else self.cycle)()
 
     @torch.no_grad()
     def objective(self) -> Tensor:
-        """sum_k c^(-2 k) ||W_k||^2 over the layers ENorm touches (0-dim tensor, no sync)."""
+        """sum_k c^(-2 k) ||W_k||^2 over the layers ENorm touches (0-dim tensor, no sync).
+
+        Example::
+
+            >>> from torch import nn
+            >>> model = nn.Sequential(nn.Linear(2, 3, bias=False), nn.ReLU(), nn.Linear(3, 1, bias=False))
+            >>> _ = nn.init.ones_(model[0].weight), nn.init.ones_(model[2].weight)
+            >>> ENorm(model).objective()                 # 6 + 3 ones
+            tensor(9.)
+        """
         return torch.stack([t.to(accumulation_dtype(t)).square().sum() * w for t, w in self._terms]).sum()
 
     @torch.no_grad()
@@ -157,6 +201,20 @@ class ENorm:
         return sum(g.n for g in self.groups)
 
     def describe(self) -> str:
+        """The unit groups found, and why the other units are not balanced.
+
+        Example::
+
+            >>> from torch import nn
+            >>> print(ENorm(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))).describe())
+            ENorm: 1 unit groups, 3 balanced units
+              group 0: 3 units
+                in:  0 rows xd (depth 0)
+                out: 2 columns x1/d (depth 1)
+              not balanced: 1 units
+                1 x model output
+              options: c=1.0, order='sequential', ...
+        """
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         return describe_groups(self.groups, self.excluded) + f"\n  options: {opts}"
 

@@ -14,6 +14,8 @@ returns what it found (a `ChannelMap`); `units.find_unit_groups` makes units of 
 
 from __future__ import annotations
 
+import os
+import traceback
 from dataclasses import dataclass
 
 import torch
@@ -97,9 +99,25 @@ class _Tracer(fx.Tracer):
     def __init__(self, attention: bool):
         super().__init__()
         self.attention = attention
+        self.failed_in: str | None = None  # the innermost module whose tracing failed
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return (self.attention and is_attention(m)) or super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = f"{self.path_of_module(m)} ({type(m).__name__})"
+            raise
+
+
+def _where(e: BaseException) -> str:
+    """The innermost line of the model's own code (outside torch) an exception passed."""
+    torch_dir = os.path.dirname(torch.__file__)
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith(torch_dir)]
+    return f"{os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
 
 
 class _ChannelPass:
@@ -113,7 +131,8 @@ class _ChannelPass:
         self.classifier: WeightAxis | None = None  # the columns of the last Conv/Linear called
         self.read_directly: set[int] = set()  # ids of tensors read outside their layer (get_attr)
         self.order = 0
-        self.handlers = {Op.SAME: self._same, Op.POOL: self._pool, Op.FLATTEN: self._flatten,
+        self.handlers = {Op.SAME: self._same, Op.ELEMENTWISE: self._elementwise, Op.POOL: self._pool,
+                         Op.FLATTEN: self._flatten,
                          Op.VIEW: self._view, Op.REDUCE: self._reduce, Op.SCALE: self._scale,
                          Op.ADD: self._add}
 
@@ -171,6 +190,8 @@ class _ChannelPass:
         op = ops.op_kind(node, m)
         if op is Op.SAME:
             return x
+        if op is Op.ELEMENTWISE:
+            return self.elementwise(x, kind)
         if op is Op.POOL:
             return self.pool(x, kind, ops.returns_indices(node, m))
         if op is Op.FLATTEN:
@@ -181,12 +202,18 @@ class _ChannelPass:
         conv = isinstance(m, CONVS)
         depth = x.depth + 1
         n_in, n_out = (m.in_channels, m.out_channels) if conv else (m.in_features, m.out_features)
-        columns = None
+        columns, dim = None, 1
         if x.channels is not None:
             channels, why = None, "input layout not understood"
-            if conv and m.groups != 1:
-                why = "grouped conv input"
-            elif conv and x.chan_first and x.per_channel == 1 and len(x.channels) == n_in:
+            conv_input = conv and x.chan_first and x.per_channel == 1 and len(x.channels) == n_in
+            if conv and m.groups != 1 and (m.groups != n_in or not conv_input):
+                # each input channel reads a block of rows x columns: not one axis of the weight
+                why = f"grouped conv input, {n_in // m.groups} channels per group: no rule"
+            elif conv_input and m.groups != 1:
+                # depthwise: input channel i is read by its own rows only (out/in of them), so
+                # its outgoing weights are rows (dim 0) too, like attention's k
+                channels, dim = [i for i in x.channels for _ in range(n_out // n_in)], 0
+            elif conv_input:
                 channels = x.channels
             elif not conv and x.chan_last:  # a flatten's per_channel is known now
                 per = x.per_channel if x.per_channel is not None else n_in // len(x.channels)
@@ -195,7 +222,7 @@ class _ChannelPass:
             if channels is None:
                 self.stop(x, f"{type(m).__name__} {name} ({why})")
             else:
-                columns = self.consume(name, m.weight, channels, depth)
+                columns = self.consume(name, m.weight, channels, depth, dim=dim)
         self.classifier = columns
         out = self.produce(name, m.weight, m.bias, n_out, depth)
         return TracedTensor(out, depth, 1, m.weight.ndim) if conv else TracedTensor(out, depth, -1, x.rank)
@@ -255,9 +282,10 @@ class _ChannelPass:
             return SIZE if x is SIZE else self.unknown(node, env, name)
         if x is SIZE and all(v is SIZE or not isinstance(v, TracedTensor) for v in args):
             return SIZE  # arithmetic on sizes
-        if (node.target in ops.COMMUTATIVE and len(args) == 2 and ops.is_number(x)
-                and isinstance(args[1], TracedTensor)):
-            x, args = args[1], [args[1], x]  # 2 * t
+        if (node.target in ops.COMMUTATIVE and len(args) == 2 and isinstance(args[1], TracedTensor)
+                and args[1].channels is not None
+                and (ops.is_number(x) or isinstance(x, TracedTensor) and x.channels is None)):
+            x, args = args[1], [args[1], x]  # 2 * t, gate * t
         if kind is Op.CAT:
             return self.cat(node, env, name)
         if not isinstance(x, TracedTensor):
@@ -270,6 +298,9 @@ class _ChannelPass:
 
     def _same(self, node, env, x: TracedTensor, args, name) -> TracedTensor:
         return x
+
+    def _elementwise(self, node, env, x: TracedTensor, args, name) -> TracedTensor:
+        return self.elementwise(x, name)
 
     def _pool(self, node, env, x: TracedTensor, args, name) -> TracedTensor:
         return self.pool(x, name, ops.returns_indices(node))
@@ -304,7 +335,27 @@ class _ChannelPass:
     def _scale(self, node, env, x: TracedTensor, args, name) -> TracedTensor:
         if len(args) == 2 and not node.kwargs and (ops.is_number(args[1]) or args[1] is SIZE):
             return x
+        if len(args) == 2 and not node.kwargs and self.is_gate(x, args[1]):
+            # x * g or x / g with g untracked (e.g. a squeeze-and-excitation gate): the
+            # balancing leaves an untracked tensor unchanged (each channel it was computed
+            # from was stopped, or read by a consumer that undoes its scale), and the product
+            # is linear in x, so a per-channel scale of x passes
+            g = args[1]
+            same_rank = x.rank is not None and g.rank is not None and g.rank <= x.rank
+            return TracedTensor(x.channels, max(x.depth, g.depth), x.axis, x.rank if same_rank else None,
+                                x.per_channel)
         return self.unknown(node, env, name)
+
+    @staticmethod
+    def is_gate(x: TracedTensor, g) -> bool:
+        """Whether x * g keeps x's channel axis: g untracked, and broadcasting cannot move
+        the axis (it aligns trailing dims, so a channels-last axis always stays last; a
+        channel axis at dim 1 stays there when g's rank is known and not above x's)."""
+        if not (isinstance(g, TracedTensor) and g.channels is None and x.channels is not None):
+            return False
+        if x.axis == -1:
+            return True
+        return x.rank is not None and g.rank is not None and g.rank <= x.rank
 
     def _add(self, node, env, x: TracedTensor, args, name) -> TracedTensor:
         if len(args) == 2 and not node.kwargs and isinstance(args[1], TracedTensor):
@@ -312,6 +363,10 @@ class _ChannelPass:
         return self.unknown(node, env, name)
 
     # -- the rules ----------------------------------------------------------------------
+    def elementwise(self, x: TracedTensor, kind: str) -> TracedTensor:
+        self.stop(x, f"{kind} (not positively homogeneous)")
+        return TracedTensor(None, x.depth, x.axis, x.rank)
+
     def pool(self, x: TracedTensor, kind: str, indices: bool = False) -> TracedTensor:
         if x.channels is not None and (indices or x.axis != 1 or x.per_channel != 1 or (x.rank or 3) < 3):
             self.stop(x, kind)
@@ -399,11 +454,15 @@ def trace_channels(model: nn.Module, *, bn: str = "ignore", attention: bool = Fa
     """Trace `model` and follow its channels (see the module docstring)."""
     if bn not in BN_MODES:
         raise ValueError(f"ENorm: bn={bn!r}; choose one of {BN_MODES}")
+    tracer = _Tracer(attention)
     try:
-        graph = _Tracer(attention).trace(model)
+        graph = tracer.trace(model)
     except Exception as e:  # noqa: BLE001 - any tracing failure means the same to the user
-        raise ValueError(f"ENorm analyses the model with torch.fx, and {type(model).__name__} "
-                         f"could not be traced: {type(e).__name__}: {e}") from e
+        # one line, naming the layer and the line of code: fx's own messages span many
+        where = ", ".join(w for w in (tracer.failed_in and f"in {tracer.failed_in}", _where(e)) if w)
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+        raise ValueError(f"ENorm analyses the model with torch.fx, and {type(model).__name__} could not "
+                         f"be traced{f' ({where})' if where else ''}: {type(e).__name__}: {first}") from e
     walk = _ChannelPass(model, bn, attention)
     walk.run(graph)
     if not balance_last and walk.classifier is not None:

@@ -22,6 +22,9 @@ class Op(enum.Enum):
     SIZE = "size"        # a shape query (x.size(0), x.shape, len(x)): not a tensor at all
     GETITEM = "getitem"  # indexing: understood on shapes only
     SAME = "same"        # positively homogeneous and elementwise, f(d x) = d f(x): relu, dropout, copies
+    # elementwise but not positively homogeneous (sigmoid, SiLU, Hardswish, GELU, ReLU6...):
+    # stops the channels it reads; its output, which the balancing leaves unchanged, keeps the shape
+    ELEMENTWISE = "elementwise"
     POOL = "pool"        # per-channel pooling over positions (channel axis at dim 1)
     FLATTEN = "flatten"
     VIEW = "view"        # view/reshape: understood as the flatten x.view(x.size(0), -1) only
@@ -42,6 +45,9 @@ _FUNCTIONS: dict[object, Op] = {
                      F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
                      F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
                      torch.max_pool1d, torch.max_pool2d, torch.max_pool3d, torch.avg_pool1d), Op.POOL),
+    **dict.fromkeys((torch.sigmoid, F.sigmoid, F.hardsigmoid, F.silu, F.hardswish, F.gelu, F.mish, torch.tanh,
+                     F.tanh, F.relu6, F.hardtanh, F.elu, F.selu, F.celu, F.softplus, "sigmoid", "sigmoid_",
+                     "tanh", "tanh_"), Op.ELEMENTWISE),
     **dict.fromkeys((torch.flatten, "flatten"), Op.FLATTEN),
     **dict.fromkeys((torch.reshape, "view", "reshape"), Op.VIEW),
     **dict.fromkeys((torch.mean, torch.sum, torch.amax, "mean", "sum", "amax"), Op.REDUCE),
@@ -51,8 +57,14 @@ _FUNCTIONS: dict[object, Op] = {
                      "add", "add_", "sub", "sub_"), Op.ADD),
     **dict.fromkeys((torch.cat, torch.concat, torch.concatenate), Op.CAT),
 }
-# a number may come first: 2 * x
-COMMUTATIVE = {operator.mul, torch.mul}
+# functions of other packages, by (module, name), so that they need not be imported:
+# torchvision's stochastic depth multiplies each sample by a random 0 or 1/(1 - p), the
+# same for all its channels, as dropout does
+_FUNCTIONS_BY_NAME: dict[tuple[str, str], Op] = {
+    ("torchvision.ops.stochastic_depth", "stochastic_depth"): Op.SAME,
+}
+# a number, or a gate, may come first: 2 * x, gate * x
+COMMUTATIVE = {operator.mul, torch.mul, "mul"}
 
 # parameter-free modules, by kind (layers with weights are the trace's own business)
 _MODULES: tuple[tuple[tuple[type[nn.Module], ...], Op], ...] = (
@@ -61,6 +73,8 @@ _MODULES: tuple[tuple[tuple[type[nn.Module], ...], Op], ...] = (
       nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
       nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d), Op.POOL),
     ((nn.Flatten,), Op.FLATTEN),
+    ((nn.Sigmoid, nn.Hardsigmoid, nn.SiLU, nn.Hardswish, nn.GELU, nn.Mish, nn.Tanh, nn.Hardtanh, nn.ELU,
+      nn.SELU, nn.CELU, nn.Softplus), Op.ELEMENTWISE),  # nn.ReLU6 is a Hardtanh
 )
 
 
@@ -72,9 +86,13 @@ def op_kind(node: fx.Node, module: nn.Module | None = None) -> Op | None:
             return Op.SAME if module.num_parameters == 1 else None
         return next((kind for types, kind in _MODULES if isinstance(module, types)), None)
     try:
-        return _FUNCTIONS.get(node.target)
+        kind = _FUNCTIONS.get(node.target)
     except TypeError:  # an unhashable target
         return None
+    if kind is None and callable(node.target):
+        kind = _FUNCTIONS_BY_NAME.get((getattr(node.target, "__module__", None),
+                                       getattr(node.target, "__name__", None)))
+    return kind
 
 
 def returns_indices(node: fx.Node, module: nn.Module | None = None) -> bool:
