@@ -150,19 +150,42 @@ def view_order(view: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", view)]
 
 
+# What result.json may name inside its run directory (paths relative to it).
+_NAMED_PATHS = ("renders", "mesh", "mesh_picture")
+
+
+def inside_run(run_dir, path, what: str) -> Path | None:
+    """``path`` if it lies inside ``run_dir``, else None with a warning naming the run.
+    A run directory may come from someone else: what it names is read (and copied into
+    a report) only within it, never an absolute path, a ``..`` or a symlink out of it."""
+    run_dir, path = Path(run_dir), Path(path)
+    full = path if path.is_absolute() else run_dir / path
+    try:
+        inside = ".." not in path.parts and full.resolve().is_relative_to(run_dir.resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        inside = False
+    if inside:
+        return full
+    warnings.warn(f"wcnorm: {run_dir}: {what} '{path}' lies outside the run directory; "
+                  "ignored (a run directory names nothing outside itself)", stacklevel=2)
+    return None
+
+
 def rendered_views(run_dir, renders=None) -> dict[str, dict[str, Path]]:
     """A NeRF run's rendered test views, ``{view: {"pred": png, "gt": png}}`` (either may
     be absent), in natural view order: the PNGs below result.json's ``renders`` folder
     (its ``test/`` subfolder where it has one), else below ``renders/``. Left out: the
     val views rendered after an epoch (``epoch_<NNN>/``), and files whose name says
     neither prediction nor ground truth (depth maps, say)."""
-    base = Path(run_dir) / (renders if isinstance(renders, str) and renders else "renders")
-    folder = base / "test" if (base / "test").is_dir() else base
+    named = renders if isinstance(renders, str) and renders else "renders"
+    base = inside_run(run_dir, named, "result.json's renders")
+    folder = base / "test" if base is not None and (base / "test").is_dir() else base
     views: dict[str, dict[str, Path]] = {}
-    for png in sorted(folder.rglob("*.png")) if folder.is_dir() else []:
+    for png in sorted(folder.rglob("*.png")) if folder is not None and folder.is_dir() else []:
         rel = png.relative_to(folder)
         found = _view_and_role(rel)
-        if found and not any(part.startswith("epoch_") for part in rel.parts[:-1]):
+        if found and not any(part.startswith("epoch_") for part in rel.parts[:-1]) \
+                and inside_run(run_dir, png.relative_to(run_dir), "the render"):
             views.setdefault(found[0], {}).setdefault(found[1], png)
     return dict(sorted(views.items(), key=lambda kv: view_order(kv[0])))
 
@@ -175,8 +198,10 @@ def mesh_picture(run_dir, mesh=None, picture=None) -> Path | None:
     named = [run_dir / picture] if isinstance(picture, str) and picture else []
     if isinstance(mesh, str) and mesh:
         named += [(run_dir / mesh).with_name("mesh.png"), (run_dir / mesh).with_suffix(".png")]
-    return next((png for png in named if png.is_file()), None) \
-        or next(iter(sorted(run_dir.rglob("mesh.png"))), None)
+    found = [png for png in named if png.is_file()] + sorted(run_dir.rglob("mesh.png"))
+    return next((png for png in found
+                 if inside_run(run_dir, png.relative_to(run_dir) if png.is_relative_to(run_dir) else png,
+                               "the mesh picture")), None)
 
 
 def _flatten(cfg: dict, prefix: str = "") -> dict:
@@ -239,6 +264,10 @@ def read_run(run_dir: str | Path) -> dict:
     row["status"] = (result or {}).get("status", "unfinished")
     for key in _RESULT_FIELDS:
         row[key] = result.get(key) if result else None
+    for key in _NAMED_PATHS:  # refused here once, with a warning; the pictures are then looked for inside
+        if row[key] is not None and (not isinstance(row[key], str)
+                                     or inside_run(run_dir, row[key], f"result.json's {key}") is None):
+            row[key] = None
     if not finished:
         # Partial numbers must never leak into a mean: blank them.
         for key in (*METRIC_FIELDS, "best_epoch"):
