@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -108,21 +109,42 @@ def dotted_get(d: dict, dotted: str):
     return d
 
 
-def config_identity(cfg: DictConfig) -> dict:
+def config_identity(cfg: DictConfig, not_identity=NOT_IDENTITY, neutral_defaults=None) -> dict:
+    """The config less what does not name a run (`not_identity`, `neutral_defaults`:
+    today's rules unless older ones are asked for)."""
     ident = OmegaConf.to_container(cfg, resolve=True)
-    for key in NOT_IDENTITY:
+    for key in not_identity:
         _drop(ident, key)
-    for key, neutral in NEUTRAL_DEFAULTS.items():
+    neutral_defaults = NEUTRAL_DEFAULTS if neutral_defaults is None else neutral_defaults
+    for key, neutral in neutral_defaults.items():
         value = dotted_get(ident, key)
         if value is not None and not isinstance(value, bool) and value == neutral:
             _drop(ident, key)
     return ident
 
 
-def config_digest(cfg: DictConfig) -> str:
+def config_digest(cfg: DictConfig, *rules) -> str:
     """The sha1 of the config's identity; the run directory's name carries its first 8 digits."""
-    blob = json.dumps(config_identity(cfg), sort_keys=True, default=str).encode()
+    blob = json.dumps(config_identity(cfg, *rules), sort_keys=True, default=str).encode()
     return hashlib.sha1(blob).hexdigest()
+
+
+# The identity rules of earlier wcnorm versions: which keys they left out (the volatile
+# keys as they grew; with or without the lookup tables) and whether they dropped the
+# neutral defaults. A run directory's files record the digest its config had under the
+# rules of the wcnorm that wrote them.
+_FORMER_VOLATILE = (
+    VOLATILE_KEYS,
+    tuple(k for k in VOLATILE_KEYS if k != "trainer.checkpoint_every"),
+    tuple(k for k in VOLATILE_KEYS if k not in ("trainer.checkpoint_every", "trainer.restart", "logger")),
+)
+IDENTITY_RULES = tuple((volatile + lookup, neutral) for volatile in _FORMER_VOLATILE
+                       for lookup in (LOOKUP_KEYS, ()) for neutral in (NEUTRAL_DEFAULTS, {}))
+
+
+def digests_under_any_rules(cfg: DictConfig) -> set[str]:
+    """The digests `cfg` had under today's identity rules and every earlier one."""
+    return {config_digest(cfg, *rules) for rules in IDENTITY_RULES}
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -211,7 +233,8 @@ def check_identity(found, expected: dict, source: Path) -> None:
         return
     found = found if isinstance(found, dict) else {}
     restart = "or rerun with trainer.restart=true to delete that run and train this one there"
-    if found.get("config_sha1") != expected["config_sha1"] and not _named_under_older_rules(source, expected):
+    if found.get("config_sha1") != expected["config_sha1"] \
+            and not _named_under_older_rules(source, found.get("config_sha1"), expected):
         raise RunMismatchError(
             f"'{source}' belongs to another config (config sha1 {found.get('config_sha1')}, this "
             f"config's {expected['config_sha1']}; that run's config.yaml is beside it), so it was left "
@@ -231,19 +254,73 @@ def check_identity(found, expected: dict, source: Path) -> None:
 # resuming (or being skipped) instead of being trained again beside itself.
 
 
-def stored_config_digest(run_dir: Path) -> str | None:
-    """The digest, under today's identity rules, of the config in `run_dir/config.yaml`;
-    None where there is none, or it is not a readable config."""
+def _stored_config(run_dir: Path) -> DictConfig | None:
+    """`run_dir/config.yaml`; None where there is none, or it is not a readable config."""
     try:
         cfg = OmegaConf.load(Path(run_dir) / "config.yaml")
-        return config_digest(cfg) if isinstance(cfg, DictConfig) else None
+        return cfg if isinstance(cfg, DictConfig) else None
     except (OSError, ValueError, YAMLError, OmegaConfBaseException):  # absent, unreadable, not a config
         return None
 
 
-def _named_under_older_rules(source: Path, expected: dict) -> bool:
-    """`source` records another config digest only because older rules computed it."""
-    if stored_config_digest(Path(source).parent) != expected["config_sha1"]:
+def stored_config_digest(run_dir: Path, recorded: str | None) -> str | None:
+    """The digest, under today's identity rules, of the config in `run_dir/config.yaml`,
+    if that file is the config the run trained with: some identity rules (today's or
+    older) give it the digest `recorded` that its last.pt or result.json holds. A
+    config.yaml edited since (a text file anyone can change) matches no recorded digest
+    and gives None, as does a missing or unreadable one."""
+    cfg = _stored_config(run_dir)
+    if cfg is None or not isinstance(recorded, str):
+        return None
+    try:
+        authentic = recorded in digests_under_any_rules(cfg)
+        return config_digest(cfg) if authentic else None
+    except OmegaConfBaseException:  # an interpolation that does not resolve
+        return None
+
+
+def recorded_identity(run_dir: Path) -> dict | None:
+    """The identity the run in `run_dir` recorded when it trained: result.json's, else
+    last.pt's; None where neither can be read or records one."""
+    for read in (lambda: read_result(Path(run_dir) / "result.json"),
+                 lambda: load_checkpoint(Path(run_dir) / "last.pt", mmap=True)):
+        try:
+            identity = (read() or {}).get("identity")
+        except (CheckpointError, OSError):
+            continue
+        if isinstance(identity, dict):
+            return identity
+    return None
+
+
+def recorded_config_digest(run_dir: Path) -> str | None:
+    """The config digest the run in `run_dir` recorded when it trained (`recorded_identity`)."""
+    digest = (recorded_identity(run_dir) or {}).get("config_sha1")
+    return digest if isinstance(digest, str) else None
+
+
+def run_dir_for_data(run_dir: Path, identity: dict) -> Path:
+    """Where this config's run on this data lies, `run_dir` unpinned: `run_dir` itself,
+    unless that holds this config's run on other data (another image folder or scene,
+    the `dataset.root` that does not name a run), or a run on this data was given its
+    own directory before: then `<run_dir>-data<8 digits of the data's fingerprint>`."""
+    run_dir = Path(run_dir)
+    blob = json.dumps(identity["data"], sort_keys=True, default=str).encode()
+    own = run_dir.with_name(f"{run_dir.name}-data{hashlib.sha1(blob).hexdigest()[:8]}")
+    if own.is_dir():
+        return own
+    found = recorded_identity(run_dir)
+    if found is not None and found.get("config_sha1") == identity["config_sha1"] \
+            and found.get("data") != identity["data"]:
+        return own
+    return run_dir
+
+
+def _named_under_older_rules(source: Path, found: str | None, expected: dict) -> bool:
+    """`source` records another config digest (`found`) only because older rules computed
+    it: the config.yaml beside it has that digest under those rules, and this config's
+    under today's."""
+    if stored_config_digest(Path(source).parent, found) != expected["config_sha1"]:
         return False
     log.info("'%s' records its config digest under older identity rules; its config.yaml is "
              "this config: taking it as this run's", source)
@@ -252,13 +329,14 @@ def _named_under_older_rules(source: Path, expected: dict) -> bool:
 
 def former_run_dir(run_dir: Path, digest: str) -> Path | None:
     """The directory beside `run_dir` (same seed) that holds the run of the config with
-    `digest` under the name older identity rules gave it; None if `run_dir` exists."""
+    `digest` under the name older identity rules gave it; None if `run_dir` exists. What
+    the run recorded when it trained decides, not its config.yaml alone."""
     run_dir = Path(run_dir)
     if run_dir.exists() or not run_dir.parent.is_dir():
         return None
     seed = run_dir.name.rsplit("-", 1)[0]
     for sibling in sorted(run_dir.parent.glob(f"{seed}-*")):
-        if sibling.is_dir() and stored_config_digest(sibling) == digest:
+        if sibling.is_dir() and stored_config_digest(sibling, recorded_config_digest(sibling)) == digest:
             return sibling
     return None
 
@@ -268,6 +346,27 @@ def adopt_run(former: Path, run_dir: Path) -> None:
     process (an older wcnorm) is training in it."""
     with _locked(Path(former)):
         os.rename(former, run_dir)  # the lock file moves with it, still held
+
+
+# What shows a folder holds a wcnorm run: its lock file (made before anything else is
+# written), its checkpoint or its result.
+RUN_MARKERS = (".lock", "last.pt", "result.json")
+
+
+def check_holds_a_run(run_dir: Path) -> None:
+    """Refuse a run directory that holds files but no wcnorm run (a folder of someone's
+    own, pinned with `run_dir=`): training there would overwrite its config.yaml or
+    metrics.csv, and `trainer.restart` delete its mesh.png or renders/. A new, empty
+    folder, or one holding only hidden files, is free."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or any((run_dir / marker).exists() for marker in RUN_MARKERS):
+        return
+    visible = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("."))
+    if visible:
+        shown = ", ".join(visible[:4]) + (", ..." if len(visible) > 4 else "")
+        raise RunMismatchError(
+            f"'{run_dir}' holds files ({shown}) but no wcnorm run (no .lock, last.pt or result.json), "
+            f"so it was left alone. Choose a new or empty folder as `run_dir`, or leave it unset.")
 
 
 def discard_run(run_dir: Path) -> list[Path]:
@@ -308,10 +407,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+# The temporary file of an atomic write of one of the run's own files: `.<name>.<random>.tmp`
+# (the random part as `tempfile.mkstemp` makes it). Any other `.tmp` file is not the run's.
+_RUN_TEMPORARY = re.compile(r"\.(" + "|".join(map(re.escape, RUN_FILES)) + r")\.[a-z0-9_]+"
+                            + re.escape(TMP_SUFFIX))
+
+
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
-    """Delete what interrupted atomic writes left behind (`.<name>.*.tmp`). Only safe
-    while holding the run's lock: no other writer can be mid-write then."""
-    stale = sorted(Path(run_dir).glob(f".*{TMP_SUFFIX}"))
+    """Delete what interrupted atomic writes of the run's own files left behind
+    (`.<name>.<random>.tmp`, <name> one of RUN_FILES); a hidden `.tmp` file of anyone
+    else stays. Only safe while holding the run's lock: no other writer can be mid-write
+    then."""
+    stale = sorted(p for p in Path(run_dir).glob(f".*{TMP_SUFFIX}") if _RUN_TEMPORARY.fullmatch(p.name))
     for tmp in stale:
         tmp.unlink(missing_ok=True)
     return stale

@@ -25,6 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from ..errors import DatasetUnavailable
 from ..methods import describe_weight_method
 from ..models import count_parameters
 from ..modules import unwrap
@@ -32,12 +33,14 @@ from ..outputs import (
     adopt_run,
     atomic_write_text,
     check_checkpoint,
+    check_holds_a_run,
     discard_run,
     environment,
     finished_result,
     former_run_dir,
     remove_stale_temporaries,
     run_dir_for,
+    run_dir_for_data,
     run_identity,
     run_lock,
     write_json,
@@ -93,13 +96,20 @@ def _locate(cfg: DictConfig):
     this run's: another config's or other data's result is refused, not returned). A run
     that older identity rules named otherwise is renamed to today's name first."""
     run_dir, identity = run_dir_for(cfg), run_identity(cfg)
-    if _restarting(cfg):
-        return run_dir, identity, None
-    former = None if cfg.get("run_dir") else former_run_dir(run_dir, identity["config_sha1"])
+    if "missing" in identity["data"]:  # said as what it is, not as "other data"
+        raise DatasetUnavailable(f"dataset: '{identity['data']['missing']}' does not exist; check "
+                                 f"dataset.{'path' if cfg.dataset.get('path') else 'root'}")
+    pinned = bool(cfg.get("run_dir"))
+    former = None if pinned or _restarting(cfg) else former_run_dir(run_dir, identity["config_sha1"])
     if former is not None:  # named by older identity rules: give it today's name
         adopt_run(former, run_dir)
         log.info("found this run under its former name '%s' (older identity rules): renamed it to '%s'",
                  former.name, run_dir.name)
+    if not pinned:  # the same config on other data (another folder, another scene) gets its own
+        run_dir = run_dir_for_data(run_dir, identity)
+    check_holds_a_run(run_dir)  # a folder of someone else's files is never written into, nor discarded
+    if _restarting(cfg):
+        return run_dir, identity, None
     return run_dir, identity, finished_result(run_dir, identity)
 
 
