@@ -223,7 +223,34 @@ def _read_metrics(run_dir: Path) -> pd.DataFrame | None:
     df = pd.read_csv(f)
     if "epoch" not in df.columns:
         raise RunReadError(f"{f} has no 'epoch' column")
+    for column in df.columns:  # the trainer writes numbers only: anything else was edited in
+        numbers = pd.to_numeric(df[column], errors="coerce")
+        bad = numbers.isna() & df[column].notna()
+        if bad.any():
+            row = int(bad.to_numpy().argmax())
+            raise RunReadError(f"{f}: row {row + 1}, column '{column}' holds {df[column].iloc[row]!r}, "
+                               "not a number")
+        df[column] = numbers
     return df
+
+
+def _cross_check(run_dir: Path, result: dict, metrics: pd.DataFrame) -> None:
+    """Refuse a finished run whose result.json disagrees with its metrics.csv: the trainer
+    writes both from one history, so a disagreement means one was edited by hand."""
+    last = metrics.iloc[-1]
+    pairs = [("epochs", "epoch")] + [(f"final_{c}", c) for c in metrics.columns if c != "epoch"]
+    for key, column in pairs:
+        said, logged = result.get(key), pd.to_numeric(last.get(column), errors="coerce")
+        if key not in result or pd.isna(logged):
+            continue
+        try:
+            agree = bool(np.isclose(float(said), float(logged), rtol=1e-6, atol=1e-9))
+        except (TypeError, ValueError):
+            agree = False
+        if not agree:
+            raise RunReadError(
+                f"{run_dir}: result.json and metrics.csv disagree on {key} (result.json {said!r}, "
+                f"metrics.csv's last epoch {logged!r}); one was edited, so the run is left out")
 
 
 def read_run(run_dir: str | Path) -> dict:
@@ -260,6 +287,8 @@ def read_run(run_dir: str | Path) -> dict:
     for task, column in FIELD_TASKS.items():
         row[column] = field_subject(cfg) if row["task"] == task else None
     finished = result is not None and result.get("status") == "finished"
+    if finished and metrics is not None and len(metrics):
+        _cross_check(run_dir, result, metrics)
     row["finished"] = finished
     row["status"] = (result or {}).get("status", "unfinished")
     for key in _RESULT_FIELDS:
