@@ -6,6 +6,7 @@ config's run (identity comes from what the run recorded when it trained).
 
 docs/guarantees.md cites these tests by name."""
 
+import errno
 import json
 import os
 import re
@@ -18,7 +19,8 @@ from fabricate import make_nerf_run, make_run, make_shape_run  # tests/ is on sy
 from omegaconf import OmegaConf
 from test_rundir import FAST, _count_steps, _image_folder, _pinned
 
-from wcnorm.errors import DatasetUnavailable, RunMismatchError
+from wcnorm import outputs
+from wcnorm.errors import ConfigError, DatasetUnavailable, DiskFull, RunMismatchError, WcnormError
 from wcnorm.outputs import RUN_FILES, RUN_FOLDERS, load_checkpoint, run_dir_for
 from wcnorm.report.plot import copy_pictures, gallery_rows
 from wcnorm.report.runs import load_runs
@@ -233,3 +235,51 @@ def test_a_missing_or_malformed_folder_gets_its_own_error(cfg_factory, tmp_path)
     with pytest.raises(Exception) as err:
         train(_folder_cfg(cfg_factory, tmp_path / "empty"))
     assert "other data" not in str(err.value) and "empty" in str(err.value)
+
+
+# ----------------------------------------------------------------------------- the disk
+
+
+def test_a_full_disk_is_one_message_and_loses_nothing(cfg_factory, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train(_pinned(cfg_factory, run, "trainer.epochs=2", "trainer.stop_after=1"))
+    before = {name: (run / name).read_bytes() for name in ("last.pt", "metrics.csv", "config.yaml")}
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as disk:
+        disk.setattr(outputs.os, "fsync", full)
+        with pytest.raises(DiskFull, match=r"no space left on the device to write '.*config\.yaml'.*nothing written "
+                                            r"before is lost.*rerun the same command"):
+            train(_pinned(cfg_factory, run, "trainer.epochs=2"))
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert not list(run.glob(".*.tmp"))
+    assert train(_pinned(cfg_factory, run, "trainer.epochs=2"))["epochs"] == 2  # space again: it resumes
+
+
+def test_a_path_component_over_the_file_systems_limit_is_refused_before_anything(cfg_factory, tmp_path):
+    long = tmp_path / ("x" * 300) / "run"
+    with pytest.raises(ConfigError, match=r"component 300 bytes long .* over this file system's limit of \d+: shorten"):
+        train(_pinned(cfg_factory, long))
+    with pytest.raises(ConfigError, match="over this file system's limit"):
+        train(cfg_factory(*FAST, f"out_dir={tmp_path / ('y' * 300)}"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_an_end_of_run_measurement_out_of_memory_loses_no_training(cfg_factory, tmp_path, monkeypatch):
+    from wcnorm.tasks.base import Task
+
+    run = tmp_path / "run"
+
+    def too_big(self, model, run_dir):
+        raise MemoryError("Unable to allocate 108 GiB")
+
+    with monkeypatch.context() as machine:
+        machine.setattr(Task, "finish", too_big)
+        with pytest.raises(WcnormError, match=r"training finished and '.*last\.pt' holds it.*rerun the same command: "
+                                              r"it trains no step"):
+            train(_pinned(cfg_factory, run, "trainer.epochs=2"))
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2 and not (run / "result.json").exists()
+    steps = _count_steps(monkeypatch)
+    assert train(_pinned(cfg_factory, run, "trainer.epochs=2"))["status"] == "finished" and steps == []

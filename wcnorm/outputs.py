@@ -18,6 +18,7 @@ else's run. docs/guarantees.md states what holds, and which test shows it.
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import hashlib
 import io
@@ -38,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
-from .errors import CheckpointError, RunMismatchError, WcnormError
+from .errors import CheckpointError, ConfigError, DiskFull, RunMismatchError, WcnormError
 
 log = logging.getLogger("wcnorm")
 
@@ -157,6 +158,30 @@ def run_dir_for(cfg: DictConfig) -> Path:
         return Path(cfg.run_dir)
     model = cfg.model.name + (f"-d{cfg.model.depth}" if "depth" in cfg.model else "")
     return Path(cfg.out_dir) / cfg.dataset.name / model / cfg.norm.name / f"seed{cfg.seed}-{config_hash(cfg)}"
+
+
+def check_name_lengths(path: Path) -> None:
+    """Refuse a path with a component longer than its file system allows (checked against
+    the nearest existing folder), before anything is made: the command says which key
+    to shorten instead of failing half way with ENAMETOOLONG."""
+    path = Path(path)
+    existing = path
+    while existing != existing.parent:
+        try:
+            if existing.exists():
+                break
+        except OSError:  # a name too long to even look up
+            pass
+        existing = existing.parent
+    try:
+        limit = os.pathconf(existing if existing.is_dir() else existing.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    for part in path.parts:
+        if len(os.fsencode(part)) > limit:
+            raise ConfigError(f"the run directory '{path}' has a component {len(os.fsencode(part))} bytes long "
+                              f"('{part[:24]}...'), over this file system's limit of {limit}: shorten "
+                              f"`out_dir` or `run_dir` (or the experiment's names in it)")
 
 
 # ----------------------------------------------------------------------------- run identity
@@ -402,8 +427,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(
+                f"no space left on the device to write '{path}' ({os.strerror(err.errno)}): the write was "
+                f"abandoned and the previous '{path.name}', if any, is whole, so nothing written before is "
+                f"lost. Free some space and rerun the same command: it resumes from the last checkpoint."
+            ) from None
         raise
 
 
