@@ -25,13 +25,10 @@ import io
 import json
 import logging
 import os
-import platform
 import re
 import shutil
-import subprocess
 import tempfile
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -39,7 +36,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
-from .errors import CheckpointError, ConfigError, DiskFull, RunMismatchError, WcnormError
+from .errors import CheckpointError, DiskFull, RunMismatchError, WcnormError
+from .provenance import device_name, environment, git_commit  # noqa: F401 - where callers find them
 
 log = logging.getLogger("wcnorm")
 
@@ -158,30 +156,6 @@ def run_dir_for(cfg: DictConfig) -> Path:
         return Path(cfg.run_dir)
     model = cfg.model.name + (f"-d{cfg.model.depth}" if "depth" in cfg.model else "")
     return Path(cfg.out_dir) / cfg.dataset.name / model / cfg.norm.name / f"seed{cfg.seed}-{config_hash(cfg)}"
-
-
-def check_name_lengths(path: Path) -> None:
-    """Refuse a path with a component longer than its file system allows (checked against
-    the nearest existing folder), before anything is made: the command says which key
-    to shorten instead of failing half way with ENAMETOOLONG."""
-    path = Path(path)
-    existing = path
-    while existing != existing.parent:
-        try:
-            if existing.exists():
-                break
-        except OSError:  # a name too long to even look up
-            pass
-        existing = existing.parent
-    try:
-        limit = os.pathconf(existing if existing.is_dir() else existing.parent, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        limit = 255
-    for part in path.parts:
-        if len(os.fsencode(part)) > limit:
-            raise ConfigError(f"the run directory '{path}' has a component {len(os.fsencode(part))} bytes long "
-                              f"('{part[:24]}...'), over this file system's limit of {limit}: shorten "
-                              f"`out_dir` or `run_dir` (or the experiment's names in it)")
 
 
 # ----------------------------------------------------------------------------- run identity
@@ -318,29 +292,6 @@ def recorded_identity(run_dir: Path) -> dict | None:
     return None
 
 
-def recorded_config_digest(run_dir: Path) -> str | None:
-    """The config digest the run in `run_dir` recorded when it trained (`recorded_identity`)."""
-    digest = (recorded_identity(run_dir) or {}).get("config_sha1")
-    return digest if isinstance(digest, str) else None
-
-
-def run_dir_for_data(run_dir: Path, identity: dict) -> Path:
-    """Where this config's run on this data lies, `run_dir` unpinned: `run_dir` itself,
-    unless that holds this config's run on other data (another image folder or scene,
-    the `dataset.root` that does not name a run), or a run on this data was given its
-    own directory before: then `<run_dir>-data<8 digits of the data's fingerprint>`."""
-    run_dir = Path(run_dir)
-    blob = json.dumps(identity["data"], sort_keys=True, default=str).encode()
-    own = run_dir.with_name(f"{run_dir.name}-data{hashlib.sha1(blob).hexdigest()[:8]}")
-    if own.is_dir():
-        return own
-    found = recorded_identity(run_dir)
-    if found is not None and found.get("config_sha1") == identity["config_sha1"] \
-            and found.get("data") != identity["data"]:
-        return own
-    return run_dir
-
-
 def _named_under_older_rules(source: Path, found: str | None, expected: dict) -> bool:
     """`source` records another config digest (`found`) only because older rules computed
     it: the config.yaml beside it has that digest under those rules, and this config's
@@ -361,7 +312,7 @@ def former_run_dir(run_dir: Path, digest: str) -> Path | None:
         return None
     seed = run_dir.name.rsplit("-", 1)[0]
     for sibling in sorted(run_dir.parent.glob(f"{seed}-*")):
-        if sibling.is_dir() and stored_config_digest(sibling, recorded_config_digest(sibling)) == digest:
+        if sibling.is_dir() and stored_config_digest(sibling, (recorded_identity(sibling) or {}).get("config_sha1")) == digest:
             return sibling
     return None
 
@@ -371,27 +322,6 @@ def adopt_run(former: Path, run_dir: Path) -> None:
     process (an older wcnorm) is training in it."""
     with _locked(Path(former)):
         os.rename(former, run_dir)  # the lock file moves with it, still held
-
-
-# What shows a folder holds a wcnorm run: its lock file (made before anything else is
-# written), its checkpoint or its result.
-RUN_MARKERS = (".lock", "last.pt", "result.json")
-
-
-def check_holds_a_run(run_dir: Path) -> None:
-    """Refuse a run directory that holds files but no wcnorm run (a folder of someone's
-    own, pinned with `run_dir=`): training there would overwrite its config.yaml or
-    metrics.csv, and `trainer.restart` delete its mesh.png or renders/. A new, empty
-    folder, or one holding only hidden files, is free."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir() or any((run_dir / marker).exists() for marker in RUN_MARKERS):
-        return
-    visible = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("."))
-    if visible:
-        shown = ", ".join(visible[:4]) + (", ..." if len(visible) > 4 else "")
-        raise RunMismatchError(
-            f"'{run_dir}' holds files ({shown}) but no wcnorm run (no .lock, last.pt or result.json), "
-            f"so it was left alone. Choose a new or empty folder as `run_dir`, or leave it unset.")
 
 
 def discard_run(run_dir: Path) -> list[Path]:
@@ -430,11 +360,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFull(
-                f"no space left on the device to write '{path}' ({os.strerror(err.errno)}): the write was "
-                f"abandoned and the previous '{path.name}', if any, is whole, so nothing written before is "
-                f"lost. Free some space and rerun the same command: it resumes from the last checkpoint."
-            ) from None
+            raise DiskFull(f"no space left on the device to write '{path}' ({os.strerror(err.errno)}): the write "
+                           f"was abandoned and the previous '{path.name}', if any, is whole, so nothing written "
+                           "before is lost. Free some space and rerun the same command: it resumes.") from None
         raise
 
 
@@ -543,50 +471,6 @@ def write_metrics(run_dir: Path, history: list[dict]) -> None:
 
 def write_json(path: Path, obj: dict) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
-
-
-# ----------------------------------------------------------------------------- provenance
-
-
-def git_commit() -> str | None:
-    """The project's commit when it runs from a checkout (with '+dirty' for local edits)."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        if sha.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return sha.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def device_name(device) -> str:
-    """The GPU's name, or the CPU's model name (e.g. 'AMD EPYC 7B13')."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        model = ""
-    return model or platform.processor() or platform.machine() or "cpu"
-
-
-def environment(device: torch.device) -> dict:
-    from . import __version__
-
-    return {
-        "wcnorm_version": __version__,
-        "torch_version": torch.__version__,
-        "cuda_version": torch.version.cuda if device.type == "cuda" else None,
-        "device": str(device),
-        "device_name": device_name(device),
-        "git_commit": git_commit(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 # ----------------------------------------------------------------------------- locking

@@ -33,19 +33,17 @@ from ..outputs import (
     adopt_run,
     atomic_write_text,
     check_checkpoint,
-    check_holds_a_run,
-    check_name_lengths,
     discard_run,
     environment,
     finished_result,
     former_run_dir,
     remove_stale_temporaries,
     run_dir_for,
-    run_dir_for_data,
     run_identity,
     run_lock,
     write_json,
 )
+from ..rundirs import check_holds_a_run, check_name_lengths, run_dir_for_data
 from . import dist
 from .assemble import Run, assemble, resolve_device
 from .config import validate
