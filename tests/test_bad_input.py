@@ -199,3 +199,52 @@ def test_a_batch_of_one_is_refused_with_batchnorm_only(norm, refused):
         assert "norm=gn" in str(err.value)
     else:
         validate(cfg)
+
+
+def test_a_validation_split_that_leaves_one_training_example_is_refused_before_the_run(cfg_factory, tmp_path):
+    from wcnorm.training.train import train
+
+    cfg = cfg_factory("dataset.train_size=4", "dataset.val_split=0.75", "model=enorm_fc", "norm=none",
+                      "dataset.image_size=8")
+    with pytest.raises(ConfigError, match=r"has 1 example\(s\), after dataset.val_split=0.75 held out the rest, "
+                                          r"which makes no training batch"):
+        train(cfg)
+    assert not (tmp_path / "runs").exists()  # nothing written
+
+
+# ----------------------------------------------------------------------------- neural-field data
+
+
+def _sphere_obj(path, nan_vertex=None):
+    import trimesh
+
+    sphere = trimesh.creation.icosphere(subdivisions=2, radius=0.6)
+    vertices = sphere.vertices.copy()
+    if nan_vertex is not None:
+        vertices[nan_vertex, 1] = np.nan
+    lines = [f"v {float(x)!r} {float(y)!r} {float(z)!r}" for x, y, z in vertices] + [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in sphere.faces]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_mesh_vertex_that_is_not_finite_is_named_not_called_a_hole(tmp_path):
+    from wcnorm.fields.shapes import MeshError, load_mesh
+
+    load_mesh(_sphere_obj(tmp_path / "good.obj"))  # the sphere itself is fine
+    with pytest.raises(MeshError, match=r"bad\.obj: vertex 7 \(of 162\) is not finite") as err:
+        load_mesh(_sphere_obj(tmp_path / "bad.obj", nan_vertex=7))
+    assert "watertight" not in str(err.value)
+
+
+def test_a_surface_grid_too_large_for_the_machine_is_refused_before_training(tmp_path):
+    from wcnorm.tasks.fields import field_config_problems
+
+    def problems(res):
+        cfg = compose_cfg(["model=occupancy", "dataset=mesh", "norm=none", f"dataset.path={_sphere_obj(tmp_path / 's.obj')}",
+                           f"dataset.mc_resolution={res}"], smoke=False)
+        return [p for p in field_config_problems(cfg) if "mc_resolution" in p]
+
+    assert problems(64) == []
+    (refused,) = problems(3000)
+    assert "dataset.mc_resolution=3000: extracting the surface on a 3000^3 grid needs at least 201 GiB" in refused
+    assert "choose dataset.mc_resolution=" in refused

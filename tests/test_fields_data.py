@@ -15,6 +15,7 @@ from wcnorm.fields.scenes import (
     LLFF_BOUND_FACTOR,
     SceneError,
     average_pose,
+    check_scene,
     load_blender,
     load_llff,
     load_scene,
@@ -214,3 +215,71 @@ def test_shared_fern(shared_data):
     np.testing.assert_allclose(average_pose(poses.numpy()), np.eye(4)[:3], atol=1e-5)
     assert (rotations[:, 2, 2] > 0.9).all()  # every camera looks roughly down -z
     assert poses[:, :, 3].norm(dim=-1).max() < 1.0  # camera centres close to the origin
+
+
+# --------------------------------------------------------------------------- refused before training
+@pytest.mark.parametrize("angle", [0.0, -0.5, math.pi, float("nan")])
+def test_a_blender_field_of_view_out_of_range_is_refused(tmp_path, angle):
+    write_blender(tmp_path)
+    meta = json.loads((tmp_path / "transforms_val.json").read_text())
+    meta["camera_angle_x"] = angle
+    (tmp_path / "transforms_val.json").write_text(json.dumps(meta))
+    with pytest.raises(SceneError, match=r"transforms_val\.json: camera_angle_x=.* strictly between 0 and pi"):
+        check_scene("blender", tmp_path, ("train", "val"), downscale=1)
+
+
+def test_a_blender_pose_that_is_not_finite_names_the_file_and_frame(tmp_path):
+    write_blender(tmp_path)
+    meta = json.loads((tmp_path / "transforms_train.json").read_text())
+    meta["frames"][1]["transform_matrix"][0][3] = float("nan")
+    (tmp_path / "transforms_train.json").write_text(json.dumps(meta))
+    with pytest.raises(SceneError, match=r"transforms_train\.json: frame 1 \('\./train/r_1'\) has a "
+                                         r"transform_matrix that is not finite"):
+        check_scene("blender", tmp_path, ("train",), downscale=1)
+
+
+def _spoil_llff(root, view, column, value):
+    table = np.load(root / "poses_bounds.npy")
+    table[view, column] = value
+    np.save(root / "poses_bounds.npy", table)
+
+
+@pytest.mark.parametrize("column, value, problem", [
+    (3, float("nan"), "a pose that is not finite"),
+    (14, 0.0, "height, width and focal"),  # the focal
+    (15, -1.0, "bounds"),  # near
+])
+def test_an_llff_camera_out_of_range_names_the_file_and_view(tmp_path, column, value, problem):
+    write_llff(tmp_path)
+    _spoil_llff(tmp_path, 3, column, value)
+    with pytest.raises(SceneError, match=rf"poses_bounds\.npy: view 3 has {problem}"):
+        check_scene("llff", tmp_path, ("train", "test"), downscale=4)
+
+
+def test_an_llff_table_of_random_bytes_is_named_and_explained(tmp_path):
+    write_llff(tmp_path)
+    (tmp_path / "poses_bounds.npy").write_bytes(np.random.default_rng(0).bytes(300))
+    with pytest.raises(SceneError, match=r"poses_bounds\.npy is not a NumPy array of numbers") as err:
+        check_scene("llff", tmp_path, ("train", "test"), downscale=4)
+    assert "allow_pickle" not in str(err.value)
+
+
+def test_an_llff_scene_with_one_view_is_refused(tmp_path):
+    write_llff(tmp_path, n=1)
+    with pytest.raises(SceneError, match=r"has 1 view\(s\).*no view is left to train on"):
+        check_scene("llff", tmp_path, ("train", "test"), downscale=4)
+    with pytest.raises(SceneError, match="no view is left to train on"):
+        load_llff(tmp_path, "train", downscale=4)
+
+
+@pytest.mark.parametrize("layout", ["blender", "llff"])
+def test_a_truncated_image_in_a_scene_is_named_before_training(tmp_path, layout):
+    if layout == "blender":
+        write_blender(tmp_path, size=(32, 32))
+        image, splits = tmp_path / "test" / "r_1.png", ("train", "val", "test")
+    else:
+        write_llff(tmp_path, size=(32, 32))
+        image, splits = tmp_path / "images_4" / "img005.png", ("train", "test")
+    image.write_bytes(image.read_bytes()[:-30])  # cut short, as by a failed copy
+    with pytest.raises(SceneError, match=rf"image .*{image.name} is not a readable image"):
+        check_scene(layout, tmp_path, splits, downscale=1 if layout == "blender" else 4)

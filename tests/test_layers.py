@@ -18,7 +18,8 @@ PACKAGE = Path(wcnorm.__file__).resolve().parent
 # whole subpackage.
 LAYERS = [
     ["wcnorm.modules", "wcnorm.errors"],
-    ["wcnorm.data", "wcnorm.outputs", "wcnorm.models", "wcnorm.fields"],
+    ["wcnorm.data", "wcnorm.provenance", "wcnorm.outputs", "wcnorm.rundirs", "wcnorm.presets",
+     "wcnorm.models", "wcnorm.fields"],
     ["wcnorm.methods", "wcnorm.tasks"],
     ["wcnorm.training"],
     ["wcnorm.report"],

@@ -246,3 +246,16 @@ def test_the_pictures_of_the_gallerys_seed_are_copied_whole(field_roots, tmp_pat
         f"meshes/{shape}/{norm}.png" for shape in ("armadillo", "bunny") for norm in ("none", "wn", "ws", "wc"))
     seed0 = gallery_rows(load_runs(field_roots[0]), "nerf")[1][1].pictures["wc"]  # lego, wc, r_0
     assert (tmp_path / "renders/lego/wc/r_0.png").read_bytes() == seed0.read_bytes()
+
+
+def test_a_non_numeric_cell_in_one_metrics_csv_leaves_that_run_out_only(tmp_path):
+    runs = make_wc_grid(tmp_path / "runs")
+    bad = sorted(runs.rglob("metrics.csv"))[0]
+    lines = bad.read_text().splitlines()
+    cells = lines[2].split(",")
+    cells[lines[0].split(",").index("train_loss")] = "oops"  # epoch 2's train_loss
+    bad.write_text("\n".join(lines[:2] + [",".join(cells)] + lines[3:]) + "\n")
+    with pytest.warns(UserWarning, match=rf"{bad}: row 2, column 'train_loss' holds 'oops', not a number"):
+        files = plot_all(runs, tmp_path / "out")
+    assert [f.name for f in files if f.name.startswith("curves")]  # the other runs are drawn
+    assert str(bad.parent) not in set(load_curves(runs)["run_dir"])

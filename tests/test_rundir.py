@@ -311,7 +311,7 @@ def test_a_folder_is_identified_by_its_listing(tmp_path):
     assert listing_fingerprint(tmp_path / "b")["files"] == 15
 
 
-def test_a_copied_image_folder_resumes_and_a_changed_one_is_refused(cfg_factory, tmp_path):
+def test_a_copied_image_folder_resumes_and_a_changed_one_gets_its_own_run(cfg_factory, tmp_path, monkeypatch):
     _image_folder(tmp_path / "data")
 
     def cfg(root, *extra):
@@ -323,11 +323,14 @@ def test_a_copied_image_folder_resumes_and_a_changed_one_is_refused(cfg_factory,
     assert run_dir_for(cfg(tmp_path / "staged")) == run_dir_for(cfg(tmp_path / "data"))
     (tmp_path / "staged" / "train" / "cat" / "extra.png").write_bytes((tmp_path / "data" / "train" / "cat" /
                                                                        "0.png").read_bytes())
-    with pytest.raises(RunMismatchError, match="was trained on other data"):
-        train(cfg(tmp_path / "staged"))
+    other = train(cfg(tmp_path / "staged"))  # other data: a run of its own, beside the first
+    assert other["status"] == "finished" and other["run_dir"] != str(run_dir_for(cfg(tmp_path / "data")))
+    assert load_checkpoint(run_dir_for(cfg(tmp_path / "data")) / "last.pt")["epoch"] == 1  # left alone
     (tmp_path / "staged" / "train" / "cat" / "extra.png").unlink()
+    steps = _count_steps(monkeypatch)
     result = train(cfg(tmp_path / "staged"))
-    assert result["status"] == "finished" and result["epochs"] == 2
+    assert result["status"] == "finished" and result["epochs"] == 2 and len(steps) == STEPS_PER_EPOCH  # resumed
+    assert result["run_dir"] == str(run_dir_for(cfg(tmp_path / "data")))
 
 
 def test_files_from_before_identities_are_taken_with_a_warning(cfg_factory, tmp_path, caplog, monkeypatch):

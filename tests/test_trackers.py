@@ -169,6 +169,37 @@ def test_bad_logger_settings_are_reported(cfg_factory):
     assert any("logger.wandb.mode='cloud'" in p for p in problems)
 
 
+def test_an_unknown_tracker_option_is_refused_with_the_valid_ones(cfg_factory):
+    problems = check_trackers(cfg_factory("+logger.tensorboard.bogus=1"), this_machine=False)
+    assert problems == ["logger.tensorboard: unknown option(s) ['bogus']; valid: flush_secs"]
+    assert check_trackers(cfg_factory("logger=[tensorboard,wandb,mlflow]"), this_machine=False) == []
+
+
+def test_an_unwritable_mlflow_store_is_refused_before_the_run(cfg_factory, tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")  # a store below a file: no one can write it
+    below_a_file = check_trackers(cfg_factory("logger=[mlflow]", f"logger.mlflow.tracking_uri=file:{tmp_path}/a_file/mlruns"))
+    assert any(f"'{tmp_path / 'a_file'}' cannot be written" in p for p in below_a_file)
+    assert not any("cannot be written" in p for p in check_trackers(
+        cfg_factory("logger=[mlflow]", f"logger.mlflow.tracking_uri=file:{tmp_path}/new/mlruns")))
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if not os.access(locked, os.W_OK):  # root writes anywhere: then only the case above applies
+        problems = check_trackers(cfg_factory("logger=[mlflow]", f"logger.mlflow.tracking_uri=file:{locked}/mlruns"))
+        assert any(f"'{locked}' cannot be written" in p for p in problems)
+    locked.chmod(0o700)
+
+
+def test_online_wandb_without_a_key_is_refused_before_the_run(cfg_factory, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # no login on record
+    online = cfg_factory("logger=[wandb]", "logger.wandb.mode=online")
+    assert any("needs a W&B API key" in p for p in check_trackers(online))
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password k3y\n")
+    (tmp_path / "netrc").chmod(0o600)
+    assert not any("API key" in p for p in check_trackers(online))
+    assert not any("API key" in p for p in check_trackers(cfg_factory("logger=[wandb]")))  # offline
+
+
 def test_the_tracker_run_id_follows_the_run_directory(tmp_path):
     a, b = tmp_path / "runs" / "a", tmp_path / "runs" / "b"
     assert run_key(a) == run_key(tmp_path / "runs" / ".." / "runs" / "a") != run_key(b)

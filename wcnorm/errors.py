@@ -27,3 +27,7 @@ class RunMismatchError(WcnormError):
 
 class Interrupted(WcnormError):
     """A signal (SIGTERM, Ctrl-C) stopped training; the checkpoint at that step is kept."""
+
+
+class DiskFull(WcnormError, OSError):
+    """No space left to write a run's file; the previous version of the file is kept whole."""

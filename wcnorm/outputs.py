@@ -18,18 +18,17 @@ else's run. docs/guarantees.md states what holds, and which test shows it.
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import hashlib
 import io
 import json
 import logging
 import os
-import platform
+import re
 import shutil
-import subprocess
 import tempfile
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -37,7 +36,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
-from .errors import CheckpointError, RunMismatchError, WcnormError
+from .errors import CheckpointError, DiskFull, RunMismatchError, WcnormError
+from .provenance import device_name, environment, git_commit  # noqa: F401 - where callers find them
 
 log = logging.getLogger("wcnorm")
 
@@ -108,21 +108,42 @@ def dotted_get(d: dict, dotted: str):
     return d
 
 
-def config_identity(cfg: DictConfig) -> dict:
+def config_identity(cfg: DictConfig, not_identity=NOT_IDENTITY, neutral_defaults=None) -> dict:
+    """The config less what does not name a run (`not_identity`, `neutral_defaults`:
+    today's rules unless older ones are asked for)."""
     ident = OmegaConf.to_container(cfg, resolve=True)
-    for key in NOT_IDENTITY:
+    for key in not_identity:
         _drop(ident, key)
-    for key, neutral in NEUTRAL_DEFAULTS.items():
+    neutral_defaults = NEUTRAL_DEFAULTS if neutral_defaults is None else neutral_defaults
+    for key, neutral in neutral_defaults.items():
         value = dotted_get(ident, key)
         if value is not None and isinstance(value, bool) == isinstance(neutral, bool) and value == neutral:
             _drop(ident, key)
     return ident
 
 
-def config_digest(cfg: DictConfig) -> str:
+def config_digest(cfg: DictConfig, *rules) -> str:
     """The sha1 of the config's identity; the run directory's name carries its first 8 digits."""
-    blob = json.dumps(config_identity(cfg), sort_keys=True, default=str).encode()
+    blob = json.dumps(config_identity(cfg, *rules), sort_keys=True, default=str).encode()
     return hashlib.sha1(blob).hexdigest()
+
+
+# The identity rules of earlier wcnorm versions: which keys they left out (the volatile
+# keys as they grew; with or without the lookup tables) and whether they dropped the
+# neutral defaults. A run directory's files record the digest its config had under the
+# rules of the wcnorm that wrote them.
+_FORMER_VOLATILE = (
+    VOLATILE_KEYS,
+    tuple(k for k in VOLATILE_KEYS if k != "trainer.checkpoint_every"),
+    tuple(k for k in VOLATILE_KEYS if k not in ("trainer.checkpoint_every", "trainer.restart", "logger")),
+)
+IDENTITY_RULES = tuple((volatile + lookup, neutral) for volatile in _FORMER_VOLATILE
+                       for lookup in (LOOKUP_KEYS, ()) for neutral in (NEUTRAL_DEFAULTS, {}))
+
+
+def digests_under_any_rules(cfg: DictConfig) -> set[str]:
+    """The digests `cfg` had under today's identity rules and every earlier one."""
+    return {config_digest(cfg, *rules) for rules in IDENTITY_RULES}
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -211,7 +232,8 @@ def check_identity(found, expected: dict, source: Path) -> None:
         return
     found = found if isinstance(found, dict) else {}
     restart = "or rerun with trainer.restart=true to delete that run and train this one there"
-    if found.get("config_sha1") != expected["config_sha1"] and not _named_under_older_rules(source, expected):
+    if found.get("config_sha1") != expected["config_sha1"] \
+            and not _named_under_older_rules(source, found.get("config_sha1"), expected):
         raise RunMismatchError(
             f"'{source}' belongs to another config (config sha1 {found.get('config_sha1')}, this "
             f"config's {expected['config_sha1']}; that run's config.yaml is beside it), so it was left "
@@ -231,19 +253,50 @@ def check_identity(found, expected: dict, source: Path) -> None:
 # resuming (or being skipped) instead of being trained again beside itself.
 
 
-def stored_config_digest(run_dir: Path) -> str | None:
-    """The digest, under today's identity rules, of the config in `run_dir/config.yaml`;
-    None where there is none, or it is not a readable config."""
+def _stored_config(run_dir: Path) -> DictConfig | None:
+    """`run_dir/config.yaml`; None where there is none, or it is not a readable config."""
     try:
         cfg = OmegaConf.load(Path(run_dir) / "config.yaml")
-        return config_digest(cfg) if isinstance(cfg, DictConfig) else None
+        return cfg if isinstance(cfg, DictConfig) else None
     except (OSError, ValueError, YAMLError, OmegaConfBaseException):  # absent, unreadable, not a config
         return None
 
 
-def _named_under_older_rules(source: Path, expected: dict) -> bool:
-    """`source` records another config digest only because older rules computed it."""
-    if stored_config_digest(Path(source).parent) != expected["config_sha1"]:
+def stored_config_digest(run_dir: Path, recorded: str | None) -> str | None:
+    """The digest, under today's identity rules, of the config in `run_dir/config.yaml`,
+    if that file is the config the run trained with: some identity rules (today's or
+    older) give it the digest `recorded` that its last.pt or result.json holds. A
+    config.yaml edited since (a text file anyone can change) matches no recorded digest
+    and gives None, as does a missing or unreadable one."""
+    cfg = _stored_config(run_dir)
+    if cfg is None or not isinstance(recorded, str):
+        return None
+    try:
+        authentic = recorded in digests_under_any_rules(cfg)
+        return config_digest(cfg) if authentic else None
+    except OmegaConfBaseException:  # an interpolation that does not resolve
+        return None
+
+
+def recorded_identity(run_dir: Path) -> dict | None:
+    """The identity the run in `run_dir` recorded when it trained: result.json's, else
+    last.pt's; None where neither can be read or records one."""
+    for read in (lambda: read_result(Path(run_dir) / "result.json"),
+                 lambda: load_checkpoint(Path(run_dir) / "last.pt", mmap=True)):
+        try:
+            identity = (read() or {}).get("identity")
+        except (CheckpointError, OSError):
+            continue
+        if isinstance(identity, dict):
+            return identity
+    return None
+
+
+def _named_under_older_rules(source: Path, found: str | None, expected: dict) -> bool:
+    """`source` records another config digest (`found`) only because older rules computed
+    it: the config.yaml beside it has that digest under those rules, and this config's
+    under today's."""
+    if stored_config_digest(Path(source).parent, found) != expected["config_sha1"]:
         return False
     log.info("'%s' records its config digest under older identity rules; its config.yaml is "
              "this config: taking it as this run's", source)
@@ -252,13 +305,14 @@ def _named_under_older_rules(source: Path, expected: dict) -> bool:
 
 def former_run_dir(run_dir: Path, digest: str) -> Path | None:
     """The directory beside `run_dir` (same seed) that holds the run of the config with
-    `digest` under the name older identity rules gave it; None if `run_dir` exists."""
+    `digest` under the name older identity rules gave it; None if `run_dir` exists. What
+    the run recorded when it trained decides, not its config.yaml alone."""
     run_dir = Path(run_dir)
     if run_dir.exists() or not run_dir.parent.is_dir():
         return None
     seed = run_dir.name.rsplit("-", 1)[0]
     for sibling in sorted(run_dir.parent.glob(f"{seed}-*")):
-        if sibling.is_dir() and stored_config_digest(sibling) == digest:
+        if sibling.is_dir() and stored_config_digest(sibling, (recorded_identity(sibling) or {}).get("config_sha1")) == digest:
             return sibling
     return None
 
@@ -303,15 +357,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(f"no space left on the device to write '{path}' ({os.strerror(err.errno)}): the write "
+                           f"was abandoned and the previous '{path.name}', if any, is whole, so nothing written "
+                           "before is lost. Free some space and rerun the same command: it resumes.") from None
         raise
 
 
+# The temporary file of an atomic write of one of the run's own files: `.<name>.<random>.tmp`
+# (the random part as `tempfile.mkstemp` makes it). Any other `.tmp` file is not the run's.
+_RUN_TEMPORARY = re.compile(r"\.(" + "|".join(map(re.escape, RUN_FILES)) + r")\.[a-z0-9_]+"
+                            + re.escape(TMP_SUFFIX))
+
+
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
-    """Delete what interrupted atomic writes left behind (`.<name>.*.tmp`). Only safe
-    while holding the run's lock: no other writer can be mid-write then."""
-    stale = sorted(Path(run_dir).glob(f".*{TMP_SUFFIX}"))
+    """Delete what interrupted atomic writes of the run's own files left behind
+    (`.<name>.<random>.tmp`, <name> one of RUN_FILES); a hidden `.tmp` file of anyone
+    else stays. Only safe while holding the run's lock: no other writer can be mid-write
+    then."""
+    stale = sorted(p for p in Path(run_dir).glob(f".*{TMP_SUFFIX}") if _RUN_TEMPORARY.fullmatch(p.name))
     for tmp in stale:
         tmp.unlink(missing_ok=True)
     return stale
@@ -405,50 +471,6 @@ def write_metrics(run_dir: Path, history: list[dict]) -> None:
 
 def write_json(path: Path, obj: dict) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
-
-
-# ----------------------------------------------------------------------------- provenance
-
-
-def git_commit() -> str | None:
-    """The project's commit when it runs from a checkout (with '+dirty' for local edits)."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        if sha.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return sha.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def device_name(device) -> str:
-    """The GPU's name, or the CPU's model name (e.g. 'AMD EPYC 7B13')."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        model = ""
-    return model or platform.processor() or platform.machine() or "cpu"
-
-
-def environment(device: torch.device) -> dict:
-    from . import __version__
-
-    return {
-        "wcnorm_version": __version__,
-        "torch_version": torch.__version__,
-        "cuda_version": torch.version.cuda if device.type == "cuda" else None,
-        "device": str(device),
-        "device_name": device_name(device),
-        "git_commit": git_commit(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 # ----------------------------------------------------------------------------- locking

@@ -19,8 +19,8 @@ recentred on their average pose. Every 8th view (0, 8, 16, ...) is held out as t
 test split, the others train. Rays are warped to NDC (near 0, far 1) by default; without
 NDC, near and far are 0.9 x the smallest and 1 x the largest scene bound.
 
-A training run checks a scene's files first (`check_scene`: metadata and file names,
-no image read) and makes its rays where it uses them: a whole view's
+A training run checks a scene's files first (`check_scene`: metadata, camera values
+and file names, and every image's structure, without decoding it) and makes its rays where it uses them: a whole view's
 (`Scene.view_rays`) or single pixels' (`Scene.pixel_rays`, a batch of random rays).
 """
 
@@ -129,14 +129,32 @@ def _check_downscale(downscale: int) -> None:
         raise ConfigError(f"downscale must be a positive integer, got {downscale!r}")
 
 
+# What PIL raises for a file that is not a whole image: truncated, corrupt, not an image.
+_BAD_IMAGE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
 def _read_rgb(path: Path) -> np.ndarray:
     """An image as float32 RGB in [0, 1]; RGBA is composited onto white."""
     if not path.is_file():
         raise DatasetUnavailable(f"image {path} is missing")
-    with Image.open(path) as image:
-        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+    try:
+        with Image.open(path) as image:
+            rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+    except _BAD_IMAGE as err:
+        raise SceneError(f"image {path} is not a readable image ({err}); replace or remove it") from None
     rgb, alpha = rgba[..., :3], rgba[..., 3:]
     return rgb * alpha + (1.0 - alpha)
+
+
+def _check_image(path: Path) -> None:
+    """Refuse an image file that is not whole (truncated, corrupt), without decoding it:
+    PIL's `verify` reads the file's structure and checksums."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except _BAD_IMAGE as err:
+        raise SceneError(f"image {path} is not a readable image ({err or type(err).__name__}); "
+                         "replace or remove it") from None
 
 
 def _area_downscale(images: Tensor, downscale: int) -> Tensor:
@@ -175,6 +193,13 @@ def _blender_frames(root: Path, split: str) -> tuple[float, np.ndarray, list[Pat
         raise SceneError(f"{path} is not a Blender transforms file ({type(err).__name__}: {err})") from err
     if not files or poses.shape[1:] != (4, 4):
         raise SceneError(f"{path}: need at least one frame with a 4x4 transform_matrix")
+    if not 0 < angle < np.pi:  # also NaN
+        raise SceneError(f"{path}: camera_angle_x={angle} is not a field of view: it must lie "
+                         f"strictly between 0 and pi (radians)")
+    bad = np.flatnonzero(~np.isfinite(poses).all(axis=(1, 2)))
+    if len(bad):
+        raise SceneError(f"{path}: frame {bad[0]} ({frames[bad[0]].get('file_path')!r}) has a "
+                         f"transform_matrix that is not finite (NaN or inf)")
     return angle, poses, files
 
 
@@ -234,11 +259,35 @@ def _llff_table(root: Path) -> np.ndarray:
     if not path.is_file():
         raise DatasetUnavailable(f"{path} is missing: an LLFF scene folder holds poses_bounds.npy "
                                  "and images_<factor>/")
-    table = np.load(path).astype(np.float64)
+    try:
+        with open(path, "rb") as f:
+            is_npy = f.read(6) == b"\x93NUMPY"
+        table = np.load(path, allow_pickle=False).astype(np.float64) if is_npy else None
+        why = None if is_npy else "it does not start with NumPy's .npy header"
+    except (ValueError, TypeError, OSError, EOFError):  # Python objects, a cut-short file, text
+        why = "it holds something other than numbers, or is cut short"
+    if why:
+        raise SceneError(f"{path} is not a NumPy array of numbers ({why}): an LLFF scene's "
+                         "poses_bounds.npy holds an (N, 17) float array, as np.save writes it")
     if table.ndim != 2 or table.shape[1] != 17:
         raise SceneError(f"{path}: expected an (N, 17) array of 3x5 poses and 2 bounds, "
                          f"got shape {table.shape}")
+    _check_llff_cameras(path, table)
     return table
+
+
+def _check_llff_cameras(path: Path, table: np.ndarray) -> None:
+    """Finite poses, a positive [height, width, focal] column and positive bounds (near
+    below far) in every view, before anything trains on them."""
+    poses, bounds = table[:, :15].reshape(-1, 3, 5), table[:, 15:]
+    for view in range(len(table)):
+        problem = ("a pose that is not finite (NaN or inf)" if not np.isfinite(table[view]).all() else
+                   f"height, width and focal {poses[view, :, 4].tolist()}, not all > 0"
+                   if not (poses[view, :, 4] > 0).all() else
+                   f"bounds {bounds[view].tolist()}, not 0 < near <= far"
+                   if not 0 < bounds[view, 0] <= bounds[view, 1] else None)
+        if problem:
+            raise SceneError(f"{path}: view {view} has {problem}")
 
 
 def _llff_views(root: Path, downscale: int) -> tuple[np.ndarray, list[Path], int]:
@@ -258,6 +307,7 @@ def load_llff(root: str | Path, split: str = "train", *, downscale: int = 8, ndc
     _check_downscale(downscale)
     _check_holdout(holdout)
     table, files, scale = _llff_views(Path(root), downscale)
+    _check_training_views(Path(root), len(table), holdout)
     images = _area_downscale(_stack(files), scale)
     poses, bounds = table[:, :15].reshape(-1, 3, 5), table[:, 15:]
     full_width = poses[0, 1, 4]  # the [H, W, focal] column is of the full-size originals
@@ -276,6 +326,14 @@ def load_llff(root: str | Path, split: str = "train", *, downscale: int = 8, ndc
                  files=[f for f, k in zip(files, keep) if k])
 
 
+def _check_training_views(root: Path, views: int, holdout: int) -> None:
+    """Every `holdout`-th view (0, holdout, ...) is a test view: one must be left to train on."""
+    if views - len(range(0, views, holdout)) < 1:
+        raise SceneError(f"{root / 'poses_bounds.npy'} has {views} view(s), and every {holdout}th view "
+                         f"(0, {holdout}, ...) is held out for testing: no view is left to train on; an "
+                         "LLFF scene needs at least 2 views")
+
+
 def _check_holdout(holdout: int) -> None:
     if not isinstance(holdout, int) or isinstance(holdout, bool) or holdout < 2:
         raise ConfigError(f"holdout must be an integer >= 2 (every holdout-th view is a test view), "
@@ -286,8 +344,10 @@ def _check_holdout(holdout: int) -> None:
 def check_scene(layout: str, root: str | Path, splits: tuple[str, ...], *, downscale: int,
                 **options) -> None:
     """Raise what loading `splits` of a ``"blender"`` or ``"llff"`` scene would raise about
-    its files and options, without reading an image: an unknown split, a missing or
-    malformed transforms file or poses_bounds.npy, missing images. Cheap enough to run
+    its files and options, without decoding an image: an unknown split, a missing or
+    malformed transforms file or poses_bounds.npy, camera values out of range (a field
+    of view outside (0, pi), a pose or bound that is not finite), an LLFF scene with no
+    view left to train on, missing, truncated or corrupt images. Cheap enough to run
     before a training run builds anything."""
     root = Path(root)
     _check_downscale(downscale)
@@ -298,11 +358,17 @@ def check_scene(layout: str, root: str | Path, splits: tuple[str, ...], *, downs
             if missing:
                 more = f" (and {len(missing) - 1} more of the {split} split)" if len(missing) > 1 else ""
                 raise DatasetUnavailable(f"image {missing[0]} is missing{more}")
+            for f in files:
+                _check_image(f)
     elif layout == "llff":
         for split in splits:
             _check_split(split, LLFF_SPLITS, "LLFF")
-        _check_holdout(options.get("holdout", LLFF_HOLDOUT))
-        _llff_views(root, downscale)
+        holdout = options.get("holdout", LLFF_HOLDOUT)
+        _check_holdout(holdout)
+        table, files, _ = _llff_views(root, downscale)
+        _check_training_views(root, len(table), holdout)
+        for f in files:
+            _check_image(f)
     else:
         raise ConfigError(f"unknown scene layout {layout!r}; choose one of blender, llff")
 

@@ -69,6 +69,8 @@ def load_mesh(path: str | Path, *, require_watertight: bool = True) -> trimesh.T
         mesh = trimesh.load(path, force="mesh")
     except Exception as err:  # trimesh raises many types for unreadable files
         raise MeshError(f"{path} could not be read as a mesh ({type(err).__name__}: {err})") from err
+    if len(mesh.faces) == 0 or not mesh.is_watertight or not np.isfinite(np.asarray(mesh.vertices)).all():
+        _check_finite_vertices(path, mesh)  # before saying "empty" or "not watertight"
     if len(mesh.faces) == 0:
         raise MeshError(f"{path} holds no triangle: an occupancy target needs a closed surface")
     if not mesh.is_watertight:
@@ -78,6 +80,31 @@ def load_mesh(path: str | Path, *, require_watertight: bool = True) -> trimesh.T
             raise MeshError(message + ", or accept approximate labels with require_watertight=False")
         warnings.warn(message + "; labels are generalized-winding-number estimates", stacklevel=2)
     return mesh
+
+
+def _check_finite_vertices(path: Path, mesh: trimesh.Trimesh) -> None:
+    """Name a vertex that is not finite (NaN or inf): trimesh drops such vertices with
+    their triangles as it loads, which would then read as a hole ("not watertight")."""
+    raw = mesh
+    if np.isfinite(np.asarray(mesh.vertices)).all():
+        try:
+            raw = trimesh.load(path, force="mesh", process=False)  # the vertices as written
+        except Exception:  # noqa: BLE001 - it loaded processed: nothing more to learn here
+            return
+    bad = np.flatnonzero(~np.isfinite(np.asarray(raw.vertices)).all(axis=1))
+    if len(bad):
+        raise MeshError(f"{path}: vertex {bad[0]} (of {len(raw.vertices)}) is not finite (NaN or inf)"
+                        + (f", and {len(bad) - 1} more" if len(bad) > 1 else "") + "; fix or remove it")
+
+
+# The memory that extracting a surface holds at once, per vertex of the grid: its float32
+# values, and marching cubes' own copies and per-cube work (a lower bound).
+SURFACE_BYTES_PER_VERTEX = 8
+
+
+def surface_memory(resolution: int) -> int:
+    """Bytes that `extract_surface` needs at least on a `resolution`^3 grid."""
+    return SURFACE_BYTES_PER_VERTEX * int(resolution) ** 3
 
 
 def normalize_mesh(mesh: trimesh.Trimesh, extent: float = MESH_EXTENT) -> trimesh.Trimesh:

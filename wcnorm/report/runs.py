@@ -152,19 +152,42 @@ def view_order(view: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", view)]
 
 
+# What result.json may name inside its run directory (paths relative to it).
+_NAMED_PATHS = ("renders", "mesh", "mesh_picture")
+
+
+def inside_run(run_dir, path, what: str) -> Path | None:
+    """``path`` if it lies inside ``run_dir``, else None with a warning naming the run.
+    A run directory may come from someone else: what it names is read (and copied into
+    a report) only within it, never an absolute path, a ``..`` or a symlink out of it."""
+    run_dir, path = Path(run_dir), Path(path)
+    full = path if path.is_absolute() else run_dir / path
+    try:
+        inside = ".." not in path.parts and full.resolve().is_relative_to(run_dir.resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        inside = False
+    if inside:
+        return full
+    warnings.warn(f"wcnorm: {run_dir}: {what} '{path}' lies outside the run directory; "
+                  "ignored (a run directory names nothing outside itself)", stacklevel=2)
+    return None
+
+
 def rendered_views(run_dir, renders=None) -> dict[str, dict[str, Path]]:
     """A NeRF run's rendered test views, ``{view: {"pred": png, "gt": png}}`` (either may
     be absent), in natural view order: the PNGs below result.json's ``renders`` folder
     (its ``test/`` subfolder where it has one), else below ``renders/``. Left out: the
     val views rendered after an epoch (``epoch_<NNN>/``), and files whose name says
     neither prediction nor ground truth (depth maps, say)."""
-    base = Path(run_dir) / (renders if isinstance(renders, str) and renders else "renders")
-    folder = base / "test" if (base / "test").is_dir() else base
+    named = renders if isinstance(renders, str) and renders else "renders"
+    base = inside_run(run_dir, named, "result.json's renders")
+    folder = base / "test" if base is not None and (base / "test").is_dir() else base
     views: dict[str, dict[str, Path]] = {}
-    for png in sorted(folder.rglob("*.png")) if folder.is_dir() else []:
+    for png in sorted(folder.rglob("*.png")) if folder is not None and folder.is_dir() else []:
         rel = png.relative_to(folder)
         found = _view_and_role(rel)
-        if found and not any(part.startswith("epoch_") for part in rel.parts[:-1]):
+        if found and not any(part.startswith("epoch_") for part in rel.parts[:-1]) \
+                and inside_run(run_dir, png.relative_to(run_dir), "the render"):
             views.setdefault(found[0], {}).setdefault(found[1], png)
     return dict(sorted(views.items(), key=lambda kv: view_order(kv[0])))
 
@@ -177,8 +200,10 @@ def mesh_picture(run_dir, mesh=None, picture=None) -> Path | None:
     named = [run_dir / picture] if isinstance(picture, str) and picture else []
     if isinstance(mesh, str) and mesh:
         named += [(run_dir / mesh).with_name("mesh.png"), (run_dir / mesh).with_suffix(".png")]
-    return next((png for png in named if png.is_file()), None) \
-        or next(iter(sorted(run_dir.rglob("mesh.png"))), None)
+    found = [png for png in named if png.is_file()] + sorted(run_dir.rglob("mesh.png"))
+    return next((png for png in found
+                 if inside_run(run_dir, png.relative_to(run_dir) if png.is_relative_to(run_dir) else png,
+                               "the mesh picture")), None)
 
 
 def _flatten(cfg: dict, prefix: str = "") -> dict:
@@ -200,7 +225,34 @@ def _read_metrics(run_dir: Path) -> pd.DataFrame | None:
     df = pd.read_csv(f)
     if "epoch" not in df.columns:
         raise RunReadError(f"{f} has no 'epoch' column")
+    for column in df.columns:  # the trainer writes numbers only: anything else was edited in
+        numbers = pd.to_numeric(df[column], errors="coerce")
+        bad = numbers.isna() & df[column].notna()
+        if bad.any():
+            row = int(bad.to_numpy().argmax())
+            raise RunReadError(f"{f}: row {row + 1}, column '{column}' holds {df[column].iloc[row]!r}, "
+                               "not a number")
+        df[column] = numbers
     return df
+
+
+def _cross_check(run_dir: Path, result: dict, metrics: pd.DataFrame) -> None:
+    """Refuse a finished run whose result.json disagrees with its metrics.csv: the trainer
+    writes both from one history, so a disagreement means one was edited by hand."""
+    last = metrics.iloc[-1]
+    pairs = [("epochs", "epoch")] + [(f"final_{c}", c) for c in metrics.columns if c != "epoch"]
+    for key, column in pairs:
+        said, logged = result.get(key), pd.to_numeric(last.get(column), errors="coerce")
+        if key not in result or pd.isna(logged):
+            continue
+        try:
+            agree = bool(np.isclose(float(said), float(logged), rtol=1e-6, atol=1e-9))
+        except (TypeError, ValueError):
+            agree = False
+        if not agree:
+            raise RunReadError(
+                f"{run_dir}: result.json and metrics.csv disagree on {key} (result.json {said!r}, "
+                f"metrics.csv's last epoch {logged!r}); one was edited, so the run is left out")
 
 
 def read_run(run_dir: str | Path) -> dict:
@@ -237,10 +289,16 @@ def read_run(run_dir: str | Path) -> dict:
     for task, column in FIELD_TASKS.items():
         row[column] = field_subject(cfg) if row["task"] == task else None
     finished = result is not None and result.get("status") == "finished"
+    if finished and metrics is not None and len(metrics):
+        _cross_check(run_dir, result, metrics)
     row["finished"] = finished
     row["status"] = (result or {}).get("status", "unfinished")
     for key in _RESULT_FIELDS:
         row[key] = result.get(key) if result else None
+    for key in _NAMED_PATHS:  # refused here once, with a warning; the pictures are then looked for inside
+        if row[key] is not None and (not isinstance(row[key], str)
+                                     or inside_run(run_dir, row[key], f"result.json's {key}") is None):
+            row[key] = None
     if not finished:
         # Partial numbers must never leak into a mean: blank them.
         for key in (*METRIC_FIELDS, "best_epoch"):

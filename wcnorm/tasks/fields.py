@@ -18,6 +18,7 @@ sees the batches an uninterrupted one saw.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 
 import torch
@@ -166,6 +167,7 @@ def _mesh_problems(d: DictConfig, check_files: bool) -> list[str]:
         p.append(f"dataset.surface_sigma={d.surface_sigma}: must be > 0")
     if not check_files:
         return p
+    p += _surface_memory_problems(d)
     try:
         from ..fields.shapes import load_mesh  # igl, trimesh, scipy: for a shape task only
 
@@ -173,6 +175,34 @@ def _mesh_problems(d: DictConfig, check_files: bool) -> list[str]:
     except WcnormError as err:
         p.append(f"dataset=mesh (shape {d.get('shape')!r}): {err}")
     return p
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can give now (MemAvailable), else its physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+        return kb * 1024
+    except (OSError, StopIteration, ValueError, IndexError):
+        try:
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, AttributeError):
+            return None
+
+
+def _surface_memory_problems(d: DictConfig) -> list[str]:
+    """The surface is extracted once training has finished: a grid too large for this
+    machine must be refused before, not after, the training."""
+    from ..fields.shapes import surface_memory  # scipy: for a shape task only
+
+    res = d.mc_resolution
+    have = available_memory()
+    if not isinstance(res, int) or res < 2 or have is None or surface_memory(res) <= have:
+        return []
+    largest = int((have / surface_memory(1)) ** (1 / 3))
+    return [f"dataset.mc_resolution={res}: extracting the surface on a {res}^3 grid needs at least "
+            f"{surface_memory(res) / 2**30:.0f} GiB of memory, this machine has {have / 2**30:.1f} GiB "
+            f"available: choose dataset.mc_resolution={largest} or less"]
 
 
 # ----------------------------------------------------------------------------- batches

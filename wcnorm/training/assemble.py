@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from ..errors import WcnormError
+from ..errors import ConfigError, WcnormError
 from ..methods import apply_weight_method
 from ..methods.cancellation import cancellation_line, describe_cancellation
 from ..methods.enorm import ENorm
@@ -149,6 +149,21 @@ class Run:
         return self.trainer.train_loader
 
 
+def _check_steps(cfg: DictConfig, task: Task) -> None:
+    """An epoch must take a step: a training split smaller than a batch of two (a last
+    batch of one is dropped, BatchNorm cannot normalise it) would train nothing."""
+    if len(task.train_loader):
+        return
+    data = getattr(task, "data", None)
+    n = len(data.train) if data is not None and hasattr(data, "train") else None
+    held = (f", after dataset.val_split={cfg.dataset.get('val_split')} held out the rest"
+            if cfg.dataset.get("val_split") else "")
+    raise ConfigError(f"dataset '{cfg.dataset.name}': the training split "
+                      f"{f'has {n} example(s){held}, which' if n is not None else ''} makes no training "
+                      f"batch of trainer.batch_size={cfg.trainer.batch_size} (a batch needs at least 2 "
+                      f"examples): lower dataset.val_split or use more training data")
+
+
 def assemble(cfg: DictConfig, device: torch.device, *, run_dir=None, ctx: DistContext | None = None,
              progress: bool = False) -> Run:
     """Seed, then build the run `cfg` describes on `device`.
@@ -160,6 +175,7 @@ def assemble(cfg: DictConfig, device: torch.device, *, run_dir=None, ctx: DistCo
     t = cfg.trainer
     seed_everything(cfg.seed, bool(t.deterministic))
     task = build_task(cfg, device, rank=ctx.rank, world_size=ctx.world_size, run_dir=run_dir)
+    _check_steps(cfg, task)
     with_weight_method(task.model, cfg.norm)
     optimizer = build_optimizer(task.model, cfg.optim, fused=device.type == "cuda")
     scheduler = build_scheduler(optimizer, cfg.sched, steps_per_epoch=len(task.train_loader), epochs=int(t.epochs))

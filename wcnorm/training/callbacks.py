@@ -77,6 +77,11 @@ class ConditioningCallback(Callback):
                     r[k] = float(r[k])
             self.rows = rows
             self.start = summarize_conditioning([r for r in rows if r["epoch"] == 0])
+            # The latest snapshot kept is the end so far: a run resumed from its final
+            # checkpoint trains no epoch, and its result must still report the end.
+            done = [r["epoch"] for r in rows if r["epoch"] > 0]
+            if done:
+                self.end = summarize_conditioning([r for r in rows if r["epoch"] == max(done)])
 
     def on_epoch_end(self, trainer: Trainer, epoch: int) -> dict:
         if epoch % self.every and epoch != trainer.epochs:

@@ -31,6 +31,8 @@ tracker's package is an optional extra (`pip install 'wcnorm[trackers]'`);
 from __future__ import annotations
 
 import hashlib
+import inspect
+import netrc
 import os
 import re
 import time
@@ -380,9 +382,50 @@ def check_trackers(cfg: DictConfig, *, this_machine: bool = True) -> list[str]:
         if find_spec(package) is None:
             problems.append(f"logger={name} needs the '{package}' package, which is not installed: "
                             f"{INSTALL} (or pip install {package})")
+    for name in chosen_trackers(cfg):
+        valid = [p for p in inspect.signature(TRACKERS[name].__init__).parameters if p not in ("self", "run")]
+        unknown = [k for k in (logger.get(name) or {}) if k not in valid]
+        if unknown:
+            problems.append(f"logger.{name}: unknown option(s) {unknown}; valid: {', '.join(valid)}")
     if "wandb" in logger and logger.wandb.mode not in WANDB_MODES:
         problems.append(f"logger.wandb.mode={logger.wandb.mode!r}: valid: {', '.join(WANDB_MODES)}")
+    if this_machine:
+        problems += _reachability_problems(logger)
     return problems
+
+
+def _nearest_folder(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _reachability_problems(logger) -> list[str]:
+    """What would stop a chosen tracker once the run has started: an MLflow file store
+    that cannot be written, online W&B without an API key."""
+    problems = []
+    uri = str((logger.get("mlflow") or {}).get("tracking_uri", "")) if "mlflow" in logger else ""
+    if uri and (uri.startswith("file:") or "://" not in uri) and not uri.startswith("sqlite:"):
+        store = Path(uri.removeprefix("file://").removeprefix("file:")).expanduser()
+        folder = _nearest_folder(store)
+        if not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
+            problems.append(f"logger.mlflow.tracking_uri={uri!r}: '{folder}' cannot be written; choose a "
+                            "store you can write (e.g. logger.mlflow.tracking_uri=file:<folder of yours>)")
+    if "wandb" in logger and logger.wandb.get("mode") == "online" and not _wandb_key():
+        problems.append("logger.wandb.mode=online needs a W&B API key: run `wandb login` or set "
+                        "WANDB_API_KEY, or log offline (logger.wandb.mode=offline) and `wandb sync` later")
+    return problems
+
+
+def _wandb_key() -> bool:
+    """Whether W&B finds an API key: WANDB_API_KEY, or `wandb login`'s entry in ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 def build_trackers(cfg: DictConfig, run_dir: str | Path | None, *, is_main: bool) -> list[Callback]:

@@ -25,7 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ..errors import DivergedError
+from ..errors import DatasetUnavailable, DivergedError, WcnormError
 from ..methods import describe_weight_method
 from ..models import count_parameters
 from ..modules import unwrap
@@ -43,6 +43,7 @@ from ..outputs import (
     run_lock,
     write_json,
 )
+from ..rundirs import check_holds_a_run, check_name_lengths, run_dir_for_data
 from . import dist
 from .assemble import Run, assemble, resolve_device
 from .config import validate
@@ -98,13 +99,21 @@ def _locate(cfg: DictConfig):
     this run's: another config's or other data's result is refused, not returned). A run
     that older identity rules named otherwise is renamed to today's name first."""
     run_dir, identity = run_dir_for(cfg), run_identity(cfg)
-    if _restarting(cfg):
-        return run_dir, identity, None
-    former = None if cfg.get("run_dir") else former_run_dir(run_dir, identity["config_sha1"])
+    check_name_lengths(run_dir)
+    if "missing" in identity["data"]:  # said as what it is, not as "other data"
+        raise DatasetUnavailable(f"dataset: '{identity['data']['missing']}' does not exist; check "
+                                 f"dataset.{'path' if cfg.dataset.get('path') else 'root'}")
+    pinned = bool(cfg.get("run_dir"))
+    former = None if pinned or _restarting(cfg) else former_run_dir(run_dir, identity["config_sha1"])
     if former is not None:  # named by older identity rules: give it today's name
         adopt_run(former, run_dir)
         log.info("found this run under its former name '%s' (older identity rules): renamed it to '%s'",
                  former.name, run_dir.name)
+    if not pinned:  # the same config on other data (another folder, another scene) gets its own
+        run_dir = run_dir_for_data(run_dir, identity)
+    check_holds_a_run(run_dir)  # a folder of someone else's files is never written into, nor discarded
+    if _restarting(cfg):
+        return run_dir, identity, None
     return run_dir, identity, finished_result(run_dir, identity)
 
 
@@ -152,13 +161,25 @@ def _train(run: Run, run_dir, ctx) -> dict:
         return {"status": "interrupted", "epoch": run.trainer.epoch, "run_dir": str(run_dir)}
     result = {**summarize(run, history), "run_dir": str(run_dir), "identity": run.trainer.identity}
     if ctx.is_main:
-        result.update(run.task.finish(unwrap(run.model), run_dir))  # end-of-run measurements
+        result.update(_finish(run, run_dir))
         write_json(run_dir / "result.json", result)
         metric = run.task.metric
         log.info("finished: final %s %.4g (best epoch %d: %.4g) in %.0f s -> %s", metric,
                  result[f"final_{metric}"], result["best_epoch"], result[f"best_{metric}"],
                  time.perf_counter() - t0, run_dir)
     return result
+
+
+def _finish(run: Run, run_dir) -> dict:
+    """The task's end-of-run measurements (a NeRF's test views, a shape's surface). They
+    run after the final checkpoint: one that runs out of memory loses no training."""
+    try:
+        return run.task.finish(unwrap(run.model), run_dir)
+    except (MemoryError, torch.OutOfMemoryError) as err:
+        raise WcnormError(
+            f"training finished and '{run_dir / 'last.pt'}' holds it, but the end-of-run measurement ran "
+            f"out of memory ({type(err).__name__}). Free memory (or use a machine with more) and rerun the "
+            f"same command: it trains no step and measures again.") from None
 
 
 def summarize(run: Run, history: list[dict]) -> dict:
