@@ -4,6 +4,7 @@
 Thresholds come from measured runs with margin: 3 epochs of the ENorm paper's FC
 net reach about 39 % (chance is 10 %) with BN and with BN + WC."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -31,7 +32,11 @@ def test_bn_wc_trains_and_conditions_its_effective_weights(cfg_factory, shared_d
     cond = pd.read_csv(run_dir_for(cfg) / "conditioning.csv")
     assert set(cond.epoch) == {0, 1, 2, 3}
     last = cond[cond.epoch == 3]
-    assert (last.kappa_eff <= last.kappa_raw).all()
+    # Van der Sluis: row equilibration is within sqrt(rows) of the best diagonal scaling,
+    # so never worse than the raw weight by more than that (the classifier, near-balanced
+    # already, may end a hair above it)
+    rows = last["shape"].str.split("x").str[0].astype(float)
+    assert (last.kappa_eff <= last.kappa_raw * np.sqrt(rows)).all()
     assert last.kappa_eff.median() < last.kappa_raw.median()
 
 

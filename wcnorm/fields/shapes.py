@@ -87,6 +87,7 @@ def _check_finite_vertices(path: Path, mesh: trimesh.Trimesh) -> None:
     their triangles as it loads, which would then read as a hole ("not watertight")."""
     raw = mesh
     if np.isfinite(np.asarray(mesh.vertices)).all():
+        trimesh = require("trimesh")
         try:
             raw = trimesh.load(path, force="mesh", process=False)  # the vertices as written
         except Exception:  # noqa: BLE001 - it loaded processed: nothing more to learn here
