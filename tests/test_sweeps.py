@@ -215,8 +215,10 @@ def test_jobs_for_other_machines_are_not_judged_by_this_one():
 
 # ----------------------------------------------------------------------------- a signal stops a sweep
 
-# Jobs of a few seconds each (128 steps an epoch), so that the signal finds one training.
-LONG = [*SMOKE, "dataset.train_size=2048", "trainer.epochs=2"]
+# Jobs of several seconds each (128 steps an epoch, 6 epochs), so that the signal, sent
+# once a job has checkpointed its first epoch, finds it still training on a fast, idle
+# machine too (a parallel worker looks for the sweep's stop every 0.5 s).
+LONG = [*SMOKE, "dataset.train_size=2048", "trainer.epochs=6"]
 
 
 def _signal_a_sweep(tmp_path: Path, args: list[str], sig: signal.Signals, training: int,
