@@ -8,8 +8,9 @@ from conftest import compose_cfg
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf, open_dict
 
-from wcnorm.data import FolderLoader, UnreadableImage, load_dataset
+from wcnorm.data import UnreadableImage, load_dataset
 from wcnorm.errors import ConfigError
+from wcnorm.loaders import FolderLoader
 from wcnorm.training.config import validate
 
 

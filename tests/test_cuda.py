@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from wcnorm.bench import build_trainer
-from wcnorm.data import ArrayLoader
 from wcnorm.data import synthetic_split as synthetic
+from wcnorm.loaders import ArrayLoader
 from wcnorm.methods.enorm import ENorm
 from wcnorm.models import build_model
 from wcnorm.training.callbacks import ENormCallback

@@ -13,20 +13,17 @@ import torchvision
 from conftest import compose_cfg
 from omegaconf import OmegaConf
 
-from wcnorm.data import (
+from wcnorm.data import ArraySplit, load_dataset, split_indices, synthetic_split
+from wcnorm.errors import ConfigError, DatasetUnavailable
+from wcnorm.loaders import (
     ArrayLoader,
-    ArraySplit,
     FolderLoader,
     epoch_generator,
     epoch_seed,
-    load_dataset,
     make_loaders,
     make_val_loader,
     random_crop,
-    split_indices,
-    synthetic_split,
 )
-from wcnorm.errors import ConfigError, DatasetUnavailable
 
 
 def dataset_cfg(name, **overrides):

@@ -18,7 +18,7 @@ PACKAGE = Path(wcnorm.__file__).resolve().parent
 # whole subpackage.
 LAYERS = [
     ["wcnorm.modules", "wcnorm.errors"],
-    ["wcnorm.data", "wcnorm.provenance", "wcnorm.outputs", "wcnorm.rundirs", "wcnorm.presets",
+    ["wcnorm.data", "wcnorm.loaders", "wcnorm.provenance", "wcnorm.outputs", "wcnorm.rundirs", "wcnorm.presets",
      "wcnorm.models", "wcnorm.fields"],
     ["wcnorm.methods", "wcnorm.tasks"],
     ["wcnorm.training"],

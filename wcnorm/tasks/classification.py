@@ -8,14 +8,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from ..data import (
-    ArrayLoader,
-    DataBundle,
-    FolderLoader,
-    load_dataset,
-    make_loaders,
-    make_val_loader,
-)
+from ..data import DataBundle, load_dataset
+from ..loaders import ArrayLoader, FolderLoader, make_loaders, make_val_loader
 from ..models import build_model
 from .base import Task, sums_tensor
 

@@ -25,11 +25,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from ..data import epoch_generator
 from ..errors import ConfigError, WcnormError
 from ..fields.render import RenderSettings
 from ..fields.scenes import BLENDER_SPLITS, LLFF_SPLITS, check_scene
 from ..fields.tooling import tooling_problem
+from ..loaders import epoch_generator
 from ..models.fields import FIELD_MODELS, build, default_options
 
 __all__ = ["FIELD_DATASETS", "SCENE_SPLITS", "FIELD_WEIGHT_METHODS", "RENDER_KEYS", "is_field_config",
