@@ -19,7 +19,22 @@
 # Rerunning is safe: a run directory is named by its config, so finished runs are
 # skipped and interrupted ones resume from their last epoch.
 #
-# Environment: DATA    the folder holding cifar10-partial.npz and imagenet-mini/
+# The tuned protocol (docs/search.md, "The tuned protocol"): PROTOCOL=tuned
+#
+#     PROTOCOL=tuned bash scripts/run_cpu_budget.sh wc_fc [-- norm=bn,bn_wc]
+#
+#   1. searches each grid point's rate on the ENorm paper's grid (+search=lr_grid, on the
+#      validation split)                                   -> $OUT/lr_grid/<preset>/
+#   2. tables it (`wcnorm search`)                         -> $RESULTS/<preset>/tuned/search.*
+#   3. trains the preset's seeds at each point's rate      -> $OUT/tuned/<preset>/
+#      except where $RESULTS/<preset>/runs.csv already has the shared grid's runs at that
+#      rate (`wcnorm report ... --tuned ... --prior results/<preset>/runs.csv` carries them).
+# Overrides after `--` narrow the search's grid (stated in the folder's README); the
+# preset's seeds at the rates found are trained for every point searched.
+#
+# Environment: PROTOCOL shared (default): the preset's grid at its own rates; tuned: above
+#              RESULTS where the tuned protocol's search tables go (default results)
+#              DATA    the folder holding cifar10-partial.npz and imagenet-mini/
 #                      (default ../shared/data, relative to the repository root)
 #              OUT     where the runs go (default runs/cpu)
 #              JOBS    runs at a time (default 2; 1: one after another, no plugin needed)
@@ -32,10 +47,17 @@ DATA=${DATA:-../shared/data}
 OUT=${OUT:-runs/cpu}
 JOBS=${JOBS:-2}
 PYTHON=${PYTHON:-$BIN/python}
+PROTOCOL=${PROTOCOL:-shared}
+RESULTS=${RESULTS:-results}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
-if [ $# -eq 0 ]; then
-  echo "usage: $0 PRESET...  (the presets of conf/experiment/ with a protocol.cpu)" >&2
+presets=() narrow=()
+while [ $# -gt 0 ]; do
+  if [ "$1" = "--" ]; then shift; narrow=("$@"); break; fi
+  presets+=("$1"); shift
+done
+if [ ${#presets[@]} -eq 0 ] || [[ "$PROTOCOL" != shared && "$PROTOCOL" != tuned ]]; then
+  echo "usage: [PROTOCOL=shared|tuned] $0 PRESET... [-- OVERRIDE...]  (the presets of conf/experiment/ with a protocol.cpu)" >&2
   exit 2
 fi
 launcher=()
@@ -46,10 +68,27 @@ fi
 # The subset that stands in for each preset's dataset, as the preset declares it: one
 # line a preset, its name and then its overrides, tab-separated; none for a name that
 # is no preset (the helper says so).
-declared=$("$PYTHON" -m wcnorm.presets --budget cpu --data "$DATA" "$@")
+declared=$("$PYTHON" -m wcnorm.presets --budget cpu --data "$DATA" "${presets[@]}")
+
+# The tuned protocol of one preset (steps 1-3 above).
+tuned() {
+  local preset=$1 todo cmd words
+  shift
+  "$BIN/wcnorm" train -m "experiment=$preset" budget=cpu +search=lr_grid "out_dir=$OUT/lr_grid/$preset" \
+    "$@" "${launcher[@]}" "${narrow[@]}" || return 1
+  "$BIN/wcnorm" search "$OUT/lr_grid/$preset" --preset "$preset" --out "$RESULTS/$preset/tuned" >/dev/null || return 1
+  todo=$("$PYTHON" -m wcnorm.report.tuned "$RESULTS/$preset/tuned/search.csv" "$preset" \
+    "$RESULTS/$preset/runs.csv") || return 1
+  while IFS= read -r cmd; do  # `wcnorm train -m experiment=... norm=... optim.lr=...`, one point
+    [ -n "$cmd" ] || continue
+    read -r -a words <<< "$cmd"
+    echo "== $preset: ${words[*]:3}"
+    "$BIN/wcnorm" "${words[@]:1}" "out_dir=$OUT/tuned/$preset" "$@" "${launcher[@]}" || return 1
+  done <<< "$todo"
+}
 
 failed=()
-for preset in "$@"; do
+for preset in "${presets[@]}"; do
   line=$(awk -F'\t' -v p="$preset" '$1 == p' <<< "$declared")
   if [ -z "$line" ]; then
     failed+=("$preset")
@@ -57,12 +96,22 @@ for preset in "$@"; do
   fi
   IFS=$'\t' read -r -a fields <<< "$line"
   data=("${fields[@]:1}")
-  echo "== $preset"
-  "$BIN/wcnorm" train -m "experiment=$preset" budget=cpu "out_dir=$OUT/$preset" \
-    "${data[@]}" "${launcher[@]}" || failed+=("$preset")
+  echo "== $preset ($PROTOCOL)"
+  if [ "$PROTOCOL" = tuned ]; then
+    tuned "$preset" "${data[@]}" || failed+=("$preset")
+  else
+    "$BIN/wcnorm" train -m "experiment=$preset" budget=cpu "out_dir=$OUT/$preset" \
+      "${data[@]}" "${launcher[@]}" "${narrow[@]}" || failed+=("$preset")
+  fi
 done
 if [ ${#failed[@]} -gt 0 ]; then
   echo "failed: ${failed[*]} (rerun to resume; finished runs are skipped)" >&2
   exit 1
 fi
-echo "done; tables: make tables RUNS=$OUT"
+if [ "$PROTOCOL" = tuned ]; then
+  for preset in "${presets[@]}"; do
+    echo "done; tables: $BIN/wcnorm report $OUT/tuned --out $RESULTS --presets $preset --tuned $RESULTS/$preset/tuned/search.csv --prior $RESULTS/$preset/runs.csv"
+  done
+else
+  echo "done; tables: make tables RUNS=$OUT"
+fi

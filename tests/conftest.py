@@ -41,9 +41,11 @@ def wcnorm(*args: str, cwd, status: int | None = 0, env: dict[str, str] | None =
     return out
 
 
-def compose_cfg(overrides: list[str] | tuple[str, ...] = (), *, smoke: bool = True):
+def compose_cfg(overrides: list[str] | tuple[str, ...] = (), *, smoke: bool = True,
+                return_hydra_config: bool = False):
     with initialize_config_module(config_module="wcnorm.conf", version_base="1.3"):
-        return compose("train", overrides=[*(SMOKE if smoke else []), *overrides])
+        return compose("train", overrides=[*(SMOKE if smoke else []), *overrides],
+                       return_hydra_config=return_hydra_config)
 
 
 @pytest.fixture

@@ -134,6 +134,40 @@ def test_a_partial_rerun_carries_the_runs_it_did_not_redo_from_the_earlier_runs_
         main([str(new), "--out", str(out), "--prior", str(prior)])
 
 
+def test_the_tuned_protocol_tables_only_the_runs_at_each_points_searched_rate(tmp_path):
+    # The shared-rate grid at lr 0.1; a search chose 0.1 for BN and 0.05 for BN + WS and
+    # BN + WC; those two were trained at 0.05 (and BN + WC once more at 0.01, a stray
+    # run). The tuned folder takes BN from the shared grid (the same rate), the others
+    # at 0.05, and nothing at another rate; the shared folder is left as it was.
+    old, new, out = tmp_path / "old", tmp_path / "new", tmp_path / "results"
+    for norm in ("bn", "bn_ws", "bn_wc"):
+        for seed in (0, 1, 2):
+            make_run(old, norm=norm, seed=seed, experiment="wc_resnet", budget="cpu", final_acc=50.0 + seed)
+            make_run(new, norm=norm, seed=seed, experiment="wc_resnet", budget="cpu", lr=0.05, tag="_lr05",
+                     final_acc=55.0 + seed, commit="new5678")
+    make_run(new, norm="bn_wc", seed=0, experiment="wc_resnet", budget="cpu", lr=0.01, tag="_lr01", final_acc=1.0)
+    assert report([str(old), "--out", str(out)]) == 0
+    shared = (out / "wc_resnet" / "table.csv").read_text()
+    search = tmp_path / "search.csv"
+    pd.DataFrame({"experiment": "wc_resnet", "budget": "cpu", "model": "resnet18", "dataset": "cifar10",
+                  "norm": ["bn", "bn_ws", "bn_wc"], "optim.lr": [0.1, 0.05, 0.05], "val_acc": 40.0}).to_csv(
+        search, index=False)
+    assert report([str(new), "--out", str(out), "--presets", "wc_resnet", "--tuned", str(search),
+                   "--prior", str(out / "wc_resnet" / "runs.csv")]) == 0
+    tuned = out / "wc_resnet" / "tuned"
+    runs = pd.read_csv(tuned / "runs.csv")
+    assert runs.groupby("norm")["lr"].unique().map(list).to_dict() == {
+        "bn": [0.1], "bn_ws": [0.05], "bn_wc": [0.05]} and len(runs) == 9
+    table = pd.read_csv(tuned / "table.csv").set_index(["model", "dataset"])
+    assert table.loc[("resnet18", "cifar10"), "BN"] == "51.00 ± 1.00 (n=3) at lr 0.1"
+    assert table.loc[("resnet18", "cifar10"), "BN + WC"] == "56.00 ± 1.00 (n=3) at lr 0.05"
+    assert (tuned / "claims.csv").is_file() and (out / "wc_resnet" / "table.csv").read_text() == shared
+    # a search.csv of another preset names no rate to train at
+    other = tmp_path / "other.csv"
+    pd.read_csv(search).assign(experiment="enorm_fc").to_csv(other, index=False)
+    assert report([str(new), "--out", str(out), "--presets", "wc_resnet", "--tuned", str(other)]) == 1
+
+
 def test_every_door_judges_the_same_runs_alike(tmp_path, monkeypatch):
     # Runs on a CIFAR-10 subset file and on an ImageNet subset folder: `wcnorm report`
     # (a results folder) and `wcnorm table` (one preset's table and claims) label them

@@ -20,6 +20,7 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import wcnorm
@@ -506,6 +507,38 @@ def test_the_cpu_script_runs_every_preset_and_fails_if_one_failed(tmp_path):
     assert proc.returncode == 1 and "no preset 'nosuch'" in proc.stderr and "failed: nosuch" in proc.stderr
     assert [c.split("experiment=")[1].split()[0] for c in calls] == ["wc_vit"]
     assert run_script(tmp_path)[0].returncode == 2  # no preset: usage
+
+
+def test_the_cpu_script_runs_the_tuned_protocol_search_table_then_the_rates_not_yet_trained(tmp_path):
+    # The stand-in `wcnorm search` writes a search.csv: BN at the shared grid's rate (its
+    # runs are in the shared runs.csv, so not trained again), BN + WC at another rate.
+    results = tmp_path / "res"
+    (results / "wc_fc").mkdir(parents=True)
+    pd.DataFrame({"experiment": "wc_fc", "budget": "cpu", "model": "enorm_fc", "dataset": "npz",
+                  "norm": ["bn"], "seed": 0, "depth": 3, "lr": 0.1}).to_csv(results / "wc_fc" / "runs.csv", index=False)
+    search = pd.DataFrame({"experiment": "wc_fc", "budget": "cpu", "model": "enorm_fc", "dataset": "npz",
+                           "norm": ["bn", "bn_wc"], "model.depth": 3, "optim.lr": [0.1, 0.005]})
+    search["command"] = [f"wcnorm train -m experiment=wc_fc budget=cpu model=enorm_fc dataset=npz norm={n} "
+                         f"model.depth=3 optim.lr={lr}" for n, lr in zip(search["norm"], search["optim.lr"])]
+    search.to_csv(tmp_path / "search.csv", index=False)
+    stub = STUB.replace('[[ " $* "', 'if [ "$1" = search ]; then mkdir -p "$6" && cp "$SEARCH_CSV" "$6/search.csv"; fi\n[[ " $* "')
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "wcnorm").write_text(stub)
+    (tmp_path / "bin" / "wcnorm").chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = {"PATH": "/usr/bin:/bin", "BIN": str(tmp_path / "bin"), "PYTHON": sys.executable, "STUB_LOG": str(log),
+           "SEARCH_CSV": str(tmp_path / "search.csv"), "PROTOCOL": "tuned", "RESULTS": str(results),
+           "OUT": str(tmp_path / "runs"), "JOBS": "1"}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "run_cpu_budget.sh"), "wc_fc", "--", "norm=bn,bn_wc"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    data = "dataset=npz dataset.path=../shared/data/cifar10-partial.npz"
+    assert [c.split(" | ", 1)[1] for c in log.read_text().splitlines()] == [
+        f"train -m experiment=wc_fc budget=cpu +search=lr_grid out_dir={tmp_path}/runs/lr_grid/wc_fc {data} norm=bn,bn_wc",
+        f"search {tmp_path}/runs/lr_grid/wc_fc --preset wc_fc --out {results}/wc_fc/tuned",
+        "train -m experiment=wc_fc budget=cpu model=enorm_fc dataset=npz norm=bn_wc model.depth=3 optim.lr=0.005 "
+        f"out_dir={tmp_path}/runs/tuned/wc_fc {data}"]
+    assert "--tuned" in proc.stdout and "--prior" in proc.stdout
 
 
 def test_the_cpu_stand_ins_are_declared_in_the_presets():

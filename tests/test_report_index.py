@@ -28,12 +28,19 @@ def test_the_index_lists_every_judged_claim_of_every_folder(tmp_path):
     _claims(tmp_path / "enorm_fc", [
         {"claim_id": "order", "verdict": "not enough runs", "finished_runs": 3,
          "numbers": "p=1: bn_enorm: no finished run > enorm 40.56 > bn 42.58 > none: no finished run (not enough runs)"}])
+    # the tuned protocol's verdict beside the shared rate's, marked where it differs
+    _claims(tmp_path / "wc_resnet" / "tuned", [
+        {"claim_id": "wc2", "verdict": "supported", "finished_runs": 6}, {"claim_id": "wc1", "verdict": "x"}])
+    _claims(tmp_path / "enorm_fc" / "tuned", [{"claim_id": "order", "verdict": "not enough runs", "finished_runs": 2}])
     lines = verdict_index(tmp_path).splitlines()
     assert lines[2:] == [
         "| [`enorm_fc/`](enorm_fc/claims.md) | A claim. (`order`) | not enough runs "
-        "| p=1: enorm 40.56 > bn 42.58 (not enough runs) |",
+        "| [not enough runs](enorm_fc/tuned/claims.md) | p=1: enorm 40.56 > bn 42.58 (not enough runs) |",
         "| [`wc_resnet/`](wc_resnet/claims.md) | ResNet: BN + WC \\| better. (`wc2`) | not supported "
+        "| [supported](wc_resnet/tuned/claims.md) (changed) "
         "| bn_wc 49.20±2.12 (n=3) vs bn 50.34±1.64 (n=3) |"]  # wc1: no run bears on it
+    (tmp_path / "wc_resnet" / "tuned" / "claims.csv").unlink()
+    assert "| not supported | not run |" in verdict_index(tmp_path)
 
 
 def test_the_index_replaces_only_the_text_between_its_markers(tmp_path):

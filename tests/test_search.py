@@ -112,6 +112,58 @@ def test_a_search_tunes_each_normalizer_apart_and_a_rerun_trains_nothing(tmp_pat
     assert "optim.lr=" in (tmp_path / "res" / "search.md").read_text()
 
 
+GRID = ["train", "-m", "+search=lr_grid", *TINY, "norm=bn,wc",
+        "hydra.sweeper.sampler.search_space={optim.lr: [0.001, 0.003, 0.01]}", "hydra.sweeper.n_trials=3"]
+
+
+@pytest.mark.slow
+def test_a_grid_search_trains_every_rate_of_the_grid_once_for_every_normalizer(tmp_path):
+    log = wcnorm(*GRID, cwd=tmp_path)
+    trials = _trials(tmp_path / "out")
+    rates = {norm: sorted(t["lr"] for t in trials.values() if t["norm"] == norm) for norm in ("bn", "wc")}
+    assert rates == {"bn": [0.001, 0.003, 0.01], "wc": [0.001, 0.003, 0.01]}  # the same trials for each
+    assert all(t["val_split"] == 0.1 for t in trials.values())
+    assert "search: norm=bn: best optim.lr=" in log and "sweep: all 6 jobs finished" in log
+    # a rerun trains nothing: the studies (named by their grid too) are found again
+    again = wcnorm(*GRID, cwd=tmp_path)
+    assert "epoch 1/1" not in again and _trials(tmp_path / "out") == trials
+
+
+@pytest.mark.parametrize("overrides, searched, says", [
+    (["hydra.sweeper.n_trials=7"], [], "n_trials=7: the grid has 6 settings"),
+    (["hydra.sweeper.sampler.search_space={optim.lr: [0.5, 2.0]}", "hydra.sweeper.n_trials=2"], [],
+     "the grid's 2.0 lie outside the searched interval"),
+    ([], ["optim.weight_decay=tag(log,interval(1e-5,1e-3))"],
+     "the grid sampler tries optim.lr, the search space is optim.lr, optim.weight_decay"),
+])
+def test_a_grid_that_does_not_fit_the_search_is_refused(overrides, searched, says):
+    from hydra.utils import instantiate
+
+    from wcnorm.training.search import grid_problems, sampler_grid
+
+    cfg = compose_cfg([*TINY, "+search=lr_grid", *overrides], smoke=False, return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    grid = sampler_grid(instantiate(sweeper.sampler))
+    space, _ = split_sweep(OverridesParser.create().parse_overrides(
+        [*(f"{k}={v}" for k, v in sweeper.params.items()), *searched]), OverridesParser.create())
+    problems = grid_problems(grid, space, sweeper.n_trials)
+    assert any(says in p for p in problems), problems
+
+
+def test_the_grid_search_is_the_enorm_papers_grid_and_names_other_studies_than_tpe():
+    from hydra.utils import instantiate
+
+    from wcnorm.training.search import sampler_grid, study_name
+
+    cfg = compose_cfg([*TINY, "+search=lr_grid"], smoke=False, return_hydra_config=True)
+    grid = sampler_grid(instantiate(cfg.hydra.sweeper.sampler))
+    assert grid == {"optim.lr": [5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1]} and cfg.hydra.sweeper.n_trials == 6
+    assert sampler_grid(optuna.samplers.TPESampler()) is None
+    space, _ = split_sweep(OverridesParser.create().parse_overrides(["optim.lr=tag(log,interval(1e-4,1))"]),
+                           OverridesParser.create())
+    assert study_name(["norm=bn"], space, grid) != study_name(["norm=bn"], space)
+
+
 def _trial_dir(root: Path, name: str, *, dataset="cifar10", norm="bn", lr=0.1, value=50.0, depth=None,
                val_split=0.1, finished=True, experiment="wc_resnet") -> None:
     """A run directory as the trainer leaves it (only what the search table reads)."""

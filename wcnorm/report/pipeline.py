@@ -4,6 +4,10 @@ directories, in one pass: runs -> labels -> tables -> claims -> figures -> runs.
     wcnorm report runs --out results                        # `make tables`
     wcnorm report runs --out results --presets enorm_fc
     wcnorm report --index results                           # only results/README.md's verdict index
+    wcnorm report runs/tuned --out results --presets wc_fc --tuned results/wc_fc/tuned/search.csv
+
+With ``--tuned``, the folder is ``<out>/<preset>/tuned/``: the same tables and claims
+from the runs at each grid point's searched rate alone (report.tuned).
 
 One folder per experiment preset, ``<out>/<preset>/``, holding what `wcnorm table`
 and `wcnorm plot` write (table.md/.csv, table_best_epoch.csv, table_long.csv,
@@ -37,8 +41,9 @@ from .index import NoIndexMarkers, update_index
 from .plot import copy_pictures, plot_conditioning, plot_curves, plot_fc_depth, plot_gallery
 from .relabel import judge, label_per_run, load_report_curves, load_report_runs, relabel
 from .runs import read_runs_csv
-from .runs_table import carry_over, runs_table, verdicts, write_runs_csv
+from .runs_table import carry_over, rel, runs_table, verdicts, write_runs_csv
 from .table import TableResult, build_table, to_markdown, write_table
+from .tuned import TUNED_FOLDER, TunedRatesError, at_tuned_rates, points_without_runs, read_tuned_rates
 
 __all__ = ["judge", "tabulate", "write_claims", "make_preset", "main"]
 
@@ -64,16 +69,27 @@ def _figures(df: pd.DataFrame, curves: pd.DataFrame, cond: pd.DataFrame, out: Pa
 
 
 def make_preset(preset: str, runs: pd.DataFrame, curves: pd.DataFrame, cond: pd.DataFrame,
-                runs_root: Path, out: Path, command: str, prior: Path | None = None) -> list[Path]:
+                runs_root: Path, out: Path, command: str, prior: Path | None = None,
+                rates: pd.DataFrame | None = None) -> list[Path]:
     """``out``: the preset's folder, from its runs (a ``load_report_runs`` frame), curves
-    and condition numbers, and the rows of ``prior`` that no run directory redoes."""
+    and condition numbers, and the rows of ``prior`` that no run directory redoes; with
+    ``rates`` (a search.csv's rows), only the runs at their grid point's tuned rate."""
     out.mkdir(parents=True, exist_ok=True)
-    df, _ = relabel(runs)
     rows = runs_table(runs, runs_root)
-    if prior is not None:  # tables and claims from run directories and the carried rows
-        rows = carry_over(rows, pd.read_csv(prior))
+    earlier = pd.read_csv(prior) if prior is not None else None
+    if rates is not None:  # the tuned protocol: no run at another rate counts
+        rows = at_tuned_rates(rows, rates)
+        earlier = at_tuned_rates(earlier, rates) if earlier is not None else None
+        runs = runs[[rel(p, runs_root) in set(rows["run_dir"]) for p in runs["run_dir"]]]
+        curves, cond = (f[f["run_dir"].isin(set(runs["run_dir"]))] if len(f) else f for f in (curves, cond))
+    if earlier is not None:  # tables and claims from run directories and the carried rows
+        rows = carry_over(rows, earlier)
+    if rates is not None:
+        for point in points_without_runs(rows, rates):
+            print(f"wcnorm report: no run of the tuned grid point {point}")
+    df, _ = relabel(runs)
     files = [write_runs_csv(rows, out / "runs.csv")]
-    table_runs = read_runs_csv(out / "runs.csv") if prior is not None else runs
+    table_runs = read_runs_csv(out / "runs.csv") if earlier is not None or rates is not None else runs
     result = tabulate(preset, table_runs, command)
     files += write_table(result, out)
     claims = verdicts(rows)  # judged from runs.csv's rows
@@ -113,11 +129,16 @@ def parse_args(argv):
     ap.add_argument("--index", type=Path, default=None, metavar="DIR",
                     help="only regenerate the verdict index of DIR/README.md from DIR/*/claims.csv "
                          "(no runs read)")
+    ap.add_argument("--tuned", type=Path, default=None, metavar="SEARCH_CSV",
+                    help="the search.csv of the one preset named by --presets (`wcnorm search`): "
+                         "table only the runs at each grid point's searched rate, into "
+                         f"<out>/<preset>/{TUNED_FOLDER}/ (docs/search.md, \"The tuned protocol\")")
     args = ap.parse_args(argv)
-    if args.prior is not None and len([p for p in args.presets.split(",") if p]) != 1:
-        ap.error("--prior needs exactly one preset in --presets")
-    if args.prior is not None and not args.prior.is_file():
-        ap.error(f"--prior {args.prior}: no such file")
+    for option in ("prior", "tuned"):
+        if getattr(args, option) is not None and len([p for p in args.presets.split(",") if p]) != 1:
+            ap.error(f"--{option} needs exactly one preset in --presets")
+        if getattr(args, option) is not None and not getattr(args, option).is_file():
+            ap.error(f"--{option} {getattr(args, option)}: no such file")
     return args
 
 
@@ -149,14 +170,20 @@ def main(argv=None) -> int:
     if missing:
         print(f"wcnorm report: no runs of preset(s) {', '.join(missing)} under {runs_root}", file=sys.stderr)
         return 1
+    try:
+        rates = read_tuned_rates(args.tuned, wanted[0]) if args.tuned is not None else None
+    except TunedRatesError as err:
+        print(f"wcnorm report: --tuned {err}", file=sys.stderr)
+        return 1
     curves, cond = load_report_curves(runs_root, runs)
     command = shlex.join(["wcnorm", "report", *argv])
     for preset in wanted:
-        print(f"\n==== {preset} -> {out_root / preset}")
+        out = out_root / preset / (TUNED_FOLDER if rates is not None else "")
+        print(f"\n==== {preset} -> {out}")
         runs_p, curves_p, cond_p = (df[df["experiment"] == preset] if len(df) else df
                                     for df in (runs, curves, cond))
-        files = make_preset(preset, runs_p, curves_p, cond_p, runs_root, out_root / preset, command,
-                            args.prior)
+        files = make_preset(preset, runs_p, curves_p, cond_p, runs_root, out, command,
+                            args.prior, rates)
         print("wrote: " + ", ".join(str(f) for f in files))
     index = update_index(out_root)
     if index is not None:

@@ -78,7 +78,7 @@ def verdicts(rows: pd.DataFrame) -> pd.DataFrame:
     return judge(read_runs_csv(io.StringIO(runs_csv_text(rows))))
 
 
-def _text(v) -> str:
+def key_text(v) -> str:
     """A cell key's value as text, the same whether read from a file or a frame (7, 7.0)."""
     if pd.isna(v):
         return ""
@@ -86,7 +86,7 @@ def _text(v) -> str:
 
 
 def _cell_keys(df: pd.DataFrame, keys: list[str]) -> pd.Series:
-    return df[keys].astype(object).apply(lambda r: "|".join(_text(v) for v in r), axis=1)
+    return df[keys].astype(object).apply(lambda r: "|".join(key_text(v) for v in r), axis=1)
 
 
 def carry_over(rows: pd.DataFrame, prior: pd.DataFrame) -> pd.DataFrame:

@@ -239,6 +239,7 @@ def build_table(df: pd.DataFrame, layout: str = "auto", expected_seeds: int | No
     stats = {_key(cell): _cell_stats(g, tables)
              for cell, g in df.groupby(keys + ["norm"], dropna=False, sort=False)}
     rows, missing, unfinished = _cell_rows(df, keys, stats, tables, expected_seeds)
+    _name_rates(rows, keys, tables)
     rows += _not_run_rows(df, keys, {_key(c) for c in stats}, not_run or {}, tables)
     long, variant = _long_table(rows, df, keys, tables)
     wide, best = _wide_tables(long, df, keys, layout, variant, tables)
@@ -327,6 +328,18 @@ def _cell_row(s: dict, keys: list[str], cell: tuple, status: str, n_exp, tables)
         for col in (*(_cell_column(tables, b) for b in tables.blocks), "best_cell"):
             row[col] = f"missing ({s['n_unfinished']} unfinished)"
     return row
+
+
+def _name_rates(rows: list[dict], keys: list[str], tables: TaskTables) -> None:
+    """Where the methods of one table row train at different learning rates (each at its
+    own tuned rate, docs/search.md), each of that row's cells names its rate."""
+    rates: dict[tuple, set] = {}
+    for r in rows:
+        rates.setdefault(tuple(str(r.get(k)) for k in keys), set()).add(r["lr"])
+    for r in rows:
+        if r["lr"] and len(rates[tuple(str(r.get(k)) for k in keys)] - {""}) > 1:
+            for col in (*(_cell_column(tables, b) for b in tables.blocks), "best_cell"):
+                r[col] = f"{r[col]} at lr {r['lr']}"
 
 
 def _cell_titles(tables: TaskTables) -> dict[str, str]:

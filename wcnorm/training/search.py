@@ -146,9 +146,13 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     return max(done, key=lambda t: (t.value, -next(iter(t.params.values())))) if done else None
 
 
-def study_name(point: list[str], space: dict[str, Override]) -> str:
-    """A grid point's study: its overrides and the search space, as a stable name."""
+def study_name(point: list[str], space: dict[str, Override], grid: dict | None = None) -> str:
+    """A grid point's study: its overrides, the search space and the sampler's grid of
+    rates if it has one (a grid search and a TPE search are other studies), as a stable
+    name."""
     text = " ".join(sorted(point)) + " | " + " ".join(sorted(o.input_line for o in space.values()))
+    if grid:
+        text += " | grid " + " ".join(f"{k}={','.join(map(str, v))}" for k, v in sorted(grid.items()))
     return "point-" + hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -181,6 +185,7 @@ class Search:
         self.n_trials, self.n_jobs = n_trials, n_jobs
         self.storage = storage
         self.params = dict(params or {})
+        self.grid = sampler_grid(sampler)
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
@@ -221,7 +226,8 @@ class Search:
             storage = f"sqlite:///{path}"
         studies = []
         for point in points:
-            study = optuna.create_study(storage=storage, study_name=study_name(point, space), load_if_exists=True,
+            study = optuna.create_study(storage=storage, study_name=study_name(point, space, self.grid),
+                                        load_if_exists=True,
                                         direction=self.direction)
             study.sampler = self._sampler(len(study.trials))
             study.set_user_attr("grid_point", point)
@@ -287,6 +293,7 @@ class Search:
             found.append("  dataset.val_split is 0, and a search tunes on the validation split: set it "
                          "(conf/search/lr.yaml holds out 0.1)")
         swept = swept_keys(points)
+        found += grid_problems(self.grid, space, self.n_trials)
         found += field_points(self.config, points, swept)
         found += [point.describe(swept).replace("  #", "  grid point #", 1)
                   for point in invalid_jobs(self.config, points)]
@@ -304,6 +311,56 @@ class Search:
                      " ".join(f"{k}={v:.4g}" for k, v in best.params.items()), best.value,
                      best.number + 1, len(study.trials))
         log.info("search: the table of the best rates: wcnorm search %s", self.config.out_dir)
+
+
+class RateGrid(optuna.samplers.GridSampler):
+    """Optuna's grid sampler for ask-and-tell: every setting of the grid once, in an order
+    drawn from the seed. Optuna's own ends `study.optimize` when its grid is used up by
+    calling `Study.stop`, which only works inside `optimize`; here the search's rounds end
+    a study at n_trials (grid_problems makes that at most the grid's size)."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
+def sampler_grid(sampler) -> dict[str, list] | None:
+    """The rates a grid sampler tries (Optuna's GridSampler, conf/hydra/sweeper/sampler/
+    wcnorm_grid.yaml: `+search=lr_grid`), by key; None for a sampler that draws them."""
+    factory = sampler.func if isinstance(sampler, functools.partial) else type(sampler)
+    if not (isinstance(factory, type) and issubclass(factory, optuna.samplers.GridSampler)):
+        return None
+    if isinstance(sampler, functools.partial):
+        space = sampler.keywords.get("search_space", sampler.args[0] if sampler.args else {})
+    else:
+        space = sampler._search_space
+    return {k: list(v) for k, v in dict(space).items()}
+
+
+def grid_problems(grid: dict[str, list] | None, space: dict[str, Override], n_trials) -> list[str]:
+    """A grid sampler must try exactly the searched keys, inside their intervals, and no
+    more trials than its grid has (more would train its rates again)."""
+    if grid is None:
+        return []
+    found = []
+    if set(grid) != set(space):
+        found.append(f"  the grid sampler tries {', '.join(sorted(grid)) or 'nothing'}, the search "
+                     f"space is {', '.join(sorted(space)) or 'empty'}: give both the same keys")
+    for key in set(grid) & set(space):
+        try:
+            dist = distribution(space[key])
+        except SpaceError:
+            continue  # said by _space
+        outside = [v for v in grid[key] if not dist.low <= v <= dist.high]
+        if outside:
+            found.append(f"  {key}: the grid's {', '.join(map(str, outside))} lie outside the searched "
+                         f"interval [{dist.low:g}, {dist.high:g}]")
+    size = 1
+    for values in grid.values():
+        size *= len(values)
+    if isinstance(n_trials, int) and not isinstance(n_trials, bool) and n_trials > size:
+        found.append(f"  hydra.sweeper.n_trials={n_trials}: the grid has {size} settings, and more "
+                     f"trials would train them again: set n_trials={size}")
+    return found
 
 
 def field_points(config: DictConfig, points: list[list[str]], swept: set[str]) -> list[str]:
