@@ -43,7 +43,13 @@ from .relabel import judge, label_per_run, load_report_curves, load_report_runs,
 from .runs import read_runs_csv
 from .runs_table import carry_over, rel, runs_table, verdicts, write_runs_csv
 from .table import TableResult, build_table, to_markdown, write_table
-from .tuned import TUNED_FOLDER, TunedRatesError, at_tuned_rates, points_without_runs, read_tuned_rates
+from .tuned import (
+    TUNED_FOLDER,
+    TunedRatesError,
+    at_tuned_rates,
+    points_without_runs,
+    read_tuned_rates,
+)
 
 __all__ = ["judge", "tabulate", "write_claims", "make_preset", "main"]
 
