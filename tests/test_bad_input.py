@@ -238,7 +238,7 @@ def test_a_mesh_vertex_that_is_not_finite_is_named_not_called_a_hole(tmp_path):
 
 
 def test_a_surface_grid_too_large_for_the_machine_is_refused_before_training(tmp_path):
-    from wcnorm.tasks.fields import field_config_problems
+    from wcnorm.tasks.field_common import field_config_problems
 
     def problems(res):
         cfg = compose_cfg(["model=occupancy", "dataset=mesh", "norm=none", f"dataset.path={_sphere_obj(tmp_path / 's.obj')}",

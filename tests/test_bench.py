@@ -12,7 +12,13 @@ import torch
 from torch import nn
 
 from wcnorm import bench
-from wcnorm.bench.fields import FIELDS, _plain_loss, field_config, field_data, write_bench_scene
+from wcnorm.bench.field_steps import (
+    FIELDS,
+    _plain_loss,
+    field_config,
+    field_data,
+    write_bench_scene,
+)
 from wcnorm.bench.setups import norm_preset
 from wcnorm.data import synthetic_split
 from wcnorm.fields.scenes import load_blender

@@ -268,7 +268,7 @@ def test_a_path_component_over_the_file_systems_limit_is_refused_before_anything
 
 
 def test_an_end_of_run_measurement_out_of_memory_loses_no_training(cfg_factory, tmp_path, monkeypatch):
-    from wcnorm.tasks.base import Task
+    from wcnorm.tasks.task import Task
 
     run = tmp_path / "run"
 

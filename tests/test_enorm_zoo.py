@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from wcnorm.methods import base, support
+from wcnorm.methods import support, weight_method
 from wcnorm.methods.enorm import ENorm
 from wcnorm.methods.wc import WeightConditioning
 from wcnorm.models import build_model
@@ -217,7 +217,7 @@ def test_the_checks_report_what_goes_wrong(monkeypatch):
         return m
 
     monkeypatch.setattr(support, "weight_conditioning", rows_of_two)
-    monkeypatch.setattr(support, "installed_methods", lambda m: [base.Installed("0", m[0], "weight", None)])
+    monkeypatch.setattr(support, "installed_methods", lambda m: [weight_method.Installed("0", m[0], "weight", None)])
     assert support.check_wc(model, x) == support.Outcome("fails", "0: rows 1.0e+00 from unit norm")
 
     monkeypatch.setattr(ENorm, "step", lambda self, cycles=1: model[2].weight.data.mul_(2))

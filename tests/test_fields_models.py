@@ -10,8 +10,8 @@ from torch.nn.utils import parametrize
 
 from wcnorm.fields.render import RenderSettings, render_rays
 from wcnorm.methods import apply_weight_method
-from wcnorm.methods.base import weight_layers
-from wcnorm.models.fields import (
+from wcnorm.methods.weight_method import weight_layers
+from wcnorm.models.coordinate_mlps import (
     CoarseFineNeRF,
     GaussianActivation,
     NeRF,

@@ -22,9 +22,9 @@ from test_fields_data import write_llff
 from wcnorm.errors import DatasetUnavailable
 from wcnorm.fields.rays import camera_rays, pixel_rays
 from wcnorm.fields.scenes import load_llff
-from wcnorm.methods.base import installed_methods
+from wcnorm.methods.weight_method import installed_methods
 from wcnorm.tasks import NeRFTask, OccupancyTask, field_config_problems, is_field_config
-from wcnorm.tasks.fields import PoolLoader
+from wcnorm.tasks.field_common import PoolLoader
 from wcnorm.tasks.nerf import evenly_spaced
 from wcnorm.training.assemble import assemble, with_weight_method
 from wcnorm.training.train import summarize

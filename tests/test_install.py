@@ -13,7 +13,7 @@ import pytest
 from conftest import compose_cfg
 
 from wcnorm.fields import tooling
-from wcnorm.tasks.fields import field_config_problems
+from wcnorm.tasks.field_common import field_config_problems
 
 WCNORM = shutil.which("wcnorm") or str(Path(sys.executable).parent / "wcnorm")
 # What only the runner, the reports, the search or the neural fields need.

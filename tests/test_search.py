@@ -26,15 +26,15 @@ from omegaconf import OmegaConf
 
 from wcnorm import cli
 from wcnorm.errors import DivergedError
-from wcnorm.outputs import run_dir_for
-from wcnorm.report.search import load_trials, search_tables
-from wcnorm.training.sweep import SEARCH_OBJECTIVE, JobFailure, SweepCallback, job_failed
+from wcnorm.outputs import SEARCH_OBJECTIVE, run_dir_for
+from wcnorm.report.search_table import load_trials, search_tables
+from wcnorm.training.sweep import JobFailure, SweepCallback, job_failed
 
 optuna = pytest.importorskip("optuna")
 from optuna.distributions import FloatDistribution, IntDistribution  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from wcnorm.training.search import (  # noqa: E402  (needs Optuna)
+from wcnorm.training.lr_search import (  # noqa: E402  (needs Optuna)
     SWEEPER,
     SpaceError,
     distribution,
@@ -139,7 +139,7 @@ def test_a_grid_search_trains_every_rate_of_the_grid_once_for_every_normalizer(t
 def test_a_grid_that_does_not_fit_the_search_is_refused(overrides, searched, says):
     from hydra.utils import instantiate
 
-    from wcnorm.training.search import grid_problems, sampler_grid
+    from wcnorm.training.lr_search import grid_problems, sampler_grid
 
     cfg = compose_cfg([*TINY, "+search=lr_grid", *overrides], smoke=False, return_hydra_config=True)
     sweeper = cfg.hydra.sweeper
@@ -153,7 +153,7 @@ def test_a_grid_that_does_not_fit_the_search_is_refused(overrides, searched, say
 def test_the_grid_search_is_the_enorm_papers_grid_and_names_other_studies_than_tpe():
     from hydra.utils import instantiate
 
-    from wcnorm.training.search import sampler_grid, study_name
+    from wcnorm.training.lr_search import sampler_grid, study_name
 
     cfg = compose_cfg([*TINY, "+search=lr_grid"], smoke=False, return_hydra_config=True)
     grid = sampler_grid(instantiate(cfg.hydra.sweeper.sampler))

@@ -13,17 +13,17 @@ from torch.nn.utils import parametrizations, parametrize
 from wcnorm.methods import (
     METHODS,
     apply_weight_method,
-    base,
     describe_weight_method,
     remove_weight_methods,
+    weight_method,
 )
-from wcnorm.methods.base import installed_methods, weight_layers
 from wcnorm.methods.baselines import (
     WeightStandardization,
     weight_normalization,
     weight_standardization,
 )
 from wcnorm.methods.wc import WeightConditioning, weight_conditioning
+from wcnorm.methods.weight_method import installed_methods, weight_layers
 
 
 def cnn():
@@ -198,7 +198,7 @@ def test_a_refused_call_leaves_the_model_untouched():
 
 
 def test_base_imports_nothing_of_wcnorm():
-    tree = ast.parse(Path(base.__file__).read_text())
+    tree = ast.parse(Path(weight_method.__file__).read_text())
     relative = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level]
     absolute = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     absolute += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level]
@@ -207,7 +207,7 @@ def test_base_imports_nothing_of_wcnorm():
 
 # ------------------------------------------------------------------ one layer, PyTorch's style
 LAYER_METHODS = [(weight_conditioning, WeightConditioning), (weight_standardization, WeightStandardization),
-                 (weight_normalization, base.WeightMethod)]
+                 (weight_normalization, weight_method.WeightMethod)]
 
 
 @pytest.mark.parametrize("apply, kind", LAYER_METHODS)

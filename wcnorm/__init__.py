@@ -25,7 +25,7 @@ _EXPORTS = {
     "weight_standardization": "methods.baselines",
     "weight_normalization": "methods.baselines",
     "WeightStandardization": "methods.baselines",
-    "weight_layers": "methods.base",
+    "weight_layers": "methods.weight_method",
     "apply_weight_method": "methods",
     "describe_weight_method": "methods",
     "remove_weight_methods": "methods",

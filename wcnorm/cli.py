@@ -21,7 +21,7 @@ COMMANDS = {
 }
 
 # The module whose `main(argv)` each plain command runs.
-TOOL_MODULES = {"report": "wcnorm.report.pipeline", "table": "wcnorm.report.table", "search": "wcnorm.report.search", "plot": "wcnorm.report.plot",
+TOOL_MODULES = {"report": "wcnorm.report.pipeline", "table": "wcnorm.report.table", "search": "wcnorm.report.search_table", "plot": "wcnorm.report.plot",
                 "bench": "wcnorm.bench"}
 
 USAGE = "usage: wcnorm <command> [args]\n\ncommands:\n" + "\n".join(

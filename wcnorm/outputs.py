@@ -51,6 +51,10 @@ METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_a
 # a NeRF its rendered views (RENDERS/epoch_<n>/, RENDERS/test/), an occupancy field the
 # marching-cubes surface and a picture of it.
 RENDERS, MESH_FILE, MESH_PICTURE = "renders", "mesh.obj", "mesh.png"
+# What a learning-rate search maximizes (result.json's key): the final epoch's accuracy on
+# the validation split (`dataset.val_split`), in %. Never the test set's. The training
+# writes it, the search and `wcnorm search` read it.
+SEARCH_OBJECTIVE = "final_val_acc"
 RUN_FILES = ("result.json", "last.pt", "metrics.csv", "conditioning.csv", "config.yaml", MESH_FILE, MESH_PICTURE)
 RUN_FOLDERS = (RENDERS,)
 

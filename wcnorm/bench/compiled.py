@@ -15,7 +15,7 @@ import statistics
 import time
 from pathlib import Path
 
-from .fields import FIELDS, build_field_run, field_config, field_data, network_shape
+from .field_steps import FIELDS, build_field_run, field_config, field_data, network_shape
 from .plans import Plan
 from .setups import build_run
 from .timing import median_ratio, sync, time_step

@@ -11,7 +11,7 @@ from torch.nn.utils import parametrize
 
 from ..training.assemble import build_enorm
 from .counting import count_ops, step_flops
-from .fields import (
+from .field_steps import (
     FIELDS,
     field_config,
     fixed_field_step,

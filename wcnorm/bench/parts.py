@@ -17,7 +17,7 @@ from ..models import CIFAR_MAX_SIZE
 from ..outputs import device_name
 from .compiled import compile_vs_eager
 from .counting import OPS_NOTE, peak_flops
-from .fields import field_data
+from .field_steps import field_data
 from .measure import (
     enorm_overhead,
     field_throughput,
@@ -137,7 +137,7 @@ def run_mfu(args, plan, device, cache) -> list[dict]:
 
 def run_fields(args, plan, device, cache) -> list[dict]:
     """NeRF's rays/s and occupancy's points/s against the plain loop, and WC's overhead
-    on each field MLP (`wcnorm.bench.fields`)."""
+    on each field MLP (`wcnorm.bench.field_steps`)."""
     rows = []
     for field in plan.fields:
         with tempfile.TemporaryDirectory(prefix="wcnorm-bench-") as folder:

@@ -10,7 +10,7 @@
 - `metrics`: PSNR, SSIM, IoU.
 - `pictures`: rendered views and meshes as PNG images.
 
-The models (`NeRF`, `OccupancyMLP`) are in `wcnorm.models.fields`. Nothing here
+The models (`NeRF`, `OccupancyMLP`) are in `wcnorm.models.coordinate_mlps`. Nothing here
 depends on the training loop: these are pure functions and plain data.
 """
 

@@ -2,7 +2,7 @@
 
 A *field* is any callable ``field(points, viewdirs) -> (rgb, sigma)`` on flat batches:
 points and unit viewing directions of shape (N, 3) give colours (N, 3) in [0, 1] and
-densities (N,) >= 0 (`wcnorm.models.fields.NeRF` is one). Every function here is
+densities (N,) >= 0 (`wcnorm.models.coordinate_mlps.NeRF` is one). Every function here is
 batched over rays and samples; nothing loops over them, except `render_view`, which
 walks over chunks of rays to bound the memory of a whole image.
 

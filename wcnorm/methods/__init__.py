@@ -19,10 +19,10 @@ from collections.abc import Mapping
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .base import WeightMethod, installed_methods, weight_tensor_names
 from .baselines import weight_normalization, weight_standardization
 from .cancellation import cancellation_line, cancelled_layers, describe_cancellation
 from .wc import weight_conditioning
+from .weight_method import WeightMethod, installed_methods, weight_tensor_names
 
 __all__ = ["METHODS", "apply_weight_method", "describe_weight_method", "remove_weight_methods",
            "cancelled_layers", "cancellation_line"]

@@ -1,5 +1,5 @@
 """The weight-level baselines WC is compared with: weight standardization (WS) and
-weight normalization (WN), both on the layers of :func:`wcnorm.methods.base.weight_layers`.
+weight normalization (WN), both on the layers of :func:`wcnorm.methods.weight_method.weight_layers`.
 """
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import WeightMethod, install
+from .weight_method import WeightMethod, install
 
 __all__ = [
     "WeightStandardization",

@@ -27,9 +27,9 @@ from __future__ import annotations
 import torch.fx as fx
 from torch import nn
 
-from .base import installed_methods
 from .enorm import ops
 from .enorm.ops import Op
+from .weight_method import installed_methods
 
 __all__ = ["cancels_channel_scale", "cancelled_layers", "describe_cancellation", "cancellation_line"]
 

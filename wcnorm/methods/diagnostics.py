@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .base import installed_methods, weight_tensor_names
 from .baselines import WeightNormalization
+from .weight_method import installed_methods, weight_tensor_names
 
 __all__ = ["condition_number", "condition_numbers", "summarize_conditioning", "hessian_top_eigenvalue"]
 

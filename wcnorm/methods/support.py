@@ -31,9 +31,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import installed_methods
 from .enorm import ENorm, find_unit_groups
 from .wc import weight_conditioning
+from .weight_method import installed_methods
 
 __all__ = ["MAX_PARAMS", "Outcome", "Support", "zoo", "check_wc", "check_enorm", "support_row",
            "support_matrix", "render_markdown"]

@@ -48,7 +48,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from .base import WeightMethod, install
+from .weight_method import WeightMethod, install
 
 __all__ = [
     "row_equilibrate",
@@ -292,7 +292,7 @@ def weight_conditioning(model: nn.Module, name: str | None = None, *, side: str 
       tensor to condition (any weight matrix of ``model``, e.g. ``name="weight"``).
       ``include_classifier`` changes nothing there; ``skip_stem=True`` is an error;
     * **a model**, otherwise: every Conv1d/2d/3d and Linear weight (attention
-      projections included) of :func:`wcnorm.methods.base.weight_layers` -- the
+      projections included) of :func:`wcnorm.methods.weight_method.weight_layers` -- the
       classifier, the last Conv/Linear, is skipped unless ``include_classifier``; the
       stem, the first, is skipped with ``skip_stem``.
 

@@ -42,7 +42,7 @@ import numbers
 from torch import nn
 
 from . import densenet, enorm_nets, googlenet, imagenet, resnet, vit
-from .fields import FIELD_MODELS
+from .coordinate_mlps import FIELD_MODELS
 from .layers import ACT_NORMS, WIDTH, ModelConfigError, gn_groups, norm1d, norm2d, swap_norm
 
 __all__ = ["MODELS", "FIELD_MODELS", "ACT_NORMS", "CIFAR_MAX_SIZE", "ModelConfigError", "supported_act_norms",

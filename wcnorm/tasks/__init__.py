@@ -1,5 +1,5 @@
 """The kinds of learning problem wcnorm trains: each supplies its data, model, loss
-and evaluation to the one training loop (`base.Task`).
+and evaluation to the one training loop (`task.Task`).
 
 - `classification`: images and labels (every dataset of `wcnorm.data`);
 - `nerf`: a radiance field fitted to a scene's views (``dataset=blender`` or ``llff``);
@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from .base import Task
 from .classification import Classification, classification
-from .fields import FIELD_DATASETS, field_config_problems, is_field_config
+from .field_common import FIELD_DATASETS, field_config_problems, is_field_config
+from .task import Task
 
 __all__ = ["Task", "Classification", "NeRFTask", "OccupancyTask", "FIELD_DATASETS", "build_task",
            "field_config_problems", "is_field_config"]

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..data import DataBundle, load_dataset
 from ..loaders import ArrayLoader, FolderLoader, make_loaders, make_val_loader
 from ..models import build_model
-from .base import Task, sums_tensor
+from .task import Task, sums_tensor
 
 # Models without convolutions: channels_last ("auto") would only cost them copies.
 CONV_FREE = ("vit", "enorm_fc")

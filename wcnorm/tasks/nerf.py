@@ -33,10 +33,10 @@ from ..fields.metrics import SSIM_RADIUS, psnr, ssim
 from ..fields.pictures import image_png
 from ..fields.render import RenderSettings, final_pass, render_rays, render_view
 from ..fields.scenes import Rays, Scene, load_blender, load_llff
-from ..models.fields import build
+from ..models.coordinate_mlps import build
 from ..outputs import RENDERS, atomic_write_bytes
-from .base import Task, sums_tensor
-from .fields import TEST_SPLIT, PoolLoader, field_model, scene_options
+from .field_common import TEST_SPLIT, PoolLoader, field_model, scene_options
+from .task import Task, sums_tensor
 
 SCENE_LOADERS = {"blender": load_blender, "llff": load_llff}
 

@@ -40,10 +40,10 @@ from ..fields.shapes import (
     surface_chamfer,
 )
 from ..fields.tooling import require
-from ..models.fields import build
+from ..models.coordinate_mlps import build
 from ..outputs import MESH_FILE, MESH_PICTURE, atomic_write_bytes, atomic_write_text
-from .base import Task, sums_tensor
-from .fields import PoolLoader, field_model
+from .field_common import PoolLoader, field_model
+from .task import Task, sums_tensor
 
 if TYPE_CHECKING:  # the `fields` extra (wcnorm.fields.tooling), imported where it is used
     import trimesh

@@ -21,7 +21,7 @@ from ..methods import METHODS
 from ..methods.enorm import BN_MODES, ORDERS
 from ..methods.wc import P_VALUES, SIDES, parse_p
 from ..models import ModelConfigError, check_model
-from ..tasks.fields import field_config_problems, is_field_config
+from ..tasks.field_common import field_config_problems, is_field_config
 from .optim import OPTIMIZERS, SCHEDULES
 from .trackers import check_trackers
 
@@ -99,7 +99,7 @@ def problems(cfg: DictConfig, hydra: DictConfig | None = None, *, this_machine: 
     if t.label_smoothing < 0 or t.label_smoothing >= 1:
         p.append(f"trainer.label_smoothing={t.label_smoothing}: must lie in [0, 1)")
     p += check_trackers(cfg, this_machine=this_machine)
-    if is_field_config(cfg):  # a neural field (wcnorm.tasks.fields): no image size, no classifier
+    if is_field_config(cfg):  # a neural field (wcnorm.tasks.field_common): no image size, no classifier
         return p + _norm_problems(cfg) + _added_key_problems(cfg, hydra) + field_config_problems(cfg)
     if cfg.dataset.name not in DATASETS:
         p.append(f"dataset.name={cfg.dataset.name!r}: valid: {', '.join(DATASETS)}")

@@ -62,9 +62,6 @@ STOPPED = ("interrupted", "not started")
 STOP_FILE = "STOPPED"
 # Hydra's own sweeper (hydra.sweeper._target_), named, not imported: it is internal to Hydra.
 BASIC_SWEEPER = "BasicSweeper"
-# What a search maximizes (result.json): the final epoch's accuracy on the validation split
-# (`dataset.val_split`), in %. Never the test set's.
-SEARCH_OBJECTIVE = "final_val_acc"
 # Launchers whose jobs run on other machines: what this one has (CUDA?) says nothing there.
 REMOTE_LAUNCHERS = ("SlurmLauncher",)
 # Errors that are the user's to fix: reported as their message; anything else with its traceback.
@@ -294,7 +291,7 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self.sweep_pid = os.getpid()
         self.jobs = job_overrides(config)
-        if self.jobs is not None:  # another sweeper checks its own jobs (training.search)
+        if self.jobs is not None:  # another sweeper checks its own jobs (training.lr_search)
             bad = invalid_jobs(config, self.jobs)
             swept = swept_keys(self.jobs)
             listing = "\n".join(job.describe(swept) for job in bad)

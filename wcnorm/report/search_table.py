@@ -1,6 +1,6 @@
 """`wcnorm search`: the best learning rate of each grid point of a search, from its runs.
 
-A search (`wcnorm train -m experiment=NAME +search=lr`, training.search) leaves one
+A search (`wcnorm train -m experiment=NAME +search=lr`, training.lr_search) leaves one
 run directory per trial. Its trials are the runs with a validation split
 (`dataset.val_split` > 0); runs whose configs differ in nothing but the tuned keys
 (TUNED) are the trials of one grid point. For each point: the trial with the highest
@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..outputs import NOT_IDENTITY, atomic_write_text, read_result
-from ..training.sweep import SEARCH_OBJECTIVE
+from ..outputs import NOT_IDENTITY, SEARCH_OBJECTIVE, atomic_write_text, read_result
 from .runs import load_runs
 from .table import norm_label, norm_sort_key
 

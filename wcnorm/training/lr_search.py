@@ -32,7 +32,7 @@ whole grid, with the normalizer as one more parameter, would find the best pair
   which the study must learn); a trial that failed otherwise is a failed trial, left
   out of the study and listed at the end of the sweep (training.sweep).
 
-`wcnorm search` (report.search) makes the table of the best rates from the run
+`wcnorm search` (report.search_table) makes the table of the best rates from the run
 directories. The sweeper Hydra instantiates is `hydra_plugins.wcnorm_search`, a thin
 plugin that hands every call to `Search`.
 """
@@ -56,9 +56,9 @@ from omegaconf import DictConfig, open_dict
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from ..tasks.fields import is_field_config
+from ..outputs import SEARCH_OBJECTIVE
+from ..tasks.field_common import is_field_config
 from .sweep import (
-    SEARCH_OBJECTIVE,
     JobFailure,
     NotStarted,
     expand_grid,

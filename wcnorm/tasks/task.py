@@ -5,7 +5,7 @@ points. A task owns its data, its model and its loaders, and answers four questi
 the loss of a batch (with the sums an epoch accumulates), what those sums mean, how
 the model scores on held-out data after an epoch, and what is measured once at the
 end of a run. Classification (`classification.py`) and the neural fields
-(`wcnorm.tasks.fields`) are the tasks wcnorm has.
+(`wcnorm.tasks.field_common`) are the tasks wcnorm has.
 """
 
 from __future__ import annotations

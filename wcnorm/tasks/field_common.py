@@ -30,7 +30,7 @@ from ..fields.render import RenderSettings
 from ..fields.scenes import BLENDER_SPLITS, LLFF_SPLITS, check_scene
 from ..fields.tooling import tooling_problem
 from ..loaders import epoch_generator
-from ..models.fields import FIELD_MODELS, build, default_options
+from ..models.coordinate_mlps import FIELD_MODELS, build, default_options
 
 __all__ = ["FIELD_DATASETS", "SCENE_SPLITS", "FIELD_WEIGHT_METHODS", "RENDER_KEYS", "is_field_config",
            "field_config_problems", "scene_options", "val_sources", "field_model", "PoolLoader"]
@@ -64,7 +64,7 @@ def scene_options(dataset: DictConfig) -> dict:
 
 
 def field_model(model: DictConfig) -> tuple[str, dict]:
-    """(name, options of `wcnorm.models.fields.build`) of a field model config."""
+    """(name, options of `wcnorm.models.coordinate_mlps.build`) of a field model config."""
     options = OmegaConf.to_container(model, resolve=True)
     name = options.pop("name")
     return name, {k: v for k, v in options.items() if k not in RENDER_KEYS}
