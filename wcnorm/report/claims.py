@@ -32,10 +32,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from .catalogue import ALIAS_NOTE, ALIASES, CLAIMS, METRICS, Claim
+from .cells import Cell, number
 from .stats import Welch, holm, seeds_for_power, welch
 
 SUPPORTED, DIRECTION_ONLY = "supported", "direction only"
@@ -74,58 +74,9 @@ LEVEL_NAMES = {"depth": ("p", "depths"), "batch_size": ("batch", "batch sizes"),
                "scene": ("scene", "scenes"), "shape": ("shape", "shapes")}
 
 
-@dataclass(frozen=True)
-class _Cell:
-    name: str
-    values: np.ndarray
-    # the method classes its finished runs recorded (runs.method_scope); None: a run without
-    classes: frozenset = frozenset()
-    diverged: int = 0  # runs whose loss became NaN: counted as such, never in the mean
-
-    @property
-    def method_class(self) -> str | None:
-        """The one function of the raw weights every run of the cell trained, if known."""
-        return next(iter(self.classes)) if len(self.classes) == 1 else None
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> float:
-        return float(self.values.mean()) if self.n else math.nan
-
-    @property
-    def finite(self) -> bool:
-        """False where a run's number is infinite (a Chamfer distance of no surface)."""
-        return bool(np.isfinite(self.values).all())
-
-    @property
-    def std(self) -> float:
-        return float(self.values.std(ddof=1)) if self.n > 1 and self.finite else math.nan
-
-    def __str__(self) -> str:
-        if self.n == 0:
-            return f"{self.name}: no finished run"
-        std = "" if math.isnan(self.std) else f"±{self.std:.2f}" if abs(self.mean) >= 1 \
-            else f"±{self.std:.3g}"
-        lost = f", {self.diverged} diverged" if self.diverged else ""
-        return f"{self.name} {_num(self.mean)}{std} (n={self.n}{lost})"
-
-
-def _num(x: float) -> str:
-    return f"{x:.2f}" if abs(x) >= 1 else f"{x:.4g}"
-
-
-def _cell(runs: pd.DataFrame, norm: str, metric: str) -> _Cell:
+def _cell(runs: pd.DataFrame, norm: str, metric: str) -> Cell:
     names = ALIASES.get(norm, (norm,))
-    done = runs[runs["norm"].isin(names) & runs["finished"]]
-    vals = done[metric].dropna()
-    classes = frozenset(done["method_class"].where(done["method_class"].notna(), None)) \
-        if "method_class" in done.columns else frozenset({None} if len(done) else ())
-    diverged = int((runs["norm"].isin(names) & (runs["status"] == "diverged")).sum()) \
-        if "status" in runs.columns else 0
-    return _Cell("|".join(names), vals.to_numpy(dtype=float), classes, diverged)
+    return Cell.of(runs[runs["norm"].isin(names)], metric, "|".join(names))
 
 
 @dataclass
@@ -133,8 +84,8 @@ class _Comparison:
     """Cell `a` claimed better than cell `b`, at one level of the claim's grid key."""
 
     level: object
-    a: _Cell
-    b: _Cell
+    a: Cell
+    b: Cell
     higher_is_better: bool
     test: Welch | None = None
     p_holm: float = math.nan
@@ -187,8 +138,8 @@ class _Level:
 
     level: object
     comparisons: list[_Comparison]
-    cells: list[_Cell]
-    short: list[_Cell]  # needed cells with fewer than MIN_RUNS finished runs
+    cells: list[Cell]
+    short: list[Cell]  # needed cells with fewer than MIN_RUNS finished runs
     verdict: str = NOT_ENOUGH
 
 
@@ -299,7 +250,7 @@ def _level_names(per: str) -> str:
 
 def _cells_text(c: Claim, lv: _Level) -> str:
     if c.order:
-        text = " > ".join(f"{x.name} {_num(x.mean)}" if x.n else f"{x.name}: no finished run"
+        text = " > ".join(f"{x.name} {number(x.mean)}" if x.n else f"{x.name}: no finished run"
                           for x in lv.cells)
         return f"{text} ({lv.verdict})"
     best, *others = lv.cells

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..outputs import atomic_write_text, write_json
+from .cells import Cell
 from .claims_files import write_claims  # noqa: F401  (re-exported)
 from .declared import not_run, split_keys
 from .labels import (  # noqa: F401  (re-exported: the table's labels are the report's)
@@ -117,35 +118,28 @@ def _row_keys(df: pd.DataFrame, layout: str, split_by, task: str) -> list[str]:
     return keys + [k for k in split_by if k not in keys]
 
 
-def _std(v: pd.Series) -> float:
-    """Sample std; NaN where a value is infinite (a run that extracted no surface has an
-    infinite Chamfer distance: its cell's mean is infinite, its spread undefined)."""
-    return v.std() if np.isfinite(v).all() else np.nan
-
-
 def _cell_stats(g: pd.DataFrame, tables: TaskTables) -> dict:
     head = tables.blocks[0]
-    done = g[g["finished"] & g[head.column].notna()]
-    values, best = done[head.column], done[tables.best.column]
+    cell, best = Cell.of(g, head.column), Cell.of(g, tables.best.column)
     stats = {
-        "n": len(done), "n_unfinished": int((~g["finished"]).sum()),
-        "mean": values.mean(), "std": _std(values), "min": values.min(), "max": values.max(),
-        "seeds": " ".join(str(s) for s in sorted(done["seed"].dropna())),
-        "best_epoch_mean": best.mean(), "best_epoch_std": _std(best),
+        "n": cell.n, "n_unfinished": cell.unfinished,
+        "mean": cell.mean, "std": cell.std, "min": cell.min, "max": cell.max,
+        "seeds": " ".join(str(s) for s in sorted(cell.seeds)),
+        "best_epoch_mean": best.mean, "best_epoch_std": best.std,
         # a run whose loss became NaN: a result of the method at this rate, shown, never dropped
-        "_diverged": int((g["status"] == "diverged").sum()) if "status" in g else 0,
+        "_diverged": cell.diverged,
     }
     for b in _other_blocks(tables):
         # Each metric over the finished runs that report it (a run may lack one).
-        v = g.loc[g["finished"], b.column].dropna()
-        stats.update({f"{b.key}_n": len(v), f"{b.key}_mean": v.mean(), f"{b.key}_std": _std(v),
-                      f"_{b.key}_infinite": int(np.isinf(v).sum())})
+        other = Cell.of(g, b.column)
+        stats.update({f"{b.key}_n": other.n, f"{b.key}_mean": other.mean, f"{b.key}_std": other.std,
+                      f"_{b.key}_infinite": int(np.isinf(other.values).sum())})
     return stats | {
         "budget": _values(g["budget"]), "epochs": _values(g["epochs"]),
         "lr": _values(g["lr"]), "batch_size": _values(g["batch_size"]),
         "enorm_variant": _values(g["enorm_variant"]),
         "weight_variant": _values(g["weight_variant"]),
-        "_found": set(done["seed"].dropna()),
+        "_found": cell.seeds,
     }
 
 
