@@ -42,8 +42,10 @@ from .provenance import device_name, environment, git_commit  # noqa: F401 - whe
 log = logging.getLogger("wcnorm")
 
 TMP_SUFFIX = ".tmp"  # atomic writes' temporary files: `.<name>.<random>.tmp` beside the target
-
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s", "images_per_s"]
+# What a learning-rate search maximizes (result.json's key, read by the search and `wcnorm
+# search`): the final epoch's accuracy on the validation split, in %. Never the test set's.
+SEARCH_OBJECTIVE = "final_val_acc"
 
 # The files of a run (the contract above), in the order `discard_run` deletes them:
 # the result first, so an interrupted discard never leaves a finished-looking run.
@@ -51,10 +53,6 @@ METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_a
 # a NeRF its rendered views (RENDERS/epoch_<n>/, RENDERS/test/), an occupancy field the
 # marching-cubes surface and a picture of it.
 RENDERS, MESH_FILE, MESH_PICTURE = "renders", "mesh.obj", "mesh.png"
-# What a learning-rate search maximizes (result.json's key): the final epoch's accuracy on
-# the validation split (`dataset.val_split`), in %. Never the test set's. The training
-# writes it, the search and `wcnorm search` read it.
-SEARCH_OBJECTIVE = "final_val_acc"
 RUN_FILES = ("result.json", "last.pt", "metrics.csv", "conditioning.csv", "config.yaml", MESH_FILE, MESH_PICTURE)
 RUN_FOLDERS = (RENDERS,)
 
