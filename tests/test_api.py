@@ -1,8 +1,10 @@
 """The public library surface: `import wcnorm` and its names."""
 
+import re
 import subprocess
 import sys
 from importlib import import_module
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,3 +91,14 @@ def test_the_two_methods_drop_into_a_plain_training_loop():
         opt.step()
         enorm.step()
     assert torch.isfinite(loss) and enorm.imbalance()[1] < 1.0 and torch.isfinite(before)
+
+
+def readme_library_example() -> str:
+    """The README's library example: its first Python block after "As a library"."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return re.search(r"As a library.*?```python\n(.*?)```", text, re.S).group(1)
+
+
+def test_the_readme_library_example_runs_as_it_is(capsys):
+    exec(compile(readme_library_example(), "README.md", "exec"), {"__name__": "readme"})
+    assert re.fullmatch(r"final loss \d+\.\d{3}\n", capsys.readouterr().out)
