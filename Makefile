@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 RUNS   ?= runs
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast demo lint tables bench wheels device-check clean
+.PHONY: help setup test test-fast demo lint tables bench wheels wheel-check device-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ wheels: setup ## .whl/: Hydra and OmegaConf wheels for an offline GPU machine
 		"hydra-core==$$($(BIN)/python -c 'import hydra; print(hydra.__version__)')" \
 		"omegaconf==$$($(BIN)/python -c 'import omegaconf; print(omegaconf.__version__)')"
 	$(BIN)/python -m pip wheel -q --no-deps -w .whl "antlr4-python3-runtime==4.9.3"
+
+wheel-check: ## build the wheel, install it in a fresh venv, run the README's library example and one run from it
+	bash scripts/wheel_check.sh
 
 device-check: ## on a CUDA machine: GPU tests, `wcnorm bench --size gpu`, a real-size epoch -> results/device-check/
 	bash scripts/device_check.sh

@@ -135,7 +135,12 @@ def sweep_values(cfg) -> list[str]:
     return sorted({o for job in grid(cfg) for o in job if not o.startswith("seed=")})
 
 
-@pytest.mark.parametrize("name", PRESETS)
+# Every preset's whole grid composed is seconds a preset: one stays in the quick loop.
+QUICK_PRESET = "wc_variants"
+
+
+@pytest.mark.parametrize("name", [p if p == QUICK_PRESET else pytest.param(p, marks=pytest.mark.slow)
+                                  for p in PRESETS])
 def test_every_sweep_value_is_a_valid_override_of_the_real_config(name):
     """One composed config per sweep value (the full products are large; each value is
     an override of the real config, and composing all of them is what fails if one is
@@ -498,6 +503,7 @@ def test_the_cpu_script_takes_the_data_folder_output_and_jobs(tmp_path):
                      "dataset.path=/data/subsets/cifar10-partial.npz"]
 
 
+@pytest.mark.slow  # the script in a subprocess, several presets
 def test_the_cpu_script_runs_every_preset_and_fails_if_one_failed(tmp_path):
     proc, calls = run_script(tmp_path, "wc_nerf", "wc_vit", FAIL="wc_nerf")
     assert proc.returncode == 1 and "failed: wc_nerf" in proc.stderr
@@ -509,6 +515,7 @@ def test_the_cpu_script_runs_every_preset_and_fails_if_one_failed(tmp_path):
     assert run_script(tmp_path)[0].returncode == 2  # no preset: usage
 
 
+@pytest.mark.slow  # the script in a subprocess, several presets
 def test_the_cpu_script_runs_the_tuned_protocol_search_table_then_the_rates_not_yet_trained(tmp_path):
     # The stand-in `wcnorm search` writes a search.csv: BN at the shared grid's rate (its
     # runs are in the shared runs.csv, so not trained again), BN + WC at another rate.
