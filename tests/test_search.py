@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from wcnorm import cli
 from wcnorm.errors import DivergedError
 from wcnorm.outputs import SEARCH_OBJECTIVE, run_dir_for
-from wcnorm.report.search_table import load_trials, search_tables
+from wcnorm.report.search_table import load_trials, search_tables, to_markdown
 from wcnorm.training.sweep import JobFailure, SweepCallback, job_failed
 
 optuna = pytest.importorskip("optuna")
@@ -177,7 +177,7 @@ def _trial_dir(root: Path, name: str, *, dataset="cifar10", norm="bn", lr=0.1, v
     (d / "config.yaml").write_text(yaml.safe_dump(config))
     (d / "metrics.csv").write_text("epoch,test_acc\n1,99.0\n")  # as result.json says
     if finished:
-        (d / "result.json").write_text(json.dumps({"status": "finished", SEARCH_OBJECTIVE: value,
+        (d / "result.json").write_text(json.dumps({"status": "finished", SEARCH_OBJECTIVE: value, "wall_time_s": 30.0,
                                                    "final_test_acc": 99.0, "config": config}))
 
 
@@ -198,6 +198,10 @@ def test_the_table_gives_each_grid_point_its_best_rate_and_the_command_for_the_p
     assert list(zip(points["dataset"], points["norm"])) == [("cifar10", "bn"), ("cifar10", "bn_wc"),
                                                             ("cifar100", "bn"), ("cifar100", "bn_wc")]
     assert list(points["optim.lr"]) == [0.05, 0.4, 0.02, 0.4]
+    # the search's cost: its trials' training time summed (17 finished trials of 30 s)
+    assert table["wall_time_s"].sum() == 17 * 30.0
+    assert "- cost: 8.5 minutes of training in all (17 trials timed, 30 s each" in to_markdown(
+        points, table, [0.1], "wcnorm search")
     assert list(points["val_acc"]) == [80.0] * 4
     assert list(points["trials"]) == [5, 4, 5, 4] and list(points["finished"]) == [4, 4, 5, 4]
     # The preset's grid point at its rate: no validation split, no classes (they come with the dataset).

@@ -114,7 +114,8 @@ def search_tables(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "command": tuned_command(best, extra, tuned) if best is not None else None}
         rows.append(row)
     columns = {f"cfg.{k}": k for k in (*extra, *tuned)}
-    table = trials.rename(columns=columns)[[*NAMED, *extra, *tuned, VALUE, "status", "run_dir"]]
+    timed = ["wall_time_s"] if "wall_time_s" in trials else []
+    table = trials.rename(columns=columns)[[*NAMED, *extra, *tuned, VALUE, "status", *timed, "run_dir"]]
     return pd.DataFrame(rows), table.reset_index(drop=True)
 
 
@@ -126,6 +127,16 @@ def _md(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _cost(trials: pd.DataFrame) -> list[str]:
+    """The search's cost: the trials' training time summed (each trial's wall clock, from
+    its result.json), as a line; none where no trial recorded it."""
+    if "wall_time_s" not in trials or trials["wall_time_s"].isna().all():
+        return []
+    t = pd.to_numeric(trials["wall_time_s"], errors="coerce")
+    return [f"- cost: {t.sum() / 60:.1f} minutes of training in all ({t.notna().sum()} trials timed, "
+            f"{t.median():.0f} s each at the median; each trial's own wall clock)"]
+
+
 def to_markdown(points: pd.DataFrame, trials: pd.DataFrame, split: list[float], command: str) -> str:
     shown = points.drop(columns=["best_run", "command"]).assign(norm=points["norm"].map(norm_label))
     return "\n".join([
@@ -133,7 +144,7 @@ def to_markdown(points: pd.DataFrame, trials: pd.DataFrame, split: list[float], 
         f"- value of a trial: the validation accuracy (%) at the final epoch, on dataset.val_split="
         f"{', '.join(map(str, split))} of the training set; the test set is not used",
         f"- trials: {len(trials)} run directories, {int(trials[VALUE].notna().sum())} finished "
-        "(the others diverged, failed or are still running)",
+        "(the others diverged, failed or are still running)", *_cost(trials),
         f"- command: `{command}`", "",
         _md(shown), "",
         "### Run the preset at these rates", "",
