@@ -20,11 +20,13 @@ def real(cfg_factory, shared_data, *overrides):
                        "trainer.limit_batches=null", "trainer.limit_eval_batches=null", *overrides)
 
 
+@pytest.mark.slow  # trains on the real images
 def test_a_small_model_learns_real_cifar10(cfg_factory, shared_data):
     result = train(real(cfg_factory, shared_data, "norm=bn"))
     assert result["final_test_acc"] > 28.0
 
 
+@pytest.mark.slow  # trains on the real images
 def test_bn_wc_trains_and_conditions_its_effective_weights(cfg_factory, shared_data):
     cfg = real(cfg_factory, shared_data, "norm=bn_wc")
     result = train(cfg)

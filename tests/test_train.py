@@ -55,7 +55,7 @@ def _history(run):
     return pd.read_csv(run / "metrics.csv")[["train_loss", "train_acc", "test_loss", "test_acc"]]
 
 
-@pytest.mark.parametrize("model", ["enorm_fc", "resnet18"])
+@pytest.mark.parametrize("model", ["enorm_fc", pytest.param("resnet18", marks=pytest.mark.slow)])
 def test_an_interrupted_run_resumes_to_the_uninterrupted_result(cfg_factory, tmp_path, model):
     common = [f"model={model}", "dataset.train_size=64", "dataset.test_size=32", "dataset.augment=true",
               "trainer.epochs=2", "trainer.deterministic=true", "trainer.limit_batches=3"]
@@ -134,6 +134,7 @@ def test_compiled_training_matches_eager_with_wc_and_enorm(cfg_factory, tmp_path
         assert compiled["final_test_loss"] == pytest.approx(eager["final_test_loss"], rel=1e-3)
 
 
+@pytest.mark.slow  # trains several runs
 def test_the_fast_path_switches_work_on_cpu_too(cfg_factory):
     """channels_last, device-resident data and the no-sync step loop (sync every step)."""
     result = train(cfg_factory("model=resnet18", "norm=bn_wc", "dataset.augment=true", "trainer.channels_last=true",
@@ -141,6 +142,7 @@ def test_the_fast_path_switches_work_on_cpu_too(cfg_factory):
     assert result["status"] == "finished" and result["images_per_s"] > 0
 
 
+@pytest.mark.slow  # trains several runs
 def test_hessian_diagnostic_and_grad_clip_reach_the_outputs(cfg_factory):
     cfg = cfg_factory(*FAST, "norm=bn_wc", "trainer.epochs=2", "trainer.grad_clip=1.0", "diagnostics.hessian=true",
                       "diagnostics.hessian_iters=5", "diagnostics.hessian_batch=16", "diagnostics.every=2")
@@ -178,6 +180,7 @@ def test_assemble_is_a_function_of_the_config(cfg_factory):
     assert not all(torch.equal(a[k], other[k]) for k in a)
 
 
+@pytest.mark.slow  # trains several runs
 def test_a_validation_split_is_scored_beside_the_test_set(cfg_factory):
     result = train(cfg_factory(*FAST, "dataset.val_split=0.25"))
     rows = pd.read_csv(Path(result["run_dir"]) / "metrics.csv")
