@@ -26,7 +26,7 @@
 #   1. searches each grid point's rate on the ENorm paper's grid (+search=lr_grid, on the
 #      validation split)                                   -> $OUT/lr_grid/<preset>/
 #   2. tables it (`wcnorm search`)                         -> $RESULTS/<preset>/tuned/search.*
-#   3. trains the preset's seeds at each point's rate      -> $OUT/tuned/<preset>/
+#   3. trains the preset's seeds at each point's rate      -> $TUNED_OUT/<preset>/
 #      except where $RESULTS/<preset>/runs.csv already has the shared grid's runs at that
 #      rate (`wcnorm report ... --tuned ... --prior results/<preset>/runs.csv` carries them).
 # Overrides after `--` narrow the search's grid (stated in the folder's README); the
@@ -34,6 +34,9 @@
 #
 # Environment: PROTOCOL shared (default): the preset's grid at its own rates; tuned: above
 #              RESULTS where the tuned protocol's search tables go (default results)
+#              TUNED_OUT where its runs at the tuned rates go (default runs/tuned: apart from
+#                      $OUT, so that no shared-rate table pools two rates in a cell;
+#                      its trials, with their validation split, are never tabled as results)
 #              DATA    the folder holding cifar10-partial.npz and imagenet-mini/
 #                      (default ../shared/data, relative to the repository root)
 #              OUT     where the runs go (default runs/cpu)
@@ -49,6 +52,7 @@ JOBS=${JOBS:-2}
 PYTHON=${PYTHON:-$BIN/python}
 PROTOCOL=${PROTOCOL:-shared}
 RESULTS=${RESULTS:-results}
+TUNED_OUT=${TUNED_OUT:-runs/tuned}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 presets=() narrow=()
@@ -83,7 +87,7 @@ tuned() {
     [ -n "$cmd" ] || continue
     read -r -a words <<< "$cmd"
     echo "== $preset: ${words[*]:3}"
-    "$BIN/wcnorm" "${words[@]:1}" "out_dir=$OUT/tuned/$preset" "$@" "${launcher[@]}" || return 1
+    "$BIN/wcnorm" "${words[@]:1}" "out_dir=$TUNED_OUT/$preset" "$@" "${launcher[@]}" || return 1
   done <<< "$todo"
 }
 
@@ -110,7 +114,7 @@ if [ ${#failed[@]} -gt 0 ]; then
 fi
 if [ "$PROTOCOL" = tuned ]; then
   for preset in "${presets[@]}"; do
-    echo "done; tables: $BIN/wcnorm report $OUT/tuned --out $RESULTS --presets $preset --tuned $RESULTS/$preset/tuned/search.csv --prior $RESULTS/$preset/runs.csv"
+    echo "done; tables: $BIN/wcnorm report $TUNED_OUT --out $RESULTS --presets $preset --tuned $RESULTS/$preset/tuned/search.csv --prior $RESULTS/$preset/runs.csv"
   done
 else
   echo "done; tables: make tables RUNS=$OUT"

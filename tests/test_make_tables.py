@@ -134,6 +134,24 @@ def test_a_partial_rerun_carries_the_runs_it_did_not_redo_from_the_earlier_runs_
         main([str(new), "--out", str(out), "--prior", str(prior)])
 
 
+def test_a_searchs_trials_are_never_results(tmp_path, capsys):
+    # A trial holds a validation split out of the training set: it chooses a rate, and
+    # no door of the report counts it, even in the folder of the preset's own runs.
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        make_run(runs, norm="bn", seed=seed, experiment="wc_resnet", budget="cpu", final_acc=50.0)
+    trial = make_run(runs, norm="bn", seed=0, experiment="wc_resnet", budget="cpu", lr=0.5, tag="_trial",
+                     final_acc=1.0)
+    config = yaml.safe_load((trial / "config.yaml").read_text())
+    config["dataset"]["val_split"] = 0.1
+    (trial / "config.yaml").write_text(yaml.safe_dump(config))
+    assert report([str(runs), "--out", str(tmp_path / "results")]) == 0
+    assert "1 run(s) with a validation split left out" in capsys.readouterr().err
+    table = pd.read_csv(tmp_path / "results" / "wc_resnet" / "table.csv").set_index(["model", "dataset"])
+    assert table.loc[("resnet18", "cifar10"), "BN"] == "50.00 ± 0.00 (n=2)"
+    assert len(pd.read_csv(tmp_path / "results" / "wc_resnet" / "runs.csv")) == 2
+
+
 def test_the_tuned_protocol_tables_only_the_runs_at_each_points_searched_rate(tmp_path):
     # The shared-rate grid at lr 0.1; a search chose 0.1 for BN and 0.05 for BN + WS and
     # BN + WC; those two were trained at 0.05 (and BN + WC once more at 0.01, a stray

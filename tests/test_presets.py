@@ -535,7 +535,7 @@ def test_the_cpu_script_runs_the_tuned_protocol_search_table_then_the_rates_not_
     log = tmp_path / "calls.log"
     env = {"PATH": "/usr/bin:/bin", "BIN": str(tmp_path / "bin"), "PYTHON": sys.executable, "STUB_LOG": str(log),
            "SEARCH_CSV": str(tmp_path / "search.csv"), "PROTOCOL": "tuned", "RESULTS": str(results),
-           "OUT": str(tmp_path / "runs"), "JOBS": "1"}
+           "OUT": str(tmp_path / "runs"), "TUNED_OUT": str(tmp_path / "tuned"), "JOBS": "1"}
     proc = subprocess.run(["bash", str(REPO / "scripts" / "run_cpu_budget.sh"), "wc_fc", "--", "norm=bn,bn_wc"],
                           capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
@@ -544,7 +544,7 @@ def test_the_cpu_script_runs_the_tuned_protocol_search_table_then_the_rates_not_
         f"train -m experiment=wc_fc budget=cpu +search=lr_grid out_dir={tmp_path}/runs/lr_grid/wc_fc {data} norm=bn,bn_wc",
         f"search {tmp_path}/runs/lr_grid/wc_fc --preset wc_fc --out {results}/wc_fc/tuned",
         "train -m experiment=wc_fc budget=cpu model=enorm_fc dataset=npz norm=bn_wc model.depth=3 optim.lr=0.005 "
-        f"out_dir={tmp_path}/runs/tuned/wc_fc {data}"]
+        f"out_dir={tmp_path}/tuned/wc_fc {data}"]
     assert "--tuned" in proc.stdout and "--prior" in proc.stdout
 
 

@@ -10,6 +10,7 @@ CIFAR-100 / ImageNet, and every claim row that uses them says so.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 
@@ -83,8 +84,23 @@ def judge(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_report_runs(paths) -> pd.DataFrame:
-    """Every run below ``paths`` (``load_runs``), with ``dataset_file``."""
-    return with_dataset_file(load_runs(paths))
+    """Every run below ``paths`` (``load_runs``) but a search's trials, with ``dataset_file``."""
+    return with_dataset_file(without_trials(load_runs(paths)))
+
+
+def without_trials(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs less a search's trials (a validation split held out of the training set:
+    `+search=lr`, `+search=lr_grid`), which choose rates and are never results; said.
+    `wcnorm search` tables them."""
+    col = "cfg.dataset.val_split"
+    if runs.empty or col not in runs:
+        return runs
+    trial = pd.to_numeric(runs[col], errors="coerce").fillna(0) > 0
+    if trial.any():
+        print(f"wcnorm: {int(trial.sum())} run(s) with a validation split left out of the tables: a "
+              f"search's trials choose rates and are not results (`wcnorm search` tables them)",
+              file=sys.stderr)
+    return runs[~trial].reset_index(drop=True)
 
 
 def label_per_run(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
