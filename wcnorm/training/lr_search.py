@@ -15,7 +15,7 @@ whole grid, with the normalizer as one more parameter, would find the best pair
 * A trial is an ordinary run, `optim.lr=<proposed>` with the validation split that
   conf/search/lr.yaml sets (`dataset.val_split`), in its own run directory. Its value
   is the validation accuracy of the final epoch (result.json `final_val_acc`); the
-  test set is never looked at.
+  test set never chooses (a trial scores it as every run does; nothing here reads it).
 * Optuna's ask-and-tell interface drives the rounds: each round asks every study for
   `n_jobs` trials, launches them all together through the configured launcher (so a
   parallel launcher runs the points side by side), and tells each study its values.
