@@ -39,6 +39,9 @@ def test_the_index_lists_every_judged_claim_of_every_folder(tmp_path):
         "| [`wc_resnet/`](wc_resnet/claims.md) | ResNet: BN + WC \\| better. (`wc2`) | not supported "
         "| [supported](wc_resnet/tuned/claims.md) (changed) "
         "| bn_wc 49.20±2.12 (n=3) vs bn 50.34±1.64 (n=3) |"]  # wc1: no run bears on it
+    _claims(tmp_path / "wc_vit", [{"claim_id": "vit", "verdict": "direction only", "finished_runs": 6}])
+    _claims(tmp_path / "wc_vit" / "tuned", [{"claim_id": "vit", "verdict": "not enough runs", "finished_runs": 1}])
+    assert "| [not enough runs](wc_vit/tuned/claims.md) |" in verdict_index(tmp_path)  # no conclusion changed
     (tmp_path / "wc_resnet" / "tuned" / "claims.csv").unlink()
     assert "| not supported | not run |" in verdict_index(tmp_path)
 
