@@ -23,6 +23,7 @@ import pandas as pd
 
 from ..outputs import NOT_IDENTITY, SEARCH_OBJECTIVE, atomic_write_text, read_result
 from .runs import load_runs
+from .runs_table import rel
 from .table import norm_label, norm_sort_key
 
 # What a search tunes: trials of one grid point differ in these alone.
@@ -154,8 +155,11 @@ def to_markdown(points: pd.DataFrame, trials: pd.DataFrame, split: list[float], 
         "### Trials", "", _md(trials.drop(columns=["run_dir"])), ""])
 
 
-def write_search(trials: pd.DataFrame, command: str, out_dir) -> tuple[str, list[Path]]:
-    """Write search.csv, search_trials.csv and search.md; return the Markdown and the files."""
+def write_search(trials: pd.DataFrame, command: str, out_dir, runs_root=None) -> tuple[str, list[Path]]:
+    """Write search.csv, search_trials.csv and search.md; return the Markdown and the files.
+    Run directories are written relative to ``runs_root`` (no machine's paths in results/)."""
+    if runs_root is not None:
+        trials = trials.assign(run_dir=[rel(d, Path(runs_root)) for d in trials["run_dir"]])
     points, table = search_tables(trials)
     text = to_markdown(points, table, sorted(set(trials[f"cfg.{VAL_SPLIT}"])), command)
     out = Path(out_dir)
@@ -184,7 +188,8 @@ def main(argv=None) -> int:
         print("wcnorm search: no trials found (run directories with dataset.val_split > 0)"
               + (f" of preset {args.preset}" if args.preset else ""), file=sys.stderr)
         return 1
-    text, files = write_search(trials, shlex.join(["wcnorm", "search", *argv]), args.out)
+    root = args.runs[0] if len(args.runs) == 1 else None
+    text, files = write_search(trials, shlex.join(["wcnorm", "search", *argv]), args.out, root)
     print(text)
     print("wrote: " + ", ".join(map(str, files)))
     return 0
