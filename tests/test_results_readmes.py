@@ -62,7 +62,7 @@ def folder_numbers(folder: Path) -> list[float]:
         frame = pd.read_csv(f, dtype=str, keep_default_na=False)
         if f.name == "runs.csv":
             frame = frame[[c for c in RESULT_COLUMNS if c in frame]]
-        elif not f.name.startswith(("table", "claims")):
+        elif not f.name.startswith(("table", "claims", "search")):
             continue
         for cell in frame.to_numpy().ravel():
             values += [float(x) for x in _ANY_NUMBER.findall(cell)]
@@ -84,10 +84,11 @@ def unmatched(folder: Path) -> list[str]:
                    if not found(n, values)}, key=float)
 
 
-FOLDERS = sorted(p.parent for p in RESULTS.glob("*/README.md") if (p.parent / "runs.csv").is_file())
+FOLDERS = sorted(p.parent for pattern in ("*/README.md", "*/tuned/README.md") for p in RESULTS.glob(pattern)
+                 if (p.parent / "runs.csv").is_file())
 
 
-@pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: str(p.relative_to(RESULTS)))
 def test_every_number_a_results_readme_quotes_is_in_its_csvs(folder):
     missing = unmatched(folder)
     assert not missing, (f"results/{folder.name}/README.md quotes numbers no CSV of the "
