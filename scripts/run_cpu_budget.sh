@@ -76,7 +76,7 @@ declared=$("$PYTHON" -m wcnorm.presets --budget cpu --data "$DATA" "${presets[@]
 
 # The tuned protocol of one preset (steps 1-3 above).
 tuned() {
-  local preset=$1 todo cmd words
+  local preset=$1 todo cmd words status=0
   shift
   "$BIN/wcnorm" train -m "experiment=$preset" budget=cpu +search=lr_grid "out_dir=$OUT/lr_grid/$preset" \
     "$@" "${launcher[@]}" "${narrow[@]}" || return 1
@@ -87,8 +87,10 @@ tuned() {
     [ -n "$cmd" ] || continue
     read -r -a words <<< "$cmd"
     echo "== $preset: ${words[*]:3}"
-    "$BIN/wcnorm" "${words[@]:1}" "out_dir=$TUNED_OUT/$preset" "$@" "${launcher[@]}" || return 1
+    # a point whose runs diverged is a result: the other points still train
+    "$BIN/wcnorm" "${words[@]:1}" "out_dir=$TUNED_OUT/$preset" "$@" "${launcher[@]}" || status=1
   done <<< "$todo"
+  return $status
 }
 
 failed=()
