@@ -44,6 +44,9 @@ def test_the_index_lists_every_judged_claim_of_every_folder(tmp_path):
     assert "| [not enough runs](wc_vit/tuned/claims.md) |" in verdict_index(tmp_path)  # no conclusion changed
     (tmp_path / "wc_resnet" / "tuned" / "claims.csv").unlink()
     assert "| not supported | not run |" in verdict_index(tmp_path)
+    # a tuned/ folder that states why its preset was not tuned, and has no claims
+    (tmp_path / "wc_resnet" / "tuned" / "README.md").write_text("# Not tuned: why\n")
+    assert "| not supported | [not tuned](wc_resnet/tuned/README.md) |" in verdict_index(tmp_path)
 
 
 def test_the_index_replaces_only_the_text_between_its_markers(tmp_path):

@@ -4,7 +4,9 @@ rate, the cells in short), generated from each ``<root>/<preset>/claims.csv`` an
 ``<root>/<preset>/tuned/claims.csv`` into ``<root>/README.md`` between two markers, so
 that the prose around it stays the hand-written home of each finding and the index
 never restates a verdict by hand. A tuned verdict that differs from the shared-rate one
-is marked "changed"."""
+is marked "changed". A folder whose ``tuned/`` holds a README but no claims states why
+its preset was not tuned: the index links that statement ("not tuned") instead of
+saying "not run"."""
 
 from __future__ import annotations
 
@@ -47,16 +49,22 @@ def _judged(path: Path) -> pd.DataFrame:
     return claims[claims["finished_runs"] > 0]
 
 
+NOT_TUNED = "not tuned"  # a tuned/ folder with a README (the reason) and no claims
+
+
 def index_rows(root: Path) -> pd.DataFrame:
     """Every judged claim (at least one finished run) of every ``root/*/claims.csv``, with
-    ``tuned_verdict``: its verdict in ``root/*/tuned/claims.csv`` (None: no tuned runs)."""
+    ``tuned_verdict``: its verdict in ``root/*/tuned/claims.csv`` (None: no tuned runs;
+    NOT_TUNED: none, and ``tuned/README.md`` says why)."""
     frames = []
     for f in sorted(Path(root).glob("*/claims.csv")):
         judged = _judged(f).assign(preset=f.parent.name, tuned_verdict=None)
-        tuned_file = f.parent / TUNED_FOLDER / "claims.csv"
-        if tuned_file.is_file():
-            tuned = _judged(tuned_file).set_index("claim_id")["verdict"]
+        tuned_dir = f.parent / TUNED_FOLDER
+        if (tuned_dir / "claims.csv").is_file():
+            tuned = _judged(tuned_dir / "claims.csv").set_index("claim_id")["verdict"]
             judged["tuned_verdict"] = judged["claim_id"].map(tuned)
+        elif (tuned_dir / "README.md").is_file():
+            judged["tuned_verdict"] = NOT_TUNED
         frames.append(judged)
     if not frames:
         return pd.DataFrame(columns=["preset", "claim_id", "claim", "verdict", "tuned_verdict", "numbers"])
@@ -66,6 +74,8 @@ def index_rows(root: Path) -> pd.DataFrame:
 def _tuned_cell(preset: str, shared: str, tuned) -> str:
     if tuned is None or pd.isna(tuned):
         return "not run"
+    if tuned == NOT_TUNED:  # the folder states why
+        return f"[{NOT_TUNED}]({preset}/{TUNED_FOLDER}/README.md)"
     # a verdict changed by tuning; "not enough runs" on either side changes no conclusion
     mark = " (changed)" if tuned != shared and NOT_ENOUGH not in (tuned, shared) else ""
     return f"[{_md(tuned)}]({preset}/{TUNED_FOLDER}/claims.md){mark}"

@@ -378,6 +378,8 @@ def field_points(config: DictConfig, points: list[list[str]], swept: set[str]) -
         if is_field_config(cfg):
             found.append(f"  grid point #{num} {' '.join(own_overrides(point, swept) or point)}: "
                          f"dataset={cfg.dataset.name} trains a neural field, and a search tunes a "
-                         f"classifier's rate on its validation accuracy (fields have no validation "
-                         f"split): tune a field's rate with a plain sweep, e.g. 'optim.lr=1e-4,5e-4,1e-3'")
+                         f"classifier's rate on its validation accuracy (fields have no held-out validation "
+                         f"split, and their test metrics never choose a rate): train a field at its "
+                         f"recipe's rate (docs/fields.md; results/wc_nerf/tuned/README.md says what a "
+                         f"field search would need)")
     return found
