@@ -26,9 +26,12 @@
 #   1. searches each grid point's rate on the ENorm paper's grid (+search=lr_grid, on the
 #      validation split)                                   -> $OUT/lr_grid/<preset>/
 #   2. tables it (`wcnorm search`)                         -> $RESULTS/<preset>/tuned/search.*
+#      with the trials of an earlier part (`--prior` its search_trials.csv, if the folder
+#      has one) at the points this part did not search
 #   3. trains the preset's seeds at each point's rate      -> $TUNED_OUT/<preset>/
-#      except where $RESULTS/<preset>/runs.csv already has the shared grid's runs at that
-#      rate (`wcnorm report ... --tuned ... --prior results/<preset>/runs.csv` carries them).
+#      except where $RESULTS/<preset>/runs.csv (the shared grid's runs) or
+#      $RESULTS/<preset>/tuned/runs.csv (an earlier part's) already has runs at that rate
+#      (`wcnorm report ... --tuned ... --prior` each of them carries them).
 # Overrides after `--` narrow the search's grid (stated in the folder's README); the
 # preset's seeds at the rates found are trained for every point searched.
 #
@@ -76,13 +79,16 @@ declared=$("$PYTHON" -m wcnorm.presets --budget cpu --data "$DATA" "${presets[@]
 
 # The tuned protocol of one preset (steps 1-3 above).
 tuned() {
-  local preset=$1 todo cmd words status=0
+  local preset=$1 todo cmd words status=0 tuned_dir=$RESULTS/$1/tuned prior=()
   shift
+  # an earlier part's trials, tabled with this part's (its run directories may be gone)
+  [ -f "$tuned_dir/search_trials.csv" ] && prior=(--prior "$tuned_dir/search_trials.csv")
   "$BIN/wcnorm" train -m "experiment=$preset" budget=cpu +search=lr_grid "out_dir=$OUT/lr_grid/$preset" \
     "$@" "${launcher[@]}" "${narrow[@]}" || return 1
-  "$BIN/wcnorm" search "$OUT/lr_grid/$preset" --preset "$preset" --out "$RESULTS/$preset/tuned" >/dev/null || return 1
-  todo=$("$PYTHON" -m wcnorm.report.tuned "$RESULTS/$preset/tuned/search.csv" "$preset" \
-    "$RESULTS/$preset/runs.csv") || return 1
+  "$BIN/wcnorm" search "$OUT/lr_grid/$preset" --preset "$preset" --out "$tuned_dir" "${prior[@]}" >/dev/null \
+    || return 1
+  todo=$("$PYTHON" -m wcnorm.report.tuned "$tuned_dir/search.csv" "$preset" \
+    "$RESULTS/$preset/runs.csv" "$tuned_dir/runs.csv") || return 1
   while IFS= read -r cmd; do  # `wcnorm train -m experiment=... norm=... optim.lr=...`, one point
     [ -n "$cmd" ] || continue
     read -r -a words <<< "$cmd"
@@ -116,7 +122,7 @@ if [ ${#failed[@]} -gt 0 ]; then
 fi
 if [ "$PROTOCOL" = tuned ]; then
   for preset in "${presets[@]}"; do
-    echo "done; tables: $BIN/wcnorm report $TUNED_OUT --out $RESULTS --presets $preset --tuned $RESULTS/$preset/tuned/search.csv --prior $RESULTS/$preset/runs.csv"
+    echo "done; tables: $BIN/wcnorm report $TUNED_OUT --out $RESULTS --presets $preset --tuned $RESULTS/$preset/tuned/search.csv --prior $RESULTS/$preset/runs.csv --prior $RESULTS/$preset/tuned/runs.csv (the second if it exists)"
   done
 else
   echo "done; tables: make tables RUNS=$OUT"

@@ -163,7 +163,7 @@ def _finish(run_dir: Path, config: dict, epochs: int, **numbers) -> None:
 def make_nerf_run(root, *, scene="lego", norm="wc", seed=0, test_psnr=30.0, test_ssim=None,
                   epochs=6, eval_every=2, finished=True, views=("r_0", "r_1"),
                   render_names="{view}_{role}.png", scene_key=True,
-                  experiment="wc_nerf", budget="short") -> Path:
+                  experiment="wc_nerf", budget="short", lr=5e-4) -> Path:
     """One NeRF run directory. The end-of-run test PSNR is ``test_psnr`` (SSIM
     ``test_ssim``, default ``test_psnr / 40``); the validation PSNR is 1 dB lower, rising
     to its best at the last epoch, logged every ``eval_every`` epochs (the val columns are
@@ -178,8 +178,9 @@ def make_nerf_run(root, *, scene="lego", norm="wc", seed=0, test_psnr=30.0, test
                "root": f"data/{SCENE_LAYOUTS.get(scene, 'blender')}/{scene}"}
     if scene_key:
         dataset["scene"] = scene
-    config = _field_config("nerf", dataset, norm, seed, experiment, budget, epochs, 5e-4)
-    run_dir = _field_run_dir(root, experiment, "nerf", scene, norm, seed, config)
+    config = _field_config("nerf", dataset, norm, seed, experiment, budget, epochs, lr)
+    subject = scene if lr == 5e-4 else f"{scene}_lr{lr:g}"
+    run_dir = _field_run_dir(root, experiment, "nerf", subject, norm, seed, config)
 
     done = epochs if finished else max(1, epochs // 2)
     ep = np.arange(1, done + 1)

@@ -15,16 +15,17 @@ import pandas as pd
 import pytest
 import torch
 import trimesh
-from conftest import compose_cfg
+from conftest import compose_cfg, wcnorm
 from PIL import Image
 from test_fields_data import write_llff
 
-from wcnorm.errors import DatasetUnavailable
+from wcnorm.errors import ConfigError, DatasetUnavailable
 from wcnorm.fields.rays import camera_rays, pixel_rays
 from wcnorm.fields.scenes import load_llff
 from wcnorm.methods.weight_method import installed_methods
+from wcnorm.outputs import search_objective
 from wcnorm.tasks import NeRFTask, OccupancyTask, field_config_problems, is_field_config
-from wcnorm.tasks.field_common import PoolLoader
+from wcnorm.tasks.field_common import PoolLoader, held_out_views
 from wcnorm.tasks.nerf import evenly_spaced
 from wcnorm.training.assemble import assemble, with_weight_method
 from wcnorm.training.train import summarize
@@ -200,6 +201,28 @@ def test_an_llff_run_validates_on_training_views_and_tests_on_the_held_out_ones(
     assert math.isfinite(result["final_test_psnr"])
 
 
+def test_a_validation_split_holds_training_views_out_and_scores_them(nerf_cfg, tmp_path):
+    """dataset.val_split: training views held out of training become the val views (the
+    split a search tunes on), whatever val_source says; the test views stay for the end."""
+    cfg = nerf_cfg("dataset.val_split=0.34", "trainer.epochs=1")
+    run, result = fit(cfg, tmp_path / "run")
+    assert len(run.task.data) == 2 and len(run.task.val) == 1  # 3 training views: 1 held out
+    assert run.task.val.files[0].stem == "r_1"  # evenly spaced: the middle of its share
+    assert [f.stem for f in run.task.data.files] == ["r_0", "r_2"]
+    assert run.train_loader.size == 2 * 12 * 12  # the rays of the views left to train on
+    assert {p.name for p in (tmp_path / "run" / "renders" / "epoch_001").iterdir()} == {"r_1_gt.png", "r_1_pred.png"}
+    assert result["val_source"] == "held_out" and math.isfinite(result["final_val_psnr"])
+    assert search_objective(result) == "final_val_psnr"
+    with pytest.raises(ConfigError, match="holds out all of the 3 training views"):
+        assemble_in(nerf_cfg("dataset.val_split=0.9"), tmp_path / "all")
+
+
+@pytest.mark.parametrize("n, fraction, views", [(3, 0.34, [1]), (17, 0.1, [4, 12]), (100, 0.1, list(range(5, 100, 10)))])
+def test_held_out_views_are_evenly_spaced_and_at_least_one(n, fraction, views):
+    assert held_out_views(n, fraction, "views") == views
+    assert held_out_views(n, 1e-9, "views") == [n // 2]  # a fraction that rounds to none still holds one out
+
+
 # ----------------------------------------------------------------------------- shapes
 
 
@@ -229,6 +252,30 @@ def test_every_shape_run_is_scored_on_the_same_held_out_points(shape_cfg, tmp_pa
     b = assemble(shape_cfg("seed=1"), CPU).task
     assert torch.equal(a.held_out.points, b.held_out.points)
     assert not torch.equal(a.data.points, b.data.points)  # the training pools follow the seed
+
+
+def test_a_validation_split_holds_pool_points_out_and_scores_them_apart(shape_cfg, tmp_path):
+    plain = assemble(shape_cfg(), CPU).task
+    run, result = fit(shape_cfg("dataset.val_split=0.2"), tmp_path / "run")
+    task = run.task
+    assert len(task.data.labels) == 1600 and len(task.val.labels) == 400  # of the 2,000-point pool
+    # the pool split, not a new sample, in the pool's mix of uniform and near-surface points
+    in_pool = lambda points: (points[:, None] == plain.data.points[None]).all(-1).any(1)  # noqa: E731
+    assert in_pool(task.val.points).all() and in_pool(task.data.points).all()
+    assert not (task.val.points[:, None] == task.data.points[None]).all(-1).any()
+    assert task.val.near_surface.float().mean() == plain.data.near_surface.float().mean() == 0.5
+    assert torch.equal(task.held_out.points, plain.held_out.points)  # the test points are unchanged
+    assert run.train_loader.size == 1600
+    rows = metrics(tmp_path / "run")
+    for column in ("val_iou", "val_acc", "val_iou_uniform", "val_iou_near", "test_iou"):
+        assert rows[column].notna().all(), column
+    assert search_objective(result) == "final_val_iou" and result["final_val_iou"] == pytest.approx(rows.val_iou.iloc[-1])
+    assert result["final_val_iou"] != result["final_test_iou"]  # two different sets of points
+    fit(shape_cfg(), tmp_path / "plain")
+    assert "val_iou" not in metrics(tmp_path / "plain")  # no split: no val columns
+    for fraction, what in ((0.9999, "all"), (1e-6, "none")):
+        with pytest.raises(ConfigError, match=f"val_split={fraction} holds out {what} of the 2000 training points"):
+            assemble(shape_cfg(f"dataset.val_split={fraction}"), CPU)
 
 
 # ----------------------------------------------------------------------------- both
@@ -384,3 +431,26 @@ def test_evenly_spaced_views():
     assert evenly_spaced(17, 3) == [0, 8, 16]
     assert evenly_spaced(5, 9) == [0, 1, 2, 3, 4]
     assert evenly_spaced(5, 1) == [0]
+
+
+@pytest.mark.slow
+def test_a_grid_search_tunes_a_shapes_rate_on_held_out_pool_points(tmp_path):
+    """`+search=lr_grid` on an occupancy field: every normalizer trains the grid's rates
+    on a pool with 10 % held out, scored by final_val_iou; `wcnorm search` tables it."""
+    pytest.importorskip("optuna")
+    path = write_sphere(tmp_path / "sphere.obj")
+    overrides = [o for o in (*BASE, *TINY_SHAPE) if not o.startswith("optim.lr")]
+    wcnorm("train", "-m", "+search=lr_grid", *overrides, f"dataset.path={path}", "out_dir=out", "norm=none,wc",
+           "hydra.sweeper.sampler.search_space={optim.lr: [0.001, 0.01]}", "hydra.sweeper.n_trials=2",
+           "trainer.epochs=1", cwd=tmp_path)
+    results = [json.loads(p.read_text()) for p in (tmp_path / "out").rglob("result.json")]
+    assert len(results) == 4 and all(r["status"] == "finished" for r in results)
+    assert all(0 <= r["final_val_iou"] <= 1 and r["final_val_iou"] != r["final_test_iou"] for r in results)
+    wcnorm("search", "out", "--out", "tables", cwd=tmp_path)
+    points = pd.read_csv(tmp_path / "tables" / "search.csv")
+    assert list(points["norm"]) == ["none", "wc"] and "val_iou" in points and "val_acc" not in points
+    best = {r["config"]["norm"]["name"]: max((x["final_val_iou"], -x["config"]["optim"]["lr"]) for x in results
+                                              if x["config"]["norm"]["name"] == r["config"]["norm"]["name"])
+            for r in results}
+    assert list(points["val_iou"]) == pytest.approx([best["none"][0], best["wc"][0]], abs=1e-4)
+    assert "validation IoU" in (tmp_path / "tables" / "search.md").read_text()

@@ -186,6 +186,56 @@ def test_the_tuned_protocol_tables_only_the_runs_at_each_points_searched_rate(tm
     assert report([str(new), "--out", str(out), "--presets", "wc_resnet", "--tuned", str(other)]) == 1
 
 
+def test_a_tuned_folder_grown_in_parts_carries_both_earlier_runs_csv_files(tmp_path):
+    # Part one trained BN + WC at its searched 0.05 (BN's rate is the shared grid's 0.1);
+    # its run directories are gone. Part two trains BN + WS at its 0.05: the tuned table
+    # takes BN from the shared runs.csv, BN + WC from the tuned one, each run once.
+    old, one, two, out = (tmp_path / n for n in ("old", "one", "two", "results"))
+    for seed in (0, 1, 2):
+        for norm in ("bn", "bn_ws", "bn_wc"):
+            make_run(old, norm=norm, seed=seed, experiment="wc_resnet", budget="cpu", final_acc=50.0 + seed)
+        make_run(one, norm="bn_wc", seed=seed, experiment="wc_resnet", budget="cpu", lr=0.05, tag="_lr05",
+                 final_acc=56.0 + seed)
+        make_run(two, norm="bn_ws", seed=seed, experiment="wc_resnet", budget="cpu", lr=0.05, tag="_lr05",
+                 final_acc=57.0 + seed)
+    assert report([str(old), "--out", str(out)]) == 0
+    shared, tuned = out / "wc_resnet" / "runs.csv", out / "wc_resnet" / "tuned" / "runs.csv"
+    search = tmp_path / "search.csv"
+    pd.DataFrame({"experiment": "wc_resnet", "budget": "cpu", "model": "resnet18", "dataset": "cifar10",
+                  "norm": ["bn", "bn_ws", "bn_wc"], "optim.lr": [0.1, 0.05, 0.05], "val_acc": 40.0}).to_csv(
+        search, index=False)
+    common = ["--out", str(out), "--presets", "wc_resnet", "--tuned", str(search), "--prior", str(shared)]
+    assert report([str(one), *common]) == 0
+    assert report([str(two), *common, "--prior", str(tuned)]) == 0
+    runs = pd.read_csv(tuned)
+    assert len(runs) == 9 and runs["run_dir"].is_unique
+    assert runs.groupby("norm")["final_test_acc"].mean().to_dict() == {"bn": 51.0, "bn_wc": 57.0, "bn_ws": 58.0}
+    with pytest.raises(SystemExit):  # every --prior file must exist
+        report([str(two), *common, "--prior", str(tmp_path / "missing.csv")])
+
+
+def test_the_tuned_protocol_tables_a_field_preset_by_its_searched_rates(tmp_path):
+    # wc_nerf: the shared grid at the recipe's 5e-4; a search (on held-out training views,
+    # val_psnr) chose 5e-4 for the plain MLP and 1e-3 for WC, which was trained at it.
+    old, new, out = tmp_path / "old", tmp_path / "new", tmp_path / "results"
+    for norm in ("none", "wc"):
+        for seed in (0, 1, 2):
+            make_nerf_run(old, norm=norm, seed=seed, test_psnr=20.0 + seed)
+            make_nerf_run(new, norm=norm, seed=seed, test_psnr=22.0 + seed, lr=1e-3)
+    assert report([str(old), "--out", str(out)]) == 0
+    search = tmp_path / "search.csv"
+    pd.DataFrame({"experiment": "wc_nerf", "budget": "short", "model": "nerf", "dataset": "blender",
+                  "norm": ["none", "wc"], "optim.lr": [5e-4, 1e-3], "val_psnr": 21.0}).to_csv(search, index=False)
+    assert report([str(new), "--out", str(out), "--presets", "wc_nerf", "--tuned", str(search),
+                   "--prior", str(out / "wc_nerf" / "runs.csv")]) == 0
+    runs = pd.read_csv(out / "wc_nerf" / "tuned" / "runs.csv")
+    assert runs.groupby("norm")["lr"].unique().map(list).to_dict() == {"none": [5e-4], "wc": [1e-3]}
+    assert sorted(runs.loc[runs.norm == "wc", "final_test_psnr"]) == [22.0, 23.0, 24.0]
+    table = (out / "wc_nerf" / "tuned" / "table.md").read_text()
+    assert "at lr 0.001" in table and "at lr 0.0005" in table
+    assert (out / "wc_nerf" / "tuned" / "claims.csv").is_file()
+
+
 def test_every_door_judges_the_same_runs_alike(tmp_path, monkeypatch):
     # Runs on a CIFAR-10 subset file and on an ImageNet subset folder: `wcnorm report`
     # (a results folder) and `wcnorm table` (one preset's table and claims) label them

@@ -528,6 +528,14 @@ def test_the_cpu_script_runs_the_tuned_protocol_search_table_then_the_rates_not_
     search["command"] = [f"wcnorm train -m experiment=wc_fc budget=cpu model=enorm_fc dataset=npz norm={n} "
                          f"model.depth=3 optim.lr={lr}" for n, lr in zip(search["norm"], search["optim.lr"])]
     search.to_csv(tmp_path / "search.csv", index=False)
+    # an earlier part searched and trained BN + GN at 0.05: its trials are tabled again, its runs not retrained
+    (results / "wc_fc" / "tuned").mkdir()
+    (results / "wc_fc" / "tuned" / "search_trials.csv").write_text("norm,optim.lr,val_acc\nbn_gn,0.05,40.0\n")
+    pd.DataFrame({"experiment": "wc_fc", "budget": "cpu", "model": "enorm_fc", "dataset": "npz", "norm": ["bn_gn"],
+                  "seed": 0, "depth": 3, "lr": 0.05}).to_csv(results / "wc_fc" / "tuned" / "runs.csv", index=False)
+    search = pd.concat([search, search.iloc[[1]].assign(
+        norm="bn_gn", **{"optim.lr": 0.05}, command="wcnorm train -m experiment=wc_fc norm=bn_gn optim.lr=0.05")])
+    search.to_csv(tmp_path / "search.csv", index=False)
     stub = STUB.replace('[[ " $* "', 'if [ "$1" = search ]; then mkdir -p "$6" && cp "$SEARCH_CSV" "$6/search.csv"; fi\n[[ " $* "')
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "wcnorm").write_text(stub)
@@ -542,7 +550,8 @@ def test_the_cpu_script_runs_the_tuned_protocol_search_table_then_the_rates_not_
     data = "dataset=npz dataset.path=../shared/data/cifar10-partial.npz"
     assert [c.split(" | ", 1)[1] for c in log.read_text().splitlines()] == [
         f"train -m experiment=wc_fc budget=cpu +search=lr_grid out_dir={tmp_path}/runs/lr_grid/wc_fc {data} norm=bn,bn_wc",
-        f"search {tmp_path}/runs/lr_grid/wc_fc --preset wc_fc --out {results}/wc_fc/tuned",
+        f"search {tmp_path}/runs/lr_grid/wc_fc --preset wc_fc --out {results}/wc_fc/tuned "
+        f"--prior {results}/wc_fc/tuned/search_trials.csv",
         "train -m experiment=wc_fc budget=cpu model=enorm_fc dataset=npz norm=bn_wc model.depth=3 optim.lr=0.005 "
         f"out_dir={tmp_path}/tuned/wc_fc {data}"]
     assert "--tuned" in proc.stdout and "--prior" in proc.stdout

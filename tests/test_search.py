@@ -26,8 +26,9 @@ from omegaconf import OmegaConf
 
 from wcnorm import cli
 from wcnorm.errors import DivergedError
-from wcnorm.outputs import SEARCH_OBJECTIVE, run_dir_for
+from wcnorm.outputs import run_dir_for, search_objective
 from wcnorm.report.search_table import load_trials, search_tables, to_markdown
+from wcnorm.report.search_table import main as search_main
 from wcnorm.training.sweep import JobFailure, SweepCallback, job_failed
 
 optuna = pytest.importorskip("optuna")
@@ -58,7 +59,7 @@ def _trials(root: Path) -> dict[Path, dict]:
     for path in root.rglob("result.json"):
         result, cfg = json.loads(path.read_text()), yaml.safe_load((path.parent / "config.yaml").read_text())
         found[path.parent] = {"norm": cfg["norm"]["name"], "lr": cfg["optim"]["lr"],
-                              "val_split": cfg["dataset"]["val_split"], "value": result.get(SEARCH_OBJECTIVE),
+                              "val_split": cfg["dataset"]["val_split"], "value": result.get(search_objective(result)),
                               "mtime": path.stat().st_mtime_ns}
     return found
 
@@ -165,7 +166,7 @@ def test_the_grid_search_is_the_enorm_papers_grid_and_names_other_studies_than_t
 
 
 def _trial_dir(root: Path, name: str, *, dataset="cifar10", norm="bn", lr=0.1, value=50.0, depth=None,
-               val_split=0.1, finished=True, experiment="wc_resnet") -> None:
+               val_split=0.1, finished=True, experiment="wc_resnet", metric="test_acc") -> None:
     """A run directory as the trainer leaves it (only what the search table reads)."""
     d = root / name
     d.mkdir(parents=True)
@@ -177,8 +178,9 @@ def _trial_dir(root: Path, name: str, *, dataset="cifar10", norm="bn", lr=0.1, v
     (d / "config.yaml").write_text(yaml.safe_dump(config))
     (d / "metrics.csv").write_text("epoch,test_acc\n1,99.0\n")  # as result.json says
     if finished:
-        (d / "result.json").write_text(json.dumps({"status": "finished", SEARCH_OBJECTIVE: value, "wall_time_s": 30.0,
-                                                   "final_test_acc": 99.0, "config": config}))
+        objective = search_objective({"metric": metric})
+        (d / "result.json").write_text(json.dumps({"status": "finished", "metric": metric, objective: value,
+                                                   "wall_time_s": 30.0, "final_test_acc": 99.0, "config": config}))
 
 
 def test_the_table_gives_each_grid_point_its_best_rate_and_the_command_for_the_preset(tmp_path):
@@ -218,14 +220,66 @@ def test_a_point_the_grid_varies_below_a_group_is_named_in_the_command(tmp_path)
     assert points["command"][1].endswith("norm=bn model.depth=5 optim.lr=0.1")
 
 
+def test_a_search_run_in_parts_is_tabled_whole_with_the_earlier_parts_trials(tmp_path):
+    # part one searched depths 3 and 5; its run directories are gone, its tables remain
+    for depth in (3, 5):
+        for i, lr in enumerate((0.01, 0.1)):
+            _trial_dir(tmp_path / "one", f"d{depth}-{i}", depth=depth, lr=lr, value=50.0 + i * (depth - 4))
+    assert search_main([str(tmp_path / "one"), "--out", str(tmp_path / "first")]) == 0
+    # part two searches depths 5 (again) and 7
+    for depth in (5, 7):
+        for i, lr in enumerate((0.01, 0.1)):
+            _trial_dir(tmp_path / "two", f"d{depth}-{i}", depth=depth, lr=lr, value=60.0 - i * (depth - 4))
+    prior = tmp_path / "first" / "search_trials.csv"
+    assert search_main([str(tmp_path / "two"), "--out", str(tmp_path / "whole"), "--prior", str(prior)]) == 0
+    points = pd.read_csv(tmp_path / "whole" / "search.csv")
+    assert list(points["model.depth"]) == [3, 5, 7]
+    assert list(points["optim.lr"]) == [0.01, 0.01, 0.01] and list(points["val_acc"]) == [50.0, 60.0, 60.0]
+    assert list(points["trials"]) == [2, 2, 2]  # depth 5's part-one trials gave way to part two's
+    assert points["command"][0].endswith("norm=bn model.depth=3 optim.lr=0.01")
+    trials = pd.read_csv(tmp_path / "whole" / "search_trials.csv")
+    assert sorted(trials["run_dir"]) == ["d3-0", "d3-1", "d5-0", "d5-1", "d7-0", "d7-1"]
+    assert "- trials: 6 run directories, 6 finished" in (tmp_path / "whole" / "search.md").read_text()
+    # trials of another objective are not an earlier part of this search
+    pd.read_csv(prior).rename(columns={"val_acc": "val_psnr"}).to_csv(tmp_path / "other.csv", index=False)
+    assert search_main([str(tmp_path / "two"), "--out", str(tmp_path / "x"), "--prior", str(tmp_path / "other.csv")]) == 2
+
+
 def _ret(value) -> JobReturn:
     ret = JobReturn(status=JobStatus.COMPLETED)
     ret.return_value = value
     return ret
 
 
+def test_the_objective_is_the_final_validation_value_of_the_runs_headline_metric():
+    assert search_objective({"metric": "test_acc"}) == search_objective({}) == "final_val_acc"
+    assert search_objective({"metric": "val_psnr"}) == "final_val_psnr"  # NeRF
+    assert search_objective({"metric": "test_iou"}) == "final_val_iou"  # occupancy: never final_test_iou
+    for metric, key, value in (("test_acc", "final_val_acc", 71.5), ("val_psnr", "final_val_psnr", 24.5),
+                               ("test_iou", "final_val_iou", 0.875)):
+        result = {"status": "finished", "metric": metric, key: value, "final_test_acc": 99.0,
+                  "final_test_psnr": 99.0, "final_test_iou": 0.99}
+        assert trial_value(_ret(result)) == (value, False)
+
+
+def test_a_field_search_is_tabled_by_its_own_objective_and_mixed_objectives_are_refused(tmp_path):
+    for norm, best in (("none", 5e-4), ("wc", 1e-3)):
+        for lr in (5e-4, 1e-3, 5e-3):
+            _trial_dir(tmp_path / "nerf", f"{norm}-{lr}", experiment="wc_nerf", dataset="blender", norm=norm,
+                       lr=lr, value=25.0 if lr == best else 20.0, metric="val_psnr")
+    points, table = search_tables(load_trials(tmp_path / "nerf"))
+    assert list(points["optim.lr"]) == [5e-4, 1e-3] and list(points["val_psnr"]) == [25.0, 25.0]
+    assert "val_acc" not in points and "val_psnr" in table
+    assert "- value of a trial: the validation PSNR (dB) at the final epoch" in to_markdown(
+        points, table, [0.1], "wcnorm search")
+    _trial_dir(tmp_path / "nerf", "a-classifier", metric="test_acc")
+    with pytest.raises(ValueError, match="different objectives .*give --preset"):
+        load_trials(tmp_path / "nerf")
+    assert len(load_trials(tmp_path / "nerf", preset="wc_nerf")) == 6
+
+
 def test_a_diverged_trial_is_the_worst_value_and_a_failed_one_no_value():
-    assert trial_value(_ret({"status": "finished", SEARCH_OBJECTIVE: 71.5})) == (71.5, False)
+    assert trial_value(_ret({"status": "finished", "final_val_acc": 71.5})) == (71.5, False)
     assert trial_value(_ret(job_failed(DivergedError("the training loss became nan")))) == (0.0, True)
     assert trial_value(_ret(JobFailure("dataset missing"))) == (None, False)
     assert trial_value(_ret({"status": "interrupted"})) == (None, False)
@@ -348,10 +402,9 @@ SMALL_SEARCH = ["train", "-m", "+search=lr", *TINY, "norm=bn", "hydra.sweeper.n_
 @pytest.mark.parametrize("extra, says", [
     (["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0: must be a whole number >= 1"),
     (["optim.lr=tag(log,interval(0,1))"], "optim.lr: a log-scaled interval must start above 0"),
-    (["experiment=wc_shape", "budget=smoke"], "trains a neural field"),
 ])
 def test_a_search_that_cannot_work_is_refused_before_its_first_trial(tmp_path, extra, says):
-    args = [a for a in SMALL_SEARCH if not (extra[0].startswith("experiment") and a in TINY)]
+    args = SMALL_SEARCH
     out = wcnorm(*args, *extra, cwd=tmp_path, status=1)
     assert "this search cannot start, so no trial starts" in out and says in out, out
     assert "run directory" not in out

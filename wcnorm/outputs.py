@@ -43,9 +43,11 @@ log = logging.getLogger("wcnorm")
 
 TMP_SUFFIX = ".tmp"  # atomic writes' temporary files: `.<name>.<random>.tmp` beside the target
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s", "images_per_s"]
-# What a learning-rate search maximizes (result.json's key, read by the search and `wcnorm
-# search`): the final epoch's accuracy on the validation split, in %. Never the test set's.
-SEARCH_OBJECTIVE = "final_val_acc"
+# What a search maximizes (read by the search and `wcnorm search`): the final epoch's
+# validation value of the run's headline metric (%, dB, IoU); never the test set's.
+def search_objective(result: dict) -> str:
+    """result.json's key of it: test_acc -> final_val_acc, val_psnr -> final_val_psnr."""
+    return "final_val_" + str(result.get("metric") or "test_acc").split("_", 1)[1]
 
 # The files of a run (the contract above), in the order `discard_run` deletes them:
 # the result first, so an interrupted discard never leaves a finished-looking run.

@@ -92,6 +92,12 @@ class Scene:
         """The scene with its images and poses on `device` (where its rays are made)."""
         return replace(self, images=self.images.to(device), poses=self.poses.to(device))
 
+    def views(self, indices: list[int]) -> Scene:
+        """The scene restricted to the views `indices` (a held-out split of its views)."""
+        index = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
+        return replace(self, images=self.images[index], poses=self.poses[index],
+                       files=[self.files[i] for i in indices] if self.files else [])
+
     def _rays(self, origins: Tensor, directions: Tensor) -> Rays:
         """World-space rays as the renderer reads them: warped to NDC if the scene is."""
         viewdirs = viewing_directions(directions)

@@ -75,14 +75,16 @@ def _figures(df: pd.DataFrame, curves: pd.DataFrame, cond: pd.DataFrame, out: Pa
 
 
 def make_preset(preset: str, runs: pd.DataFrame, curves: pd.DataFrame, cond: pd.DataFrame,
-                runs_root: Path, out: Path, command: str, prior: Path | None = None,
+                runs_root: Path, out: Path, command: str, prior: list[Path] | None = None,
                 rates: pd.DataFrame | None = None) -> list[Path]:
     """``out``: the preset's folder, from its runs (a ``load_report_runs`` frame), curves
-    and condition numbers, and the rows of ``prior`` that no run directory redoes; with
-    ``rates`` (a search.csv's rows), only the runs at their grid point's tuned rate."""
+    and condition numbers, and the rows of the ``prior`` runs.csv files that no run
+    directory redoes (a run in two of them counted once); with ``rates`` (a search.csv's
+    rows), only the runs at their grid point's tuned rate."""
     out.mkdir(parents=True, exist_ok=True)
     rows = runs_table(runs, runs_root)
-    earlier = pd.read_csv(prior) if prior is not None else None
+    earlier = (pd.concat([pd.read_csv(f) for f in prior], ignore_index=True).drop_duplicates("run_dir")
+               if prior else None)
     if rates is not None:  # the tuned protocol: no run at another rate counts
         rows = at_tuned_rates(rows, rates)
         earlier = at_tuned_rates(earlier, rates) if earlier is not None else None
@@ -127,11 +129,12 @@ def parse_args(argv):
     ap.add_argument("--presets", default="",
                     help="comma-separated presets to rebuild (default: every preset with runs, "
                          f"except {', '.join(SKIP_BY_DEFAULT)})")
-    ap.add_argument("--prior", type=Path, default=None,
+    ap.add_argument("--prior", type=Path, action="append", default=None,
                     help="an earlier runs.csv of the one preset named by --presets: its runs "
                          "that no run directory redoes are carried over into the tables and "
                          "claims (their own commit and date kept); figures show the run "
-                         "directories only")
+                         "directories only. Give it again for more files (a tuned folder's "
+                         "runs.csv beside the shared one's)")
     ap.add_argument("--index", type=Path, default=None, metavar="DIR",
                     help="only regenerate the verdict index of DIR/README.md from DIR/*/claims.csv "
                          "(no runs read)")
@@ -141,10 +144,13 @@ def parse_args(argv):
                          f"<out>/<preset>/{TUNED_FOLDER}/ (docs/search.md, \"The tuned protocol\")")
     args = ap.parse_args(argv)
     for option in ("prior", "tuned"):
-        if getattr(args, option) is not None and len([p for p in args.presets.split(",") if p]) != 1:
+        files = getattr(args, option)
+        files = files if isinstance(files, list) else [] if files is None else [files]
+        if files and len([p for p in args.presets.split(",") if p]) != 1:
             ap.error(f"--{option} needs exactly one preset in --presets")
-        if getattr(args, option) is not None and not getattr(args, option).is_file():
-            ap.error(f"--{option} {getattr(args, option)}: no such file")
+        for f in files:
+            if not f.is_file():
+                ap.error(f"--{option} {f}: no such file")
     return args
 
 

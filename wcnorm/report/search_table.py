@@ -4,12 +4,17 @@ A search (`wcnorm train -m experiment=NAME +search=lr`, training.lr_search) leav
 run directory per trial. Its trials are the runs with a validation split
 (`dataset.val_split` > 0); runs whose configs differ in nothing but the tuned keys
 (TUNED) are the trials of one grid point. For each point: the trial with the highest
-validation accuracy at the final epoch, the trials behind it, and the command that
-runs the preset at that rate, on the whole training set and with all its seeds.
+validation value at the final epoch (a classifier's accuracy, a radiance field's PSNR, an
+occupancy field's IoU: outputs.search_objective), the trials behind it, and the command
+that runs the preset at that rate, on the whole training set and with all its seeds.
 
     search.csv          one row per grid point
     search_trials.csv   one row per trial
     search.md           both, and the commands
+
+A search run in parts (run directories that did not outlive an earlier part) is tabled
+whole with ``--prior`` an earlier search_trials.csv: its trials of the grid points that
+no run directory here has are carried over, as `wcnorm report --prior` carries runs.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..outputs import NOT_IDENTITY, SEARCH_OBJECTIVE, atomic_write_text, read_result
+from ..outputs import NOT_IDENTITY, atomic_write_text, read_result, search_objective
 from .runs import load_runs
 from .runs_table import rel
 from .table import norm_label, norm_sort_key
@@ -31,7 +36,15 @@ TUNED = ("optim.lr", "optim.weight_decay")
 VAL_SPLIT = "dataset.val_split"
 # A point's keys that every table names (the run columns of report.runs), then those the grid varies.
 NAMED = ("experiment", "budget", "model", "dataset", "norm")
-VALUE = "val_acc"  # the tables' column of SEARCH_OBJECTIVE
+# The tables' column of the objective, by the run's headline metric: result.json's
+# final_val_acc -> val_acc (%), final_val_psnr -> val_psnr (dB), final_val_iou -> val_iou.
+VALUES = {"val_acc": "validation accuracy (%)", "val_psnr": "validation PSNR (dB)",
+          "val_iou": "validation IoU"}
+
+
+def value_column(trials: pd.DataFrame) -> str:
+    """The objective's column of a trials table (the one of VALUES it has)."""
+    return next(c for c in VALUES if c in trials)
 
 
 def _cfg(column: str) -> str:
@@ -56,7 +69,8 @@ def varying_keys(points: pd.DataFrame) -> list[str]:
 
 def load_trials(paths, preset: str | None = None) -> pd.DataFrame:
     """One row per trial: its run's columns (report.runs), `point` (its grid point's
-    number) and `val_acc` (NaN for a trial that did not finish)."""
+    number) and its objective (`val_acc`, `val_psnr` or `val_iou`: VALUES; NaN for a
+    trial that did not finish). Trials of tasks with different objectives are refused."""
     df = load_runs(paths)
     col = f"cfg.{VAL_SPLIT}"
     if df.empty or col not in df:
@@ -67,12 +81,37 @@ def load_trials(paths, preset: str | None = None) -> pd.DataFrame:
     df = df.reset_index(drop=True)
     if df.empty:
         return df
-    df[VALUE] = [(read_result(Path(d) / "result.json") or {}).get(SEARCH_OBJECTIVE) if done else None
-                 for d, done in zip(df["run_dir"], df["finished"])]
-    df[VALUE] = pd.to_numeric(df[VALUE], errors="coerce")
+    results = [read_result(Path(d) / "result.json") or {} for d in df["run_dir"]]
+    objectives = {search_objective(r) for r in results if r}
+    if len(objectives) > 1:
+        raise ValueError(f"the trials maximize different objectives "
+                         f"({', '.join(sorted(objectives))}): give --preset, one preset at a time")
+    value = (objectives.pop() if objectives else "final_val_acc").removeprefix("final_")
+    df[value] = [r.get(f"final_{value}") if done else None for r, done in zip(results, df["finished"])]
+    df[value] = pd.to_numeric(df[value], errors="coerce")
     keys = _point_keys(df)
     df["point"] = df.groupby(df[keys].astype(str).apply(tuple, axis=1), sort=False).ngroup()
     return df
+
+
+def with_prior(trials: pd.DataFrame, prior: pd.DataFrame) -> pd.DataFrame:
+    """``trials`` (a `load_trials` frame) and the trials of an earlier search_trials.csv
+    (``prior``) at grid points that ``trials`` has not: those points' rows as the table
+    wrote them, their config keys made `cfg.` columns again, every key they do not name
+    taken from ``trials`` where it is the same for all of them (the same preset's config)."""
+    value = value_column(trials)
+    if value not in prior:
+        raise ValueError(f"the prior trials have no {value} column: they are of another search")
+    prior = prior.rename(columns={c: f"cfg.{c}" for c in prior.columns if "." in c})
+    for c in trials.columns:
+        if c.startswith("cfg.") and c not in prior and trials[c].astype(str).nunique() == 1:
+            prior[c] = trials[c].iloc[0]
+    prior = prior.assign(finished=prior[value].notna(), _prior=True)
+    both = pd.concat([trials.assign(_prior=False), prior], ignore_index=True)
+    keys = _point_keys(both)
+    both["point"] = both.groupby(both[keys].astype(str).apply(tuple, axis=1), sort=False).ngroup()
+    redone = set(both.loc[~both["_prior"], "point"])
+    return both[~(both["_prior"] & both["point"].isin(redone))].drop(columns="_prior").reset_index(drop=True)
 
 
 def _tuned(df: pd.DataFrame) -> list[str]:
@@ -97,7 +136,7 @@ def tuned_command(best: pd.Series, extra: list[str], tuned: list[str]) -> str:
 def search_tables(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per grid point: its keys, the best trial's rate and validation accuracy, the
     trials it rests on, the command for the preset at that rate; one row per trial)."""
-    tuned = _tuned(trials)
+    tuned, value = _tuned(trials), value_column(trials)
     extra = varying_keys(trials.groupby("point").first()[_point_keys(trials)])
     order = trials["norm"].map(lambda n: norm_sort_key(n)[0])
     keys = ["experiment", "budget", "model", "dataset", *(f"cfg.{k}" for k in extra), "_o", "norm",
@@ -105,18 +144,18 @@ def search_tables(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     trials = trials.assign(_o=order).sort_values(keys, kind="stable", na_position="first")
     rows = []
     for _, g in trials.groupby("point", sort=False):
-        done = g[g[VALUE].notna()]
-        # the highest accuracy; of equal ones, the lowest rate
-        best = done.sort_values([VALUE, f"cfg.{tuned[0]}"], ascending=[False, True]).iloc[0] if len(done) else None
+        done = g[g[value].notna()]
+        # the highest validation value; of equal ones, the lowest rate
+        best = done.sort_values([value, f"cfg.{tuned[0]}"], ascending=[False, True]).iloc[0] if len(done) else None
         row = {k: g.iloc[0][k] for k in NAMED} | {k: g.iloc[0][f"cfg.{k}"] for k in extra}
         row |= {k: best[f"cfg.{k}"] if best is not None else None for k in tuned}
-        row |= {VALUE: best[VALUE] if best is not None else None, "trials": len(g), "finished": len(done),
+        row |= {value: best[value] if best is not None else None, "trials": len(g), "finished": len(done),
                 "best_run": best["run_dir"] if best is not None else None,
                 "command": tuned_command(best, extra, tuned) if best is not None else None}
         rows.append(row)
     columns = {f"cfg.{k}": k for k in (*extra, *tuned)}
     timed = ["wall_time_s"] if "wall_time_s" in trials else []
-    table = trials.rename(columns=columns)[[*NAMED, *extra, *tuned, VALUE, "status", *timed, "run_dir"]]
+    table = trials.rename(columns=columns)[[*NAMED, *extra, *tuned, value, "status", *timed, "run_dir"]]
     return pd.DataFrame(rows), table.reset_index(drop=True)
 
 
@@ -140,11 +179,12 @@ def _cost(trials: pd.DataFrame) -> list[str]:
 
 def to_markdown(points: pd.DataFrame, trials: pd.DataFrame, split: list[float], command: str) -> str:
     shown = points.drop(columns=["best_run", "command"]).assign(norm=points["norm"].map(norm_label))
+    value = value_column(trials)
     return "\n".join([
         "## Learning-rate search: the best rate of each grid point", "",
-        f"- value of a trial: the validation accuracy (%) at the final epoch, on dataset.val_split="
+        f"- value of a trial: the {VALUES[value]} at the final epoch, on dataset.val_split="
         f"{', '.join(map(str, split))} of the training set; the test set is not used",
-        f"- trials: {len(trials)} run directories, {int(trials[VALUE].notna().sum())} finished "
+        f"- trials: {len(trials)} run directories, {int(trials[value].notna().sum())} finished "
         "(the others diverged, failed or are still running)", *_cost(trials),
         f"- command: `{command}`", "",
         _md(shown), "",
@@ -155,11 +195,15 @@ def to_markdown(points: pd.DataFrame, trials: pd.DataFrame, split: list[float], 
         "### Trials", "", _md(trials.drop(columns=["run_dir"])), ""])
 
 
-def write_search(trials: pd.DataFrame, command: str, out_dir, runs_root=None) -> tuple[str, list[Path]]:
+def write_search(trials: pd.DataFrame, command: str, out_dir, runs_root=None,
+                 prior: pd.DataFrame | None = None) -> tuple[str, list[Path]]:
     """Write search.csv, search_trials.csv and search.md; return the Markdown and the files.
-    Run directories are written relative to ``runs_root`` (no machine's paths in results/)."""
+    Run directories are written relative to ``runs_root`` (no machine's paths in results/);
+    ``prior``: an earlier search_trials.csv, its points that ``trials`` has not carried over."""
     if runs_root is not None:
         trials = trials.assign(run_dir=[rel(d, Path(runs_root)) for d in trials["run_dir"]])
+    if prior is not None:
+        trials = with_prior(trials, prior)
     points, table = search_tables(trials)
     text = to_markdown(points, table, sorted(set(trials[f"cfg.{VAL_SPLIT}"])), command)
     out = Path(out_dir)
@@ -177,19 +221,30 @@ def parse_args(argv):
                                             "(a search writes below runs/lr_search)")
     ap.add_argument("--out", default="results/lr_search", help="output folder")
     ap.add_argument("--preset", default=None, help="only the trials of this experiment preset")
-    return ap.parse_args(argv)
+    ap.add_argument("--prior", type=Path, default=None, metavar="SEARCH_TRIALS_CSV",
+                    help="an earlier part's search_trials.csv: its trials of the grid points "
+                         "that no run directory here has are tabled too")
+    args = ap.parse_args(argv)
+    if args.prior is not None and not args.prior.is_file():
+        ap.error(f"--prior {args.prior}: no such file")
+    return args
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    trials = load_trials(args.runs, args.preset)
-    if trials.empty:
-        print("wcnorm search: no trials found (run directories with dataset.val_split > 0)"
-              + (f" of preset {args.preset}" if args.preset else ""), file=sys.stderr)
-        return 1
-    root = args.runs[0] if len(args.runs) == 1 else None
-    text, files = write_search(trials, shlex.join(["wcnorm", "search", *argv]), args.out, root)
+    try:
+        trials = load_trials(args.runs, args.preset)
+        if trials.empty:
+            print("wcnorm search: no trials found (run directories with dataset.val_split > 0)"
+                  + (f" of preset {args.preset}" if args.preset else ""), file=sys.stderr)
+            return 1
+        prior = pd.read_csv(args.prior) if args.prior is not None else None
+        root = args.runs[0] if len(args.runs) == 1 else None
+        text, files = write_search(trials, shlex.join(["wcnorm", "search", *argv]), args.out, root, prior)
+    except ValueError as e:
+        print(f"wcnorm search: {e}", file=sys.stderr)
+        return 2
     print(text)
     print("wrote: " + ", ".join(map(str, files)))
     return 0

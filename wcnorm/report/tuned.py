@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 
 from .runs_table import key_text
+from .search_table import VALUES
 
 # search.csv's columns that are no key of a grid point
-NOT_POINT_KEYS = ("optim.lr", "optim.weight_decay", "val_acc", "trials", "finished", "best_run", "command")
+NOT_POINT_KEYS = ("optim.lr", "optim.weight_decay", *VALUES, "trials", "finished", "best_run", "command")
 # The run columns (runs.csv) of the config keys a grid varies under a name of their own.
 RUN_COLUMN = {"model.depth": "depth", "trainer.batch_size": "batch_size"}
 TUNED_FOLDER = "tuned"
@@ -99,12 +100,14 @@ def points_to_train(rates: pd.DataFrame, shared: pd.DataFrame | None) -> pd.Data
 
 
 def main(argv=None) -> int:
-    """`python -m wcnorm.report.tuned SEARCH_CSV PRESET [SHARED_RUNS_CSV]`: the command of
-    each grid point to train at its searched rate, one a line (scripts/run_cpu_tuned.sh)."""
+    """`python -m wcnorm.report.tuned SEARCH_CSV PRESET [RUNS_CSV...]`: the command of
+    each grid point to train at its searched rate, one a line (scripts/run_cpu_budget.sh),
+    leaving out the points that a RUNS_CSV (the shared grid's, an earlier part's tuned
+    one; missing files are skipped) has runs of at that rate."""
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) not in (2, 3):
+    if len(args) < 2:
         print(main.__doc__, file=sys.stderr)
         return 2
     try:
@@ -112,8 +115,9 @@ def main(argv=None) -> int:
     except TunedRatesError as err:
         print(f"wcnorm: {err}", file=sys.stderr)
         return 1
-    shared = pd.read_csv(args[2]) if len(args) == 3 and Path(args[2]).is_file() else None
-    for command in points_to_train(rates, shared)["command"]:
+    found = [pd.read_csv(f) for f in args[2:] if Path(f).is_file()]
+    trained = pd.concat(found, ignore_index=True) if found else None
+    for command in points_to_train(rates, trained)["command"]:
         print(command)
     return 0
 

@@ -13,6 +13,11 @@ present, non-empty, watertight). No pixel is read.
 batches of random examples of a fixed pool (a scene's training rays, a shape's
 labelled points), drawn from the generator of (seed, epoch) so that a resumed run
 sees the batches an uninterrupted one saw.
+
+`dataset.val_split` (0 by default) holds a fraction of the training data out, as it
+does for images: training views of a scene (`held_out_views`), points of a shape's
+pool. A learning-rate search tunes on them (`final_val_psnr`, `final_val_iou`); the
+test views and test points never choose a rate.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from ..loaders import epoch_generator
 from ..models.coordinate_mlps import FIELD_MODELS, build, default_options
 
 __all__ = ["FIELD_DATASETS", "SCENE_SPLITS", "FIELD_WEIGHT_METHODS", "RENDER_KEYS", "is_field_config",
-           "field_config_problems", "scene_options", "val_sources", "field_model", "PoolLoader"]
+           "field_config_problems", "scene_options", "val_sources", "field_model", "held_out_count",
+           "held_out_views", "PoolLoader"]
 
 # dataset -> the field model it trains
 FIELD_DATASETS = {"blender": "nerf", "llff": "nerf", "mesh": "occupancy"}
@@ -61,6 +67,23 @@ def val_sources(layout: str) -> tuple[str, ...]:
 def scene_options(dataset: DictConfig) -> dict:
     """The loader options of a scene dataset config (`load_blender` / `load_llff`)."""
     return {k: dataset[k] for k in SCENE_OPTIONS[dataset.name]}
+
+
+def held_out_count(n: int, fraction: float, what: str) -> int:
+    """How many of `n` training examples `dataset.val_split=fraction` holds out: at least
+    one, and never all (ConfigError naming `what`, e.g. "the 17 training views of fern")."""
+    k = max(1, round(n * fraction))
+    if k >= n:
+        raise ConfigError(f"dataset.val_split={fraction} holds out all of {what}: lower "
+                          f"dataset.val_split (at least one example must be left to train on)")
+    return k
+
+
+def held_out_views(n: int, fraction: float, what: str) -> list[int]:
+    """The training views `dataset.val_split` holds out: evenly spaced over the `n` views
+    (each in the middle of its share), so that they see the scene from around it."""
+    k = held_out_count(n, fraction, what)
+    return [int((i + 0.5) * n / k) for i in range(k)]
 
 
 def field_model(model: DictConfig) -> tuple[str, dict]:

@@ -13,7 +13,9 @@ ECCV 2020), scored by PSNR and SSIM on views it was not trained on.
   views), each rendering and its ground truth written to ``renders/epoch_<NNN>/`` as
   ``<view>_pred.png`` and ``<view>_gt.png`` (the view's file name: r_0, image001). Blender
   scenes have a val split; LLFF scenes have none, and theirs is a fixed subset of the
-  *training* views (docs/fields.md).
+  *training* views (docs/fields.md). With `dataset.val_split` > 0 the val views are
+  instead training views held out of training (`held_out_views`), whatever
+  `val_source` says: the only split that may choose a learning rate for every layout.
 - End of run: the test views, all of them, -> `final_test_psnr`, `final_test_ssim`,
   pictures in ``renders/test/``. The test split is loaded only then.
 """
@@ -35,10 +37,11 @@ from ..fields.render import RenderSettings, final_pass, render_rays, render_view
 from ..fields.scenes import Rays, Scene, load_blender, load_llff
 from ..models.coordinate_mlps import build
 from ..outputs import RENDERS, atomic_write_bytes
-from .field_common import TEST_SPLIT, PoolLoader, field_model, scene_options
+from .field_common import TEST_SPLIT, PoolLoader, field_model, held_out_views, scene_options
 from .task import Task, sums_tensor
 
 SCENE_LOADERS = {"blender": load_blender, "llff": load_llff}
+HELD_OUT = "held_out"  # result.json's val_source when dataset.val_split held training views out
 
 
 class RadianceField(nn.Module):
@@ -165,7 +168,13 @@ def nerf_task(cfg: DictConfig, device: torch.device, *, rank: int = 0, world_siz
     d, t = cfg.dataset, cfg.trainer
     load, options = SCENE_LOADERS[d.name], scene_options(d)
     train = load(d.root, "train", **options).to(device)
-    val = train if d.val_source == "train" else load(d.root, d.val_source, **options).to(device)
+    val_source = d.val_source
+    if d.get("val_split"):  # views held out of training: the split a search tunes on
+        held = held_out_views(len(train), float(d.val_split), f"the {len(train)} training views of {d.root}")
+        val, val_source = train.views(held), HELD_OUT
+        train = train.views([v for v in range(len(train)) if v not in held])
+    else:
+        val = train if val_source == "train" else load(d.root, val_source, **options).to(device)
     settings = train.render_settings(n_coarse=cfg.model.n_coarse, n_fine=cfg.model.n_fine)
     name, model_options = field_model(cfg.model)
     model = RadianceField(build(name, coarse_fine=settings.n_fine > 0, **model_options), settings).to(device)
@@ -176,5 +185,5 @@ def nerf_task(cfg: DictConfig, device: torch.device, *, rank: int = 0, world_siz
         train, val, evenly_spaced(len(val), d.eval_views), model, loader,
         load_test=lambda: load(d.root, TEST_SPLIT, **options).to(device),
         chunk=int(t.eval_batch_size or 2 * t.batch_size), eval_every=int(d.eval_every),
-        epochs=int(t.epochs), limit_views=t.limit_eval_batches, val_source=d.val_source,
+        epochs=int(t.epochs), limit_views=t.limit_eval_batches, val_source=val_source,
         run_dir=Path(run_dir) if run_dir else None, rank=rank, world_size=world_size)

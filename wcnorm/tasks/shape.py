@@ -12,7 +12,9 @@ Chamfer distance of the surface it defines.
 - Evaluation, every epoch: the held-out set of `dataset.eval_points` points, drawn from
   its own fixed seed (the same points for every run) -> `test_iou` (IoU of logit > 0
   against the labels, a fraction), `test_acc` (%), and the IoU of its uniform and its
-  near-surface points (`test_iou_uniform`, `test_iou_near`).
+  near-surface points (`test_iou_uniform`, `test_iou_near`). With `dataset.val_split`
+  > 0, that fraction of the training pool is held out of training and scored the same
+  way first (`val_iou`, `val_acc`, ...): the set a learning-rate search tunes on.
 - End of run: the surface (marching cubes of the logits at level 0 on a grid of
   `dataset.mc_resolution`^3 vertices) -> ``mesh.obj``, a picture of it ``mesh.png``,
   and `final_test_chamfer` (Chamfer-L1 to the true surface, in the normalised
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..fields.pictures import mesh_png
 from ..fields.shapes import (
     OccupancySet,
@@ -83,8 +86,9 @@ class OccupancyTask(Task):
     def __init__(self, train: OccupancySet, held_out: OccupancySet, reference: trimesh.Trimesh,
                  model: nn.Module, train_loader: PoolLoader, *, eval_batch: int,
                  limit_eval_batches: int | None, mc_resolution: int, chamfer_points: int, name: str,
-                 rank: int = 0, world_size: int = 1):
+                 val: OccupancySet | None = None, rank: int = 0, world_size: int = 1):
         self.data, self.held_out, self.reference, self.name = train, held_out, reference, name
+        self.val = val  # points of the pool held out of training (dataset.val_split), or None
         self.model, self.train_loader = model, train_loader
         self.eval_batch, self.limit_eval_batches = eval_batch, limit_eval_batches
         self.mc_resolution, self.chamfer_points = mc_resolution, chamfer_points
@@ -102,9 +106,16 @@ class OccupancyTask(Task):
         return {"train_loss": sums[0].item() / n, "train_acc": 100 * sums[1].item() / n}
 
     def evaluate(self, model, *, autocast, reduce, epoch: int) -> dict:
+        scores = {}
+        if self.val is not None:
+            scores |= {f"val_{k}": v for k, v in self._score(model, self.val, autocast, reduce).items()}
+        return scores | {f"test_{k}": v for k, v in self._score(model, self.held_out, autocast, reduce).items()}
+
+    def _score(self, model, points_set: OccupancySet, autocast, reduce) -> dict:
+        """iou, acc (%), iou_uniform, iou_near of the model on `points_set`."""
         mine = slice(self.rank, None, self.world_size)
-        points, labels, near = (t[mine] for t in (self.held_out.points, self.held_out.labels,
-                                                  self.held_out.near_surface))
+        points, labels, near = (t[mine] for t in (points_set.points, points_set.labels,
+                                                  points_set.near_surface))
         chunks = range(0, len(labels), self.eval_batch)[: self.limit_eval_batches]
         sums = torch.zeros(10, dtype=torch.float64, device=labels.device)
         for start in chunks:
@@ -113,8 +124,8 @@ class OccupancyTask(Task):
                 inside = model(points[part]).float() > 0
             sums += occupancy_counts(inside, labels[part], near[part])
         sums = reduce(sums)
-        return {"test_iou": _iou(*sums[0:3]), "test_acc": 100 * sums[3].item() / max(sums[2].item(), 1),
-                "test_iou_uniform": _iou(*sums[4:7]), "test_iou_near": _iou(*sums[7:10])}
+        return {"iou": _iou(*sums[0:3]), "acc": 100 * sums[3].item() / max(sums[2].item(), 1),
+                "iou_uniform": _iou(*sums[4:7]), "iou_near": _iou(*sums[7:10])}
 
     def finish(self, model: nn.Module, run_dir: Path | None) -> dict:
         model.eval()
@@ -130,6 +141,27 @@ class OccupancyTask(Task):
         return result
 
 
+def hold_out_points(pool: OccupancySet, fraction: float, name: str) -> tuple[OccupancySet, OccupancySet | None]:
+    """(the training pool, its held-out part or None): `dataset.val_split` of the pool's
+    uniform points and of its near-surface points (the mix the training sees), the last
+    ones of each kind (each kind is an i.i.d. sample, so its last points are one too)."""
+    if not fraction:
+        return pool, None
+    held = torch.zeros_like(pool.near_surface)
+    for kind in (~pool.near_surface, pool.near_surface):
+        index = kind.nonzero().flatten()
+        held[index[len(index) - round(len(index) * fraction):]] = True
+    if held.all() or not held.any():
+        what = "all" if held.all() else "none"
+        raise ConfigError(f"dataset.val_split={fraction} holds out {what} of the {len(held)} training points "
+                          f"of {name}: choose a fraction that leaves points to train on and to validate on")
+    return _part(pool, ~held), _part(pool, held)
+
+
+def _part(pool: OccupancySet, rows: Tensor) -> OccupancySet:
+    return OccupancySet(pool.points[rows], pool.labels[rows], pool.near_surface[rows])
+
+
 def _to(points: OccupancySet, device) -> OccupancySet:
     return OccupancySet(points.points.to(device), points.labels.to(device), points.near_surface.to(device))
 
@@ -142,7 +174,9 @@ def shape_task(cfg: DictConfig, device: torch.device, *, rank: int = 0, world_si
     train, held_out = occupancy_sets(reference, n_train=int(d.train_points), n_eval=int(d.eval_points),
                                      seed=cfg.seed, near_fraction=float(d.near_fraction),
                                      sigma=float(d.surface_sigma))
+    train, val = hold_out_points(train, float(d.get("val_split") or 0), name=d.get("shape") or Path(d.path).stem)
     train, held_out = _to(train, device), _to(held_out, device)
+    val = None if val is None else _to(val, device)
     name, options = field_model(cfg.model)
     model = build(name, **options).to(device)
     batch = int(t.batch_size)
@@ -152,4 +186,4 @@ def shape_task(cfg: DictConfig, device: torch.device, *, rank: int = 0, world_si
     return OccupancyTask(train, held_out, reference, model, loader,
                          eval_batch=int(t.eval_batch_size or 2 * batch), limit_eval_batches=t.limit_eval_batches,
                          mc_resolution=int(d.mc_resolution), chamfer_points=int(d.chamfer_points),
-                         name=d.get("shape") or Path(d.path).stem, rank=rank, world_size=world_size)
+                         name=d.get("shape") or Path(d.path).stem, val=val, rank=rank, world_size=world_size)

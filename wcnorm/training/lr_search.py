@@ -14,8 +14,11 @@ whole grid, with the normalizer as one more parameter, would find the best pair
   setting rather than vary it: a search trains the first of the sweep's seeds.
 * A trial is an ordinary run, `optim.lr=<proposed>` with the validation split that
   conf/search/lr.yaml sets (`dataset.val_split`), in its own run directory. Its value
-  is the validation accuracy of the final epoch (result.json `final_val_acc`); the
-  test set never chooses (a trial scores it as every run does; nothing here reads it).
+  is the final epoch's validation value of the run's headline metric
+  (outputs.search_objective: a classifier's `final_val_acc`, a radiance field's
+  `final_val_psnr` on held-out training views, an occupancy field's `final_val_iou` on
+  held-out pool points); the test set never chooses (a trial scores it as every run
+  does; nothing here reads it).
 * Optuna's ask-and-tell interface drives the rounds: each round asks every study for
   `n_jobs` trials, launches them all together through the configured launcher (so a
   parallel launcher runs the points side by side), and tells each study its values.
@@ -28,7 +31,7 @@ whole grid, with the normalizer as one more parameter, would find the best pair
   loads them, trains only the trials still missing, and a trial that a signal or a
   crash interrupted is proposed again at its rate, so that its run resumes from its
   checkpoint.
-* A trial whose loss diverged counts as 0 % validation accuracy (its rate is too high,
+* A trial whose loss diverged counts as 0 (0 % accuracy, 0 dB, IoU 0: its rate is too high,
   which the study must learn); a trial that failed otherwise is a failed trial, left
   out of the study and listed at the end of the sweep (training.sweep).
 
@@ -47,17 +50,15 @@ from enum import Enum
 from pathlib import Path
 
 import optuna
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from ..outputs import SEARCH_OBJECTIVE
-from ..tasks.field_common import is_field_config
+from ..outputs import search_objective
 from .sweep import (
     JobFailure,
     NotStarted,
@@ -70,7 +71,7 @@ from .sweep import (
 
 log = logging.getLogger("wcnorm")
 
-DIVERGED_VALUE = 0.0  # the objective of a trial whose loss diverged: the worst accuracy
+DIVERGED_VALUE = 0.0  # the objective of a trial whose loss diverged: the worst accuracy, PSNR or IoU
 DIVERGED = "diverged"  # a trial's user attribute, set once it has an outcome (True/False)
 SEED = "seed"
 SWEEPER = "hydra_plugins.wcnorm_search.PerPointSearch"  # conf/hydra/sweeper/per_point_search.yaml
@@ -123,7 +124,7 @@ def trial_value(ret: JobReturn) -> tuple[float | None, bool]:
         return (DIVERGED_VALUE if result.diverged else None), result.diverged
     if isinstance(result, NotStarted):
         return None, False
-    return (result.get(SEARCH_OBJECTIVE) if result.get("status") == "finished" else None), False
+    return (result.get(search_objective(result)) if result.get("status") == "finished" else None), False
 
 
 def was_stopped(ret: JobReturn) -> bool:
@@ -294,7 +295,6 @@ class Search:
                          "(conf/search/lr.yaml holds out 0.1)")
         swept = swept_keys(points)
         found += grid_problems(self.grid, space, self.n_trials)
-        found += field_points(self.config, points, swept)
         found += [point.describe(swept).replace("  #", "  grid point #", 1)
                   for point in invalid_jobs(self.config, points)]
         return found
@@ -360,26 +360,4 @@ def grid_problems(grid: dict[str, list] | None, space: dict[str, Override], n_tr
     if isinstance(n_trials, int) and not isinstance(n_trials, bool) and n_trials > size:
         found.append(f"  hydra.sweeper.n_trials={n_trials}: the grid has {size} settings, and more "
                      f"trials would train them again: set n_trials={size}")
-    return found
-
-
-def field_points(config: DictConfig, points: list[list[str]], swept: set[str]) -> list[str]:
-    """The grid points that train a neural field: a search scores the validation accuracy of
-    a classifier, which a field has not (its data has no validation split)."""
-    loader = GlobalHydra.instance().config_loader()
-    found = []
-    for num, point in enumerate(points):
-        try:
-            cfg = loader.load_sweep_config(config, point)
-        except Exception:  # composition errors: reported with the point's other problems
-            continue
-        with open_dict(cfg):
-            del cfg["hydra"]
-        if is_field_config(cfg):
-            found.append(f"  grid point #{num} {' '.join(own_overrides(point, swept) or point)}: "
-                         f"dataset={cfg.dataset.name} trains a neural field, and a search tunes a "
-                         f"classifier's rate on its validation accuracy (fields have no held-out validation "
-                         f"split, and their test metrics never choose a rate): train a field at its "
-                         f"recipe's rate (docs/fields.md; results/wc_nerf/tuned/README.md says what a "
-                         f"field search would need)")
     return found
