@@ -5,11 +5,14 @@ glibc's default allocator and with large blocks kept in the heap, interleaved st
     MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 \\
         python scripts/allocator_probe.py                               # no mmap/munmap of large blocks
 
-Prints one CSV row: the allocator setting, the median step without and with WC (ms)
-and their ratio (results/bench/README.md, "Where WC's step time goes").
+Prints one CSV row: the allocator setting, the median step without and with WC (ms),
+their ratio, and the page faults each step takes on average without and with WC (the
+process's minor faults, exact at any load: a freshly mapped page is faulted in, zeroed,
+the first time it is touched) (results/bench/README.md, "Where WC's step time goes").
 """
 
 import os
+import resource
 import statistics
 import time
 
@@ -33,23 +36,30 @@ def make(wc: bool):
     return model, torch.optim.Adam(model.parameters(), 1e-3, foreach=True)
 
 
-def step(model, optimizer) -> float:
-    start = time.perf_counter()
+def faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def step(model, optimizer) -> tuple[float, int]:
+    """(seconds, page faults) of one training step."""
+    start, faulted = time.perf_counter(), faults()
     loss = nn.functional.binary_cross_entropy_with_logits(model(points).squeeze(-1), inside)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, faults() - faulted
 
 
 runs = {wc: make(wc) for wc in (False, True)}
 for run in runs.values():
     for _ in range(5):
         step(*run)
-times = {wc: [] for wc in runs}
+times, faulted = {wc: [] for wc in runs}, {wc: 0 for wc in runs}
 for _ in range(80):  # interleaved: both see the same machine
     for wc, run in runs.items():
-        times[wc].append(step(*run))
+        seconds, n = step(*run)
+        times[wc].append(seconds)
+        faulted[wc] += n
 none, with_wc = (statistics.median(times[wc]) * 1e3 for wc in (False, True))
 setting = "mmap_threshold=" + os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default")
-print(f"{setting},{none:.2f},{with_wc:.2f},{with_wc / none:.3f}")
+print(f"{setting},{none:.2f},{with_wc:.2f},{with_wc / none:.3f},{faulted[False] / 80:.1f},{faulted[True] / 80:.1f}")

@@ -21,13 +21,14 @@ import torch
 from ..errors import WcnormError
 from ..models import MODELS
 from ..outputs import atomic_write_text, device_name
+from ..training.allocator import keep_freed_memory
 from ..training.assemble import resolve_device
 from .parts import DEFAULT_PARTS, PARTS, RUNNERS
 from .plans import COMPILE_MODELS, SIZES
 from .timing import CLOCKS, use_clock
 
-COLUMNS = ["date", "device", "device_name", "torch_version", "threads", "clock", "size", "part", "model",
-           "setup", "shape", "batch", "metric", "value", "unit", "note"]
+COLUMNS = ["date", "device", "device_name", "torch_version", "threads", "clock", "malloc", "size", "part",
+           "model", "setup", "shape", "batch", "metric", "value", "unit", "note"]
 TABLE_COLUMNS = COLUMNS[COLUMNS.index("part"):]
 
 
@@ -159,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.clock == "cpu" and device.type != "cpu":
         print(f"wcnorm bench: --clock cpu times the CPU's own work; on {device} use --clock wall")
         return 2
+    try:  # the C allocator as `wcnorm train` sets it (training.allocator), before any allocation
+        malloc = ("keep" if keep_freed_memory() else "system") if device.type == "cpu" else ""
+    except WcnormError as err:
+        print(f"wcnorm bench: {err}")
+        return 2
     use_clock(args.clock)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -176,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parts = _names(args.only)
     env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": str(device),
            "device_name": device_name(device), "torch_version": torch.__version__,
-           "threads": torch.get_num_threads(), "clock": args.clock, "size": size}
+           "threads": torch.get_num_threads(), "clock": args.clock, "malloc": malloc, "size": size}
     print(f"wcnorm bench: {env['device_name']} ({device}), torch {env['torch_version']}, "
           f"{env['threads']} threads, size {size}", flush=True)
     out = Path(args.out) / f"{slug(device)}.csv"

@@ -45,6 +45,7 @@ from ..outputs import (
 )
 from ..rundirs import check_holds_a_run, check_name_lengths, run_dir_for_data
 from . import dist
+from .allocator import keep_freed_memory
 from .assemble import Run, assemble, resolve_device
 from .config import validate
 
@@ -119,6 +120,8 @@ def _locate(cfg: DictConfig):
 
 def _assemble(cfg: DictConfig, run_dir, identity: dict, ctx) -> Run:
     device = ctx.device or resolve_device(str(cfg.trainer.device))
+    if device.type == "cpu":  # before the data and the model allocate (training.allocator)
+        keep_freed_memory()
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # streams, graphs and bare "cuda" tensors follow it
     run = assemble(cfg, device, run_dir=run_dir, ctx=ctx, progress=show_progress(cfg.trainer.progress))
