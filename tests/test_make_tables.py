@@ -212,6 +212,13 @@ def test_a_tuned_folder_grown_in_parts_carries_both_earlier_runs_csv_files(tmp_p
     assert runs.groupby("norm")["final_test_acc"].mean().to_dict() == {"bn": 51.0, "bn_wc": 57.0, "bn_ws": 58.0}
     with pytest.raises(SystemExit):  # every --prior file must exist
         report([str(two), *common, "--prior", str(tmp_path / "missing.csv")])
+    # a search that chose the shared rate everywhere: the tuned folder is the shared runs,
+    # from --prior alone (no run directory of the preset here, so no new figure)
+    pd.read_csv(search).assign(**{"optim.lr": 0.1}).to_csv(search, index=False)
+    make_run(tmp_path / "other", norm="bn", experiment="wc_vit", budget="cpu")
+    assert report([str(tmp_path / "other"), *common]) == 0
+    assert sorted(pd.read_csv(tuned)["run_dir"]) == sorted(pd.read_csv(shared)["run_dir"])
+    assert (out / "wc_resnet" / "tuned" / "claims.csv").is_file()
 
 
 def test_the_tuned_protocol_tables_a_field_preset_by_its_searched_rates(tmp_path):

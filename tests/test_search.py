@@ -222,24 +222,31 @@ def test_a_point_the_grid_varies_below_a_group_is_named_in_the_command(tmp_path)
 
 def test_a_search_run_in_parts_is_tabled_whole_with_the_earlier_parts_trials(tmp_path):
     # part one searched depths 3 and 5; its run directories are gone, its tables remain
-    for depth in (3, 5):
-        for i, lr in enumerate((0.01, 0.1)):
-            _trial_dir(tmp_path / "one", f"d{depth}-{i}", depth=depth, lr=lr, value=50.0 + i * (depth - 4))
+    for norm in ("bn", "bn_wc"):  # two normalizers: their config keys differ
+        for depth in (3, 5):
+            for i, lr in enumerate((0.01, 0.1)):
+                _trial_dir(tmp_path / "one", f"{norm}-d{depth}-{i}", norm=norm, depth=depth, lr=lr,
+                           value=50.0 + i * (depth - 4) + (norm == "bn_wc"))
     assert search_main([str(tmp_path / "one"), "--out", str(tmp_path / "first")]) == 0
     # part two searches depths 5 (again) and 7
-    for depth in (5, 7):
-        for i, lr in enumerate((0.01, 0.1)):
-            _trial_dir(tmp_path / "two", f"d{depth}-{i}", depth=depth, lr=lr, value=60.0 - i * (depth - 4))
+    for norm in ("bn", "bn_wc"):
+        for depth in (5, 7):
+            for i, lr in enumerate((0.01, 0.1)):
+                _trial_dir(tmp_path / "two", f"{norm}-d{depth}-{i}", norm=norm, depth=depth, lr=lr,
+                           value=60.0 - i * (depth - 4))
     prior = tmp_path / "first" / "search_trials.csv"
     assert search_main([str(tmp_path / "two"), "--out", str(tmp_path / "whole"), "--prior", str(prior)]) == 0
     points = pd.read_csv(tmp_path / "whole" / "search.csv")
-    assert list(points["model.depth"]) == [3, 5, 7]
-    assert list(points["optim.lr"]) == [0.01, 0.01, 0.01] and list(points["val_acc"]) == [50.0, 60.0, 60.0]
-    assert list(points["trials"]) == [2, 2, 2]  # depth 5's part-one trials gave way to part two's
-    assert points["command"][0].endswith("norm=bn model.depth=3 optim.lr=0.01")
+    assert list(zip(points["model.depth"], points["norm"])) == [
+        (3, "bn"), (3, "bn_wc"), (5, "bn"), (5, "bn_wc"), (7, "bn"), (7, "bn_wc")]
+    assert list(points["optim.lr"]) == [0.01] * 6
+    assert list(points["val_acc"]) == [50.0, 51.0, 60.0, 60.0, 60.0, 60.0]
+    assert list(points["trials"]) == [2] * 6  # depth 5's part-one trials gave way to part two's
+    assert points["command"][1].endswith("norm=bn_wc model.depth=3 optim.lr=0.01")
     trials = pd.read_csv(tmp_path / "whole" / "search_trials.csv")
-    assert sorted(trials["run_dir"]) == ["d3-0", "d3-1", "d5-0", "d5-1", "d7-0", "d7-1"]
-    assert "- trials: 6 run directories, 6 finished" in (tmp_path / "whole" / "search.md").read_text()
+    assert sorted(trials["run_dir"]) == sorted(f"{n}-d{d}-{i}" for n in ("bn", "bn_wc") for d in (3, 5, 7)
+                                               for i in (0, 1))
+    assert "- trials: 12 run directories, 12 finished" in (tmp_path / "whole" / "search.md").read_text()
     # trials of another objective are not an earlier part of this search
     pd.read_csv(prior).rename(columns={"val_acc": "val_psnr"}).to_csv(tmp_path / "other.csv", index=False)
     assert search_main([str(tmp_path / "two"), "--out", str(tmp_path / "x"), "--prior", str(tmp_path / "other.csv")]) == 2

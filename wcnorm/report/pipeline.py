@@ -102,7 +102,7 @@ def make_preset(preset: str, runs: pd.DataFrame, curves: pd.DataFrame, cond: pd.
     files += write_table(result, out)
     claims = verdicts(rows)  # judged from runs.csv's rows
     files.append(write_claims(claims, out / "claims.csv"))
-    files += _figures(df, curves, cond, out)
+    files += _figures(df, curves, cond, out) if len(runs) else []  # figures: run directories only
     print(to_markdown(result))
     print(claims[["claim_id", "verdict", "numbers"]][claims["finished_runs"] > 0].to_string(index=False))
     return files
@@ -178,7 +178,9 @@ def main(argv=None) -> int:
         return 1
     found = sorted(runs["experiment"].dropna().unique())
     wanted = [p for p in args.presets.split(",") if p] or [p for p in found if p not in SKIP_BY_DEFAULT]
-    missing = [p for p in wanted if p not in found]
+    # a preset whose runs all come from --prior files (a tuned folder whose every point chose
+    # the shared rate) needs no run directory here
+    missing = [p for p in wanted if p not in found and not args.prior]
     if missing:
         print(f"wcnorm report: no runs of preset(s) {', '.join(missing)} under {runs_root}", file=sys.stderr)
         return 1

@@ -98,20 +98,23 @@ def with_prior(trials: pd.DataFrame, prior: pd.DataFrame) -> pd.DataFrame:
     """``trials`` (a `load_trials` frame) and the trials of an earlier search_trials.csv
     (``prior``) at grid points that ``trials`` has not: those points' rows as the table
     wrote them, their config keys made `cfg.` columns again, every key they do not name
-    taken from ``trials`` where it is the same for all of them (the same preset's config)."""
+    taken from ``trials`` where it is the same for all of them (the same preset's config).
+    A point is named by the table's own columns: the named keys and the keys it varied."""
     value = value_column(trials)
     if value not in prior:
         raise ValueError(f"the prior trials have no {value} column: they are of another search")
     prior = prior.rename(columns={c: f"cfg.{c}" for c in prior.columns if "." in c})
-    for c in trials.columns:
-        if c.startswith("cfg.") and c not in prior and trials[c].astype(str).nunique() == 1:
-            prior[c] = trials[c].iloc[0]
-    prior = prior.assign(finished=prior[value].notna(), _prior=True)
-    both = pd.concat([trials.assign(_prior=False), prior], ignore_index=True)
-    keys = _point_keys(both)
-    both["point"] = both.groupby(both[keys].astype(str).apply(tuple, axis=1), sort=False).ngroup()
-    redone = set(both.loc[~both["_prior"], "point"])
-    return both[~(both["_prior"] & both["point"].isin(redone))].drop(columns="_prior").reset_index(drop=True)
+    keys = [c for c in prior.columns if c in trials and (c in NAMED or (c.startswith("cfg.") and _cfg(c) not in TUNED))]
+    fill = {c: trials[c].iloc[0] for c in trials.columns
+            if c.startswith("cfg.") and c not in prior and trials[c].astype(str).nunique() == 1}
+    prior = pd.concat([prior, pd.DataFrame(fill, index=prior.index)], axis=1).assign(finished=prior[value].notna())
+
+    def name(df: pd.DataFrame) -> pd.Series:
+        return df[keys].astype(str).apply(tuple, axis=1) if len(df) else pd.Series(dtype=object)
+
+    prior = prior[~name(prior).isin(set(name(trials)))]  # points searched again: this part's trials
+    prior = prior.assign(point=trials["point"].max() + 1 + prior.groupby(name(prior), sort=False).ngroup())
+    return pd.concat([trials, prior], ignore_index=True)
 
 
 def _tuned(df: pd.DataFrame) -> list[str]:
