@@ -599,3 +599,12 @@ def test_the_field_presets_run_their_whole_grid_on_their_own_data_at_the_cpu_bud
     # every point of the preset's grid, on the preset's own scenes or shapes
     assert without_seed(jobs) == without_seed(grid(compose_preset(name)))
     assert cfg.dataset.name == compose_preset(name).dataset.name
+
+
+def test_a_presets_swept_keys_are_the_keys_its_grid_points_name():
+    assert presets.swept_keys("enorm_fc") == ("model.depth",)
+    assert presets.swept_keys("enorm_resnet_small_batch") == ("trainer.batch_size",)
+    assert presets.swept_keys("wc_shape") == ("dataset.shape",)
+    assert presets.swept_keys("wc_resnet") == ()  # model, dataset and norm are groups: named apart
+    with pytest.raises(ValueError, match="no preset 'nosuch'"):
+        presets.swept_keys("nosuch")

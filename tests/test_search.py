@@ -166,7 +166,7 @@ def test_the_grid_search_is_the_enorm_papers_grid_and_names_other_studies_than_t
 
 
 def _trial_dir(root: Path, name: str, *, dataset="cifar10", norm="bn", lr=0.1, value=50.0, depth=None,
-               val_split=0.1, finished=True, experiment="wc_resnet", metric="test_acc") -> None:
+               val_split=0.1, finished=True, experiment="wc_resnet", metric="test_acc", batch_size=None) -> None:
     """A run directory as the trainer leaves it (only what the search table reads)."""
     d = root / name
     d.mkdir(parents=True)
@@ -174,7 +174,8 @@ def _trial_dir(root: Path, name: str, *, dataset="cifar10", norm="bn", lr=0.1, v
               "model": {"name": "resnet18", **({"depth": depth} if depth is not None else {})},
               "dataset": {"name": dataset, "num_classes": 100 if dataset == "cifar100" else 10, "val_split": val_split},
               "norm": {"name": norm, "weight": "wc" if norm.endswith("wc") else "none"},
-              "optim": {"name": "sgd", "lr": lr, "weight_decay": 5e-4}, "trainer": {"epochs": 15}}
+              "optim": {"name": "sgd", "lr": lr, "weight_decay": 5e-4},
+              "trainer": {"epochs": 15, **({"batch_size": batch_size} if batch_size is not None else {})}}
     (d / "config.yaml").write_text(yaml.safe_dump(config))
     (d / "metrics.csv").write_text("epoch,test_acc\n1,99.0\n")  # as result.json says
     if finished:
@@ -250,6 +251,19 @@ def test_a_search_run_in_parts_is_tabled_whole_with_the_earlier_parts_trials(tmp
     # trials of another objective are not an earlier part of this search
     pd.read_csv(prior).rename(columns={"val_acc": "val_psnr"}).to_csv(tmp_path / "other.csv", index=False)
     assert search_main([str(tmp_path / "two"), "--out", str(tmp_path / "x"), "--prior", str(tmp_path / "other.csv")]) == 2
+
+
+def test_a_narrowed_search_names_the_presets_swept_key_it_kept_one_value_of(tmp_path):
+    """`-- trainer.batch_size=16` of enorm_resnet_small_batch's 4, 16, 64: the points, their
+    rates and their commands still say batch 16, or a rate chosen at batch 16 would be
+    taken for every batch size."""
+    for norm in ("bn", "enorm"):
+        for i, lr in enumerate((0.005, 0.05)):
+            _trial_dir(tmp_path, f"{norm}-{i}", norm=norm, lr=lr, value=40.0 + i, batch_size=16,
+                       experiment="enorm_resnet_small_batch")
+    points, _ = search_tables(load_trials(tmp_path))
+    assert list(points["trainer.batch_size"]) == [16, 16]
+    assert points["command"][0].endswith("norm=bn trainer.batch_size=16 optim.lr=0.05")
 
 
 def _ret(value) -> JobReturn:

@@ -35,10 +35,10 @@ def preset_names() -> list[str]:
 
 
 @functools.cache
-def _protocol(preset: str) -> dict:
+def _composed(preset: str):
+    """The preset's config composed with its Hydra settings (unresolved where read)."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
 
     # Hydra holds one global config source: one already set up (a caller composing
     # configs of its own) is set aside while the preset is read, and put back after.
@@ -46,12 +46,27 @@ def _protocol(preset: str) -> dict:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-            cfg = compose("train", overrides=[f"experiment={preset}"])
+            return compose("train", overrides=[f"experiment={preset}"], return_hydra_config=True)
     finally:
         if held is not None:
             GlobalHydra.instance().initialize(held)
-    node = cfg.get("protocol")
+
+
+def _protocol(preset: str) -> dict:
+    from omegaconf import OmegaConf
+
+    node = _composed(preset).get("protocol")
     return OmegaConf.to_container(node, resolve=False) if node is not None else {}
+
+
+def swept_keys(preset: str) -> tuple[str, ...]:
+    """The config keys below a group that the preset's sweep varies (`trainer.batch_size`,
+    `model.depth`, `dataset.shape`; not the seed, not a group chosen by name such as
+    `norm`): what names a grid point of it besides its model, dataset and normalizer.
+    Raises ValueError for a name that is no preset."""
+    protocol(preset)  # the name is checked
+    params = _composed(preset).hydra.sweeper.get("params") or {}
+    return tuple(k for k in params if "." in k)
 
 
 def protocol(preset: str) -> dict:

@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..outputs import NOT_IDENTITY, atomic_write_text, read_result, search_objective
+from ..presets import swept_keys
 from .runs import load_runs
 from .runs_table import rel
 from .table import norm_label, norm_sort_key
@@ -65,6 +66,19 @@ def varying_keys(points: pd.DataFrame) -> list[str]:
     # config groups chosen by name (`dataset=cifar100`): the keys under them follow from it
     chosen = {k.split(".")[0] for k in varying if k.count(".") == 1 and k.endswith(".name")}
     return [k for k in varying if k.split(".")[0] not in chosen and k not in NAMED]
+
+
+def preset_keys(trials: pd.DataFrame) -> list[str]:
+    """The keys the trials' preset sweeps (`trainer.batch_size`, `model.depth`), those the
+    trials have: a point names them even where a narrowed search kept one value, so that
+    its rate and command say which of the preset's points it is."""
+    keys = []
+    for preset in trials["experiment"].dropna().unique():
+        try:
+            keys += [k for k in swept_keys(str(preset)) if f"cfg.{k}" in trials and k not in keys]
+        except ValueError:  # no preset of that name: the keys the trials vary name its points
+            pass
+    return keys
 
 
 def load_trials(paths, preset: str | None = None) -> pd.DataFrame:
@@ -141,6 +155,7 @@ def search_tables(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     trials it rests on, the command for the preset at that rate; one row per trial)."""
     tuned, value = _tuned(trials), value_column(trials)
     extra = varying_keys(trials.groupby("point").first()[_point_keys(trials)])
+    extra += [k for k in preset_keys(trials) if k not in extra]
     order = trials["norm"].map(lambda n: norm_sort_key(n)[0])
     keys = ["experiment", "budget", "model", "dataset", *(f"cfg.{k}" for k in extra), "_o", "norm",
             f"cfg.{tuned[0]}"]
