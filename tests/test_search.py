@@ -248,6 +248,13 @@ def test_a_search_run_in_parts_is_tabled_whole_with_the_earlier_parts_trials(tmp
     assert sorted(trials["run_dir"]) == sorted(f"{n}-d{d}-{i}" for n in ("bn", "bn_wc") for d in (3, 5, 7)
                                                for i in (0, 1))
     assert "- trials: 12 run directories, 12 finished" in (tmp_path / "whole" / "search.md").read_text()
+    # a third part adds a rate at depth 7: the point keeps its other trials
+    _trial_dir(tmp_path / "three", "bn-d7-2", norm="bn", depth=7, lr=0.5, value=70.0)
+    assert search_main([str(tmp_path / "three"), "--out", str(tmp_path / "more"), "--prior",
+                        str(tmp_path / "whole" / "search_trials.csv")]) == 0
+    points = pd.read_csv(tmp_path / "more" / "search.csv").set_index(["model.depth", "norm"])
+    assert points.loc[(7, "bn"), "trials"] == 3 and points.loc[(7, "bn"), "optim.lr"] == 0.5
+    assert points.loc[(3, "bn_wc"), "trials"] == 2 and len(points) == 6
     # trials of another objective are not an earlier part of this search
     pd.read_csv(prior).rename(columns={"val_acc": "val_psnr"}).to_csv(tmp_path / "other.csv", index=False)
     assert search_main([str(tmp_path / "two"), "--out", str(tmp_path / "x"), "--prior", str(tmp_path / "other.csv")]) == 2

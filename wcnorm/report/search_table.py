@@ -110,8 +110,8 @@ def load_trials(paths, preset: str | None = None) -> pd.DataFrame:
 
 def with_prior(trials: pd.DataFrame, prior: pd.DataFrame) -> pd.DataFrame:
     """``trials`` (a `load_trials` frame) and the trials of an earlier search_trials.csv
-    (``prior``) at grid points that ``trials`` has not: those points' rows as the table
-    wrote them, their config keys made `cfg.` columns again, every key they do not name
+    (``prior``) that ``trials`` did not redo (another grid point, or another rate of the
+    same point): their rows as the table wrote them, their config keys made `cfg.` columns again, every key they do not name
     taken from ``trials`` where it is the same for all of them (the same preset's config).
     A point is named by the table's own columns: the named keys and the keys it varied."""
     value = value_column(trials)
@@ -123,11 +123,16 @@ def with_prior(trials: pd.DataFrame, prior: pd.DataFrame) -> pd.DataFrame:
             if c.startswith("cfg.") and c not in prior and trials[c].astype(str).nunique() == 1}
     prior = pd.concat([prior, pd.DataFrame(fill, index=prior.index)], axis=1).assign(finished=prior[value].notna())
 
-    def name(df: pd.DataFrame) -> pd.Series:
-        return df[keys].astype(str).apply(tuple, axis=1) if len(df) else pd.Series(dtype=object)
+    rates = [c for c in (f"cfg.{k}" for k in TUNED) if c in prior and c in trials]
 
-    prior = prior[~name(prior).isin(set(name(trials)))]  # points searched again: this part's trials
-    prior = prior.assign(point=trials["point"].max() + 1 + prior.groupby(name(prior), sort=False).ngroup())
+    def name(df: pd.DataFrame, cols: list[str]) -> pd.Series:
+        return df[cols].astype(str).apply(tuple, axis=1) if len(df) else pd.Series(dtype=object)
+
+    # a rate this part trained again at a point: this part's trial; other rates are kept
+    prior = prior[~name(prior, keys + rates).isin(set(name(trials, keys + rates)))]
+    points = dict(zip(name(trials, keys), trials["point"]))
+    fresh = trials["point"].max() + 1 + prior.groupby(name(prior, keys), sort=False).ngroup()
+    prior = prior.assign(point=[points.get(n, i) for n, i in zip(name(prior, keys), fresh)])
     return pd.concat([trials, prior], ignore_index=True)
 
 
