@@ -43,17 +43,11 @@ log = logging.getLogger("wcnorm")
 
 TMP_SUFFIX = ".tmp"  # atomic writes' temporary files: `.<name>.<random>.tmp` beside the target
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s", "images_per_s"]
-# What a search maximizes (read by the search and `wcnorm search`): the final epoch's
-# validation value of the run's headline metric (%, dB, IoU); never the test set's.
-def search_objective(result: dict) -> str:
-    """result.json's key of it: test_acc -> final_val_acc, val_psnr -> final_val_psnr."""
-    return "final_val_" + str(result.get("metric") or "test_acc").split("_", 1)[1]
 
-# The files of a run (the contract above), in the order `discard_run` deletes them:
-# the result first, so an interrupted discard never leaves a finished-looking run.
-# What a run writes into its directory. The neural fields add pictures of the result:
-# a NeRF its rendered views (RENDERS/epoch_<n>/, RENDERS/test/), an occupancy field the
-# marching-cubes surface and a picture of it.
+# The files of a run (the contract above), in the order `discard_run` deletes them: the
+# result first, so an interrupted discard never leaves a finished-looking run. The neural
+# fields add pictures: a NeRF its rendered views (RENDERS/epoch_<n>/, RENDERS/test/), an
+# occupancy field the marching-cubes surface and a picture of it.
 RENDERS, MESH_FILE, MESH_PICTURE = "renders", "mesh.obj", "mesh.png"
 RUN_FILES = ("result.json", "last.pt", "metrics.csv", "conditioning.csv", "config.yaml", MESH_FILE, MESH_PICTURE)
 RUN_FOLDERS = (RENDERS,)
@@ -428,9 +422,13 @@ def check_checkpoint(run_dir: Path, identity: dict) -> None:
         check_identity(load_checkpoint(path, mmap=True).get("identity"), identity, path)
 
 
+def search_objective(result: dict) -> str:
+    """What a search maximizes, never a test score: test_acc -> final_val_acc, val_psnr -> final_val_psnr."""
+    return "final_val_" + str(result.get("metric") or "test_acc").split("_", 1)[1]
+
+
 def read_result(path: Path) -> dict | None:
-    """A run's result.json, None if there is none; one that cannot be read is refused
-    with a message that names it."""
+    """A run's result.json, None if there is none; an unreadable one is refused, named."""
     path = Path(path)
     try:
         result = json.loads(path.read_bytes())
