@@ -66,7 +66,8 @@ def test_tiny_end_to_end(tmp_path, capsys):
             ("enorm", "cycle_over_step"), ("enorm", "ops_per_cycle"), ("throughput", "epoch_s"),
             ("wc", "bn_ops_per_step"), ("wc", "wc_ops_per_step"),
             ("mfu", "achieved"), ("mfu", "mfu"), ("fields", "rays_per_s"), ("fields", "points_per_s"),
-            ("fields", "wc_over_none"), ("wc", "wc_kernels_over_bn_step"), ("fields", "wc_kernels_over_none_step"),
+            ("fields", "wc_over_none"), ("fields", "none_over_none"), ("wc", "wc_kernels_over_bn_step"),
+            ("fields", "wc_kernels_over_none_step"),
             ("enorm", "cycle_fused_over_step"), ("enorm", "ops_per_cycle_fused")} <= metrics
     assert {r["model"] for r in rows if r["part"] == "fields"} == {"nerf", "occupancy"}
     assert "wcnorm/reference" in capsys.readouterr().out  # the table was printed

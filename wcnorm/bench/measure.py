@@ -178,12 +178,17 @@ def field_throughput(field: str, plan: Plan, device, data: list[str], *, workers
 
 def field_wc_overhead(field: str, plan: Plan, device, data: list[str]) -> dict:
     """Step time of the field MLP with WC (rows, p = 2: the preset's) over without,
-    fixed batch, interleaved repeats."""
+    fixed batch, interleaved repeats. A second, identical step without WC is timed in
+    the same rotation (an A/A control): its ratio to the first is what the same
+    comparison reads when there is no difference, the resolution of the WC ratio on
+    this machine at its current load."""
     cfgs = {norm: field_config(field, plan.field_budget, data, norm=norm, device=device) for norm in ("none", "wc")}
     steps, models = {}, {}
     for norm, cfg in cfgs.items():
         steps[norm], models[norm] = fixed_field_step(cfg, device, with_model=True)
+    steps["none_again"] = fixed_field_step(cfgs["none"], device)
     t = time_step(steps, warmup=plan.warmup, repeats=plan.repeats, steps=plan.steps, device=device)
-    return {"ratio": median_ratio(t["wc"], t["none"]), "none_ms": 1e3 * statistics.median(t["none"]),
+    return {"ratio": median_ratio(t["wc"], t["none"]), "control": median_ratio(t["none_again"], t["none"]),
+            "none_ms": 1e3 * statistics.median(t["none"]),
             "wc_ms": 1e3 * statistics.median(t["wc"]), "batch": int(cfgs["wc"].trainer.batch_size),
             "shape": network_shape(cfgs["wc"]), "kernel_ms": _kernel_ms(models["wc"], plan, device)}
