@@ -213,11 +213,14 @@ def test_a_tuned_folder_grown_in_parts_carries_both_earlier_runs_csv_files(tmp_p
     with pytest.raises(SystemExit):  # every --prior file must exist
         report([str(two), *common, "--prior", str(tmp_path / "missing.csv")])
     # a search that chose the shared rate everywhere: the tuned folder is the shared runs,
-    # from --prior alone (no run directory of the preset here, so no new figure)
+    # from --prior alone (no run directory of the preset here, so no figure: the earlier
+    # parts' figures, of runs the tables no longer hold, are removed)
+    drawn = list(tuned.parent.glob("*.png"))
     pd.read_csv(search).assign(**{"optim.lr": 0.1}).to_csv(search, index=False)
     make_run(tmp_path / "other", norm="bn", experiment="wc_vit", budget="cpu")
     assert report([str(tmp_path / "other"), *common]) == 0
     assert sorted(pd.read_csv(tuned)["run_dir"]) == sorted(pd.read_csv(shared)["run_dir"])
+    assert drawn and not list(tuned.parent.glob("*.png"))
     assert (out / "wc_resnet" / "tuned" / "claims.csv").is_file()
 
 

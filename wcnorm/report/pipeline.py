@@ -74,6 +74,17 @@ def _figures(df: pd.DataFrame, curves: pd.DataFrame, cond: pd.DataFrame, out: Pa
             + plot_gallery(df, out) + copy_pictures(df, out))
 
 
+def _drop_stale_figures(out: Path, drawn: list[Path]) -> None:
+    """Remove the figures an earlier report left in ``out`` that this one did not draw (a
+    folder rebuilt from ``--prior`` rows alone draws none): no figure may show runs its
+    tables no longer hold. Every top-level PNG of a preset's folder is a report figure."""
+    kept = {Path(f).resolve() for f in drawn}
+    for f in out.glob("*.png"):
+        if f.resolve() not in kept:
+            f.unlink()
+            print(f"wcnorm report: removed {f} (not drawn from this report's run directories)")
+
+
 def make_preset(preset: str, runs: pd.DataFrame, curves: pd.DataFrame, cond: pd.DataFrame,
                 runs_root: Path, out: Path, command: str, prior: list[Path] | None = None,
                 rates: pd.DataFrame | None = None) -> list[Path]:
@@ -102,7 +113,9 @@ def make_preset(preset: str, runs: pd.DataFrame, curves: pd.DataFrame, cond: pd.
     files += write_table(result, out)
     claims = verdicts(rows)  # judged from runs.csv's rows
     files.append(write_claims(claims, out / "claims.csv"))
-    files += _figures(df, curves, cond, out) if len(runs) else []  # figures: run directories only
+    figures = _figures(df, curves, cond, out) if len(runs) else []  # figures: run directories only
+    _drop_stale_figures(out, figures)
+    files += figures
     print(to_markdown(result))
     print(claims[["claim_id", "verdict", "numbers"]][claims["finished_runs"] > 0].to_string(index=False))
     return files
