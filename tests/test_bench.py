@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import csv
 import math
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -306,3 +309,18 @@ def test_the_cpu_clock_times_the_threads_own_work(tmp_path):
     finally:
         timing.use_clock("wall")
     assert timing.time_block(lambda: time.sleep(0.05), 2, "cpu") >= 0.05
+
+
+@pytest.mark.slow
+def test_wc_step_profile_splits_the_gap_into_wc_own_ops_and_shared_ones():
+    """scripts/wc_step_profile.py in a fresh process: one row per op, WC's own autograd
+    node only in the WC step, and the two parts of the gap adding up to the whole."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "wc_step_profile.py"
+    out = subprocess.run([sys.executable, str(script), "--steps", "1", "--rounds", "1"],
+                         capture_output=True, text=True, check=True).stdout
+    rows = {r["op"]: r for r in csv.DictReader(line for line in out.splitlines() if not line.startswith("#"))}
+    own = rows["_RowEquilibrateBackward"]
+    assert float(own["none_us"]) == 0 and float(own["wc_us"]) > 0 and own["wc_own"] == "True"
+    assert rows["aten::addmm"]["wc_own"] == "False" and float(rows["aten::addmm"]["none_us"]) > 0
+    total, mine, shared = (float(rows[k]["diff_us"]) for k in ("total", "total_wc_own", "total_shared"))
+    assert total == pytest.approx(mine + shared, abs=0.2)
