@@ -74,6 +74,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
+    for name in ("steps", "rounds"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     kept = keep_freed_memory()

@@ -324,3 +324,11 @@ def test_wc_step_profile_splits_the_gap_into_wc_own_ops_and_shared_ones():
     assert rows["aten::addmm"]["wc_own"] == "False" and float(rows["aten::addmm"]["none_us"]) > 0
     total, mine, shared = (float(rows[k]["diff_us"]) for k in ("total", "total_wc_own", "total_shared"))
     assert total == pytest.approx(mine + shared, abs=0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", ["--steps", "--rounds"])
+def test_wc_step_profile_refuses_a_count_below_one_before_any_work(option):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "wc_step_profile.py"
+    done = subprocess.run([sys.executable, str(script), option, "0"], capture_output=True, text=True)
+    assert done.returncode == 2 and f"{option} must be a positive integer" in done.stderr and not done.stdout
