@@ -18,11 +18,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-test: setup ## run the whole test suite (CPU)
-	$(BIN)/pytest -q
+# Both run the tests in one process per core (pytest-xdist): most of the suite's time is
+# end-to-end runs in subprocesses, which overlap well.
+test: setup ## run the whole test suite (CPU, one test process per core)
+	$(BIN)/pytest -q -n auto
 
 test-fast: setup ## the suite without the longer end-to-end runs
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -n auto -m "not slow"
 
 demo: setup ## BN vs BN+WC vs ENorm on the bundled digits data (CPU, under a minute), then the table
 	$(BIN)/wcnorm train -m experiment=demo

@@ -7,8 +7,9 @@ step with WC minus without.
     python scripts/wc_step_profile.py [--field occupancy|nerf] [--steps 20] [--rounds 5]
 
 Prints one CSV row per op: its self CPU time per step without and with WC (µs), the
-difference, and whether WC's own function (`_RowEquilibrate`: the row norms, the
-clamp, the division and their backward) dispatches it; the last rows are the totals.
+difference, and whether WC's own function (`_RowEquilibrateMany`, all of a step's
+conditioned weights at once: the row norms, the clamp, the division and their
+backward) dispatches it; the last rows are the totals.
 Each round profiles `--steps` steps of each model, alternating, so both see the same
 machine; the medians over rounds are printed. The profiler's own per-op cost inflates
 ops that are many and small alike in both steps (results/bench/README.md, "Where WC's
@@ -29,7 +30,7 @@ from torch.profiler import ProfilerActivity, profile
 from wcnorm.bench.field_steps import FIELDS, field_config, field_data, fixed_field_step
 from wcnorm.training.allocator import keep_freed_memory
 
-# The ops WC's own function dispatches (`_RowEquilibrate` in wcnorm/methods/wc.py: the
+# The ops WC's own function dispatches (`_RowEquilibrate*` in wcnorm/methods/wc.py: the
 # row norms, the clamp, the division; in the backward also the product, sum, mask and
 # addcmul). A name here may also occur in the step without WC, so an op's difference is
 # the attribution, not its total.

@@ -19,7 +19,9 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SMOKE = ["trainer.device=cpu", "trainer.epochs=1", "trainer.batch_size=16", "trainer.limit_batches=2",
          "trainer.limit_eval_batches=2", "trainer.progress=false", "dataset=synthetic"]
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One torch thread per test process when pytest-xdist runs several side by side (`make test`:
+# one per core), two otherwise.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 WCNORM = shutil.which("wcnorm") or str(Path(sys.executable).parent / "wcnorm")
 

@@ -19,7 +19,7 @@ PUBLIC = {
     "weight_conditioning", "weight_standardization", "weight_normalization", "WeightStandardization",
     "weight_layers", "apply_weight_method", "describe_weight_method", "remove_weight_methods",
     "condition_numbers", "condition_number", "summarize_conditioning", "hessian_top_eigenvalue",
-    "ENorm", "build_model", "cancelled_layers",
+    "ENorm", "build_model", "cancelled_layers", "effective_weights",
 }
 
 

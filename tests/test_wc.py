@@ -407,23 +407,29 @@ class _Task:
         return {"val": float(sum(model(x).sum() for x in self.batch[0].split(2)))}
 
 
-def _calls(model) -> list[int]:
-    """How many times the WC parametrizations of `model` compute E(W) W."""
-    count = [0]
-    for m in model.modules():
-        if isinstance(m, WeightConditioning):
-            m.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+def _calls(monkeypatch) -> list[int]:
+    """How many times E(W) W is computed, one weight at a time or batched."""
+    from wcnorm.methods import wc
+
+    count, inner = [0], wc._row_equilibrated
+
+    def counted(W, eps):
+        count[0] += 1
+        return inner(W, eps)
+
+    monkeypatch.setattr(wc, "_row_equilibrated", counted)
     return count
 
 
-@pytest.mark.parametrize("uses", [1, 2])
-def test_a_training_step_computes_each_conditioned_weight_once_with_the_same_result(uses):
-    """Trainer.train_step caches E(W) W for the step (parametrize.cached): one computation
-    per weight however often the step calls the layer. The weights after each step equal,
-    in float64, those of a step that recomputes E(W) W at every call: bitwise when each
-    layer is called once per step (every wcnorm model: a NeRF's coarse and fine passes
-    are two networks); to 1e-12 when called twice, where the cached weight's backward
-    runs once on the summed gradient instead of once per call."""
+@pytest.mark.parametrize("uses,batched", [(1, True), (2, True), (1, False)])
+def test_a_training_step_computes_each_conditioned_weight_once_with_the_same_result(uses, batched, monkeypatch):
+    """Trainer.train_step computes E(W) W once for the step, all weights together
+    (effective_weights), or each at its layer's first call (batch_weights=False): one
+    computation per weight however often the step calls the layer. The weights after
+    each step equal, in float64, those of a step that recomputes E(W) W at every call:
+    bitwise when each layer is called once per step (every wcnorm model: a NeRF's coarse
+    and fine passes are two networks); to 1e-12 when called twice, where the cached
+    weight's backward runs once on the summed gradient instead of once per call."""
     from wcnorm.training.trainer import Trainer
 
     torch.manual_seed(0)
@@ -431,13 +437,15 @@ def test_a_training_step_computes_each_conditioned_weight_once_with_the_same_res
     weight_conditioning(net, include_classifier=True)
     ref = copy.deepcopy(net)
     batch = (torch.randn(8, 5, dtype=torch.float64), torch.randn(8, 3, dtype=torch.float64))
-    calls = _calls(net)
+    calls = _calls(monkeypatch)
     opt, ref_opt = (torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (net, ref))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     trainer = Trainer(net, opt, sched, _Task(net, batch, uses), device="cpu", epochs=1)
-    for step in range(3):
+    trainer.batch_weights = batched  # False: each weight at its layer's first call
+    for _ in range(3):
+        calls[0] = 0
         trainer.train_step(*batch)
-        assert calls[0] == 3 * (step + 1)  # 3 conditioned layers, each once per step
+        assert calls[0] == 3  # 3 conditioned layers, each once per step
         loss, _ = _Task(ref, batch, uses).loss(ref, batch)  # E(W) W recomputed at every call
         ref_opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -450,3 +458,96 @@ def test_a_training_step_computes_each_conditioned_weight_once_with_the_same_res
     calls[0] = 0
     trainer.evaluate(0)  # 4 chunks: still one computation per weight
     assert calls[0] == 3
+
+
+# ------------------------------------------------------- one step's weights, all together
+def _mixed_net() -> nn.Module:
+    """Layers of every kind effective_weights meets: row WC with p = 2 at two eps (two
+    batches), WC that cannot batch (p = inf), WS, WN (two raw tensors), a conv, and a
+    conditioned layer the forward never calls."""
+    from wcnorm.methods.baselines import weight_normalization, weight_standardization
+
+    net = nn.ModuleDict({"conv": nn.Conv2d(2, 4, 3), "a": nn.Linear(16, 9), "b": nn.Linear(9, 8),
+                         "inf": nn.Linear(8, 7), "ws": nn.Linear(7, 6), "wn": nn.Linear(6, 5),
+                         "unused": nn.Linear(5, 5)}).double()
+    for key in ("conv", "a", "unused"):
+        weight_conditioning(net[key], name="weight")
+    weight_conditioning(net["b"], name="weight", eps=1e-6)
+    weight_conditioning(net["inf"], name="weight", p="inf")
+    weight_standardization(net["ws"], name="weight")
+    weight_normalization(net["wn"], name="weight")
+    return net
+
+
+def _mixed_loss(net, x):
+    h = torch.relu(net["conv"](x)).flatten(1)
+    for key in ("a", "b", "inf", "ws", "wn"):
+        h = torch.tanh(net[key](h))
+    return h.square().sum()
+
+
+def test_effective_weights_equal_the_lazy_path_bitwise_in_float64():
+    """Computing every effective weight on entry, row WC's in one autograd node per eps,
+    gives bitwise the lazy path's loss and gradients (float64); a layer the forward
+    does not call gets no gradient; the layers' own reads return the batched tensors."""
+    from wcnorm.methods.weight_method import effective_weights
+
+    torch.manual_seed(0)
+    net = _mixed_net()
+    ref = copy.deepcopy(net)
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    with parametrize.cached():
+        _mixed_loss(ref, x).backward()
+    with effective_weights(net):
+        loss = _mixed_loss(net, x)
+        nodes = {k: type(net[k].weight.grad_fn).__name__ for k in ("conv", "a", "b", "unused")}
+        assert net["a"].weight is net["a"].weight  # the cached tensor, not a recomputation
+    loss.backward()
+    assert nodes["conv"] == nodes["a"] == nodes["unused"] == nodes["b"] == "_RowEquilibrateManyBackward"
+    with effective_weights(net):
+        assert net["conv"].weight.grad_fn is net["a"].weight.grad_fn is not net["b"].weight.grad_fn
+    for (name, a), (_, b) in zip(net.named_parameters(), ref.named_parameters()):
+        if "unused" in name:
+            assert a.grad is None and b.grad is None
+        else:
+            assert torch.equal(a.grad, b.grad), name
+
+
+def test_effective_weights_keep_what_an_enclosing_cache_holds():
+    from wcnorm.methods.weight_method import effective_weights
+
+    net = _mixed_net()
+    with parametrize.cached():
+        outer = net["a"].weight
+        with effective_weights(net):
+            assert net["a"].weight is outer and net["b"].weight is not None
+        assert net["a"].weight is outer
+
+
+def test_batched_row_equilibration_matches_one_at_a_time_to_second_order():
+    """_RowEquilibrateMany is _RowEquilibrate on each weight (float64): values, gradients
+    and Hessian-vector products bitwise, dead rows and rows below eps included; gradcheck
+    and gradgradcheck against finite differences."""
+    from wcnorm.methods.wc import _RowEquilibrate, _RowEquilibrateMany
+
+    torch.manual_seed(0)
+    Ws = [torch.randn(*s, dtype=torch.float64) for s in ((5, 7), (4, 3, 3, 3), (6, 1))]
+    Ws[0][1] = 0.0
+    Ws[1][2] *= 1e-10
+    Ws = [W.requires_grad_(True) for W in Ws]
+    Gs, Vs = ([torch.randn_like(W) for W in Ws] for _ in range(2))
+
+    def grads(outs):
+        g = torch.autograd.grad(sum((o * G).sum() for o, G in zip(outs, Gs)), Ws, create_graph=True)
+        return g, torch.autograd.grad(sum((a * V).sum() for a, V in zip(g, Vs)), Ws)
+
+    many = _RowEquilibrateMany.apply(1e-8, *Ws)
+    one = [_RowEquilibrate.apply(W, 1e-8) for W in Ws]
+    for a, b in zip(many, one):
+        assert torch.equal(a, b)
+    for xs, ys in zip(grads(many), grads(one)):
+        for a, b in zip(xs, ys):
+            assert torch.equal(a, b)
+    W0 = tuple(torch.randn(*s, dtype=torch.float64, requires_grad=True) for s in ((3, 4), (2, 2, 3)))
+    f = lambda *W: _RowEquilibrateMany.apply(1e-8, *W)  # noqa: E731
+    assert torch.autograd.gradcheck(f, W0) and torch.autograd.gradgradcheck(f, W0)

@@ -26,6 +26,7 @@ _EXPORTS = {
     "weight_normalization": "methods.baselines",
     "WeightStandardization": "methods.baselines",
     "weight_layers": "methods.weight_method",
+    "effective_weights": "methods.weight_method",
     "apply_weight_method": "methods",
     "describe_weight_method": "methods",
     "remove_weight_methods": "methods",

@@ -121,9 +121,11 @@ def wcnorm_field_step(cfg: DictConfig, device):
     return (lambda: run.trainer.train_step(*next(batches))[0]), describe(run)
 
 
-def fixed_field_step(cfg: DictConfig, device, *, with_model: bool = False):
-    """Trainer.train_step on one fixed batch: the model step alone (and the model)."""
+def fixed_field_step(cfg: DictConfig, device, *, with_model: bool = False, batch_weights: bool = True):
+    """Trainer.train_step on one fixed batch: the model step alone (and the model).
+    `batch_weights=False`: the effective weights computed lazily (Trainer.batch_weights)."""
     trainer = build_field_run(cfg, device).trainer
+    trainer.batch_weights = batch_weights
     batch = next(iter(trainer.train_loader))
     step = lambda: trainer.train_step(*batch)[0]  # noqa: E731
     return (step, trainer.model) if with_model else step

@@ -9,6 +9,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.nn.utils import parametrize
 
+from ..methods.weight_method import effective_weights
 from ..training.assemble import build_enorm
 from .counting import count_ops, step_flops
 from .field_steps import (
@@ -81,18 +82,20 @@ def fixed_step(trainer):
 
 
 def method_kernels(model):
-    """A call that runs every weight parametrization of `model` (WC's E(W) W) forward and
-    backward on the model's own weights, and nothing else: what the method itself costs
-    in a step, apart from the parametrization's bookkeeping and the step's other work."""
-    pairs = [(plist[0], plist.original) for m in model.modules() if parametrize.is_parametrized(m)
-             for plist in m.parametrizations.values()]
-    grads = [torch.ones_like(w) for _, w in pairs]
+    """A call that computes every effective weight of `model` (WC's E(W) W) as a training
+    step does (`effective_weights`: all together, batched where the method allows) and
+    runs its backward on the model's own raw weights, and nothing else: what the method
+    itself costs in a step, apart from the step's other work."""
+    tensors = [(m, t) for m in model.modules() if parametrize.is_parametrized(m) for t in m.parametrizations]
+    raw = [p for m, t in tensors for p in m.parametrizations[t].parameters()]
+    grads = [torch.ones_like(getattr(m, t)) for m, t in tensors]
 
     def run():
-        outs = [method(w) for method, w in pairs]
-        torch.autograd.backward(outs, grads, inputs=[w for _, w in pairs])
-        for _, w in pairs:
-            w.grad = None
+        with effective_weights(model):
+            outs = [getattr(m, t) for m, t in tensors]
+        torch.autograd.backward(outs, grads, inputs=raw)
+        for p in raw:
+            p.grad = None
 
     return run
 
@@ -181,14 +184,18 @@ def field_wc_overhead(field: str, plan: Plan, device, data: list[str]) -> dict:
     fixed batch, interleaved repeats. A second, identical step without WC is timed in
     the same rotation (an A/A control): its ratio to the first is what the same
     comparison reads when there is no difference, the resolution of the WC ratio on
-    this machine at its current load."""
+    this machine at its current load. The WC step with its effective weights computed
+    lazily, at each layer's first call (`Trainer.batch_weights = False`), is timed in the
+    same rotation too: what computing them all together saves."""
     cfgs = {norm: field_config(field, plan.field_budget, data, norm=norm, device=device) for norm in ("none", "wc")}
     steps, models = {}, {}
     for norm, cfg in cfgs.items():
         steps[norm], models[norm] = fixed_field_step(cfg, device, with_model=True)
     steps["none_again"] = fixed_field_step(cfgs["none"], device)
+    steps["wc_lazy"] = fixed_field_step(cfgs["wc"], device, batch_weights=False)
     t = time_step(steps, warmup=plan.warmup, repeats=plan.repeats, steps=plan.steps, device=device)
     return {"ratio": median_ratio(t["wc"], t["none"]), "control": median_ratio(t["none_again"], t["none"]),
+            "lazy": median_ratio(t["wc_lazy"], t["none"]),
             "none_ms": 1e3 * statistics.median(t["none"]),
             "wc_ms": 1e3 * statistics.median(t["wc"]), "batch": int(cfgs["wc"].trainer.batch_size),
             "shape": network_shape(cfgs["wc"]), "kernel_ms": _kernel_ms(models["wc"], plan, device)}

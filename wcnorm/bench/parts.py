@@ -158,6 +158,7 @@ def run_fields(args, plan, device, cache) -> list[dict]:
         row = partial(_row, "fields", field, "WC vs none, fixed batch, interleaved", w["shape"], w["batch"])
         rows += [row("none_step_ms", w["none_ms"], "ms"), row("wc_step_ms", w["wc_ms"], "ms"),
                  row("wc_over_none", w["ratio"], "x"), row("none_over_none", w["control"], "x", CONTROL_NOTE),
+                 row("wc_lazy_over_none", w["lazy"], "x", LAZY_NOTE),
                  row("wc_kernels_ms", w["kernel_ms"], "ms", KERNELS_NOTE),
                  row("wc_kernels_over_none_step", w["kernel_ms"] / w["none_ms"], "x", KERNELS_NOTE)]
     return rows
@@ -203,6 +204,7 @@ def run_compile(args, plan, device, cache) -> list[dict]:
 
 
 KERNELS_NOTE = "E(W) W forward and backward on the model's own weights, alone"
+LAZY_NOTE = "WC with each effective weight computed at its layer's first call (Trainer.batch_weights=False)"
 CONTROL_NOTE = "A/A control: a second step without WC over the first, in the same rotation (1 but for noise)"
 
 # In the order they run: throughput before mfu, which reuses its timings.

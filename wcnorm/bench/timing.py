@@ -42,14 +42,17 @@ def time_block(fn, steps: int, device) -> float:
 
 def time_step(fns: dict, *, warmup: int, repeats: int, steps: int, device) -> dict[str, list[float]]:
     """Seconds per call of each fn, one entry per repeat. Several fns are interleaved
-    (a block of each per repeat) so slow drift (clocks, thermals, neighbours) hits all alike."""
+    (a block of each per repeat) so slow drift (clocks, thermals, neighbours) hits all
+    alike, and the order turns by one each repeat, so each fn runs after each other one
+    equally often: a block's time also depends on what ran before it (caches)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            times[k].append(time_block(fn, steps, device))
+    keys = list(fns)
+    times = {k: [] for k in keys}
+    for r in range(repeats):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            times[k].append(time_block(fns[k], steps, device))
     return times
 
 

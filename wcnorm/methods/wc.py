@@ -132,7 +132,7 @@ class _RowEquilibrate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, W: Tensor, eps: float) -> Tensor:
-        out = W / torch.linalg.vector_norm(W, dim=tuple(range(1, W.ndim)), keepdim=True).clamp_min(eps)
+        out = _row_equilibrated(W, eps)
         ctx.save_for_backward(W, out)
         ctx.eps = eps
         return out
@@ -140,10 +140,46 @@ class _RowEquilibrate(torch.autograd.Function):
     @staticmethod
     def backward(ctx, G: Tensor):
         W, out = ctx.saved_tensors
-        dims = tuple(range(1, W.ndim))
-        n = torch.linalg.vector_norm(W, dim=dims, keepdim=True)
-        s = torch.where(n > ctx.eps, (G * out).sum(dims, keepdim=True), 0.0)
-        return torch.addcmul(G, out, s, value=-1).div_(n.clamp_min(ctx.eps)), None
+        return _row_equilibrate_grad(W, out, G, ctx.eps), None
+
+
+def _row_equilibrated(W: Tensor, eps: float) -> Tensor:
+    """W_i / max(||W_i||_2, eps) for every row i (dims 1.. of W)."""
+    return W / torch.linalg.vector_norm(W, dim=tuple(range(1, W.ndim)), keepdim=True).clamp_min(eps)
+
+
+def _row_equilibrate_grad(W: Tensor, out: Tensor, G: Tensor, eps: float) -> Tensor:
+    """The gradient of W -> W_i / max(||W_i||, eps) at W (``out``: its value) for the
+    output gradient G (see :class:`_RowEquilibrate`)."""
+    dims = tuple(range(1, W.ndim))
+    n = torch.linalg.vector_norm(W, dim=dims, keepdim=True)
+    s = torch.where(n > eps, (G * out).sum(dims, keepdim=True), 0.0)
+    return torch.addcmul(G, out, s, value=-1).div_(n.clamp_min(eps))
+
+
+class _RowEquilibrateMany(torch.autograd.Function):
+    """:class:`_RowEquilibrate` on several weights as one autograd node: the same ops on
+    each weight, in the same order, so the values and gradients are bitwise equal. One
+    call (one Python Function, one node in the backward) instead of one per layer is
+    what a step of a network of many small layers saves (see
+    :func:`wcnorm.methods.weight_method.effective_weights`). An output the forward never
+    used gets no gradient (``None``), so its raw weight's ``.grad`` stays unset, as on the
+    lazy path."""
+
+    @staticmethod
+    def forward(ctx, eps: float, *Ws: Tensor) -> tuple[Tensor, ...]:
+        outs = tuple(_row_equilibrated(W, eps) for W in Ws)
+        ctx.save_for_backward(*Ws, *outs)
+        ctx.eps = eps
+        ctx.set_materialize_grads(False)
+        return outs
+
+    @staticmethod
+    def backward(ctx, *Gs: Tensor | None):
+        saved = ctx.saved_tensors
+        Ws, outs = saved[:len(Gs)], saved[len(Gs):]
+        return (None, *(None if G is None else _row_equilibrate_grad(W, out, G, ctx.eps)
+                        for W, out, G in zip(Ws, outs, Gs)))
 
 
 def _condition(W: Tensor, side: str, p: float, eps: float, iters: int, groups: int, detach: bool) -> Tensor:
@@ -261,6 +297,15 @@ class WeightConditioning(WeightMethod):
 
     def forward(self, W: Tensor) -> Tensor:
         return _condition(W, self.side, self.p, self.eps, self.iters, self.groups, self.detach)
+
+    def batch_key(self):
+        """The default (rows, p = 2, E differentiated) batches by eps: one
+        :class:`_RowEquilibrateMany` call for all such layers of a model."""
+        return ("row", 2.0, self.eps) if (self.side, self.p, self.detach) == ("row", 2.0, False) else None
+
+    @classmethod
+    def forward_batch(cls, key, tensors):
+        return _RowEquilibrateMany.apply(key[2], *tensors)
 
     def check(self, label: str, weight: Tensor) -> None:
         if frozen_by_conditioning(weight.shape, self.side, groups=self.groups):

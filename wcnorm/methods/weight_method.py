@@ -7,6 +7,8 @@ A weight-level method (WC in :mod:`wcnorm.methods.wc`, WS and WN in
 :func:`weight_layers`. The raw weights stay the trainable parameters
 (``<layer>.parametrizations.weight.original``); the effective weight is recomputed on
 every forward. :func:`install` is the one walk that registers a method on a model.
+:func:`effective_weights` computes a model's effective weights once, all together, for
+a training step or an evaluation.
 
 This module imports nothing of wcnorm: the methods sit on it, and the dispatch by name
 (:mod:`wcnorm.methods`) sits on them.
@@ -15,7 +17,9 @@ This module imports nothing of wcnorm: the methods sit on it, and the dispatch b
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import ClassVar, NamedTuple
 
 from torch import Tensor, nn
@@ -29,6 +33,7 @@ __all__ = [
     "installed_methods",
     "install",
     "json_safe",
+    "effective_weights",
 ]
 
 
@@ -54,6 +59,18 @@ class WeightMethod(nn.Module):
         """Called by :func:`install` before registering on ``weight`` (the layer
         ``label``): warn about, or refuse, a weight the method cannot train. Default:
         every weight is fine."""
+
+    def batch_key(self) -> Hashable | None:
+        """Parametrizations of one class with equal keys compute their effective weights
+        together, in one call of :meth:`forward_batch` (see :func:`effective_weights`);
+        ``None`` (the default): one by one, through ``forward``."""
+        return None
+
+    @classmethod
+    def forward_batch(cls, key: Hashable, tensors: Sequence[Tensor]) -> Sequence[Tensor]:
+        """``[forward(W) for W in tensors]`` for parametrizations whose batch key is ``key``,
+        as one call: bitwise the same values and gradients."""
+        raise NotImplementedError(f"{cls.__name__} has a batch key but no forward_batch")
 
 
 class Installed(NamedTuple):
@@ -198,3 +215,65 @@ def install(model: nn.Module, make: Callable[[nn.Module], WeightMethod], options
         parametrization.options = dict(record)
         parametrize.register_parametrization(module, tensor, parametrization)
     return model
+
+
+# ----------------------------------------------------------- one step's effective weights
+def _batchable(module: nn.Module, tensor: str):
+    """The parametrization of ``module.<tensor>`` when it can join a batch: a lone weight
+    method with a batch key over a single raw tensor; else None."""
+    plist = module.parametrizations[tensor]
+    method = plist[0]
+    if len(plist) == 1 and plist.is_tensor and isinstance(method, WeightMethod):
+        return method if method.batch_key() is not None else None
+    return None
+
+
+@contextmanager
+def effective_weights(model: nn.Module, *, batched: bool = True) -> Iterator[None]:
+    """``torch.nn.utils.parametrize.cached()``, with every parametrized weight of ``model``
+    computed on entry, all together, and reused by every call of its layer inside.
+    ``batched=False``: ``parametrize.cached()`` alone, each weight computed at its layer's
+    first call (the lazy path; the bench times it against the batched one).
+
+    Why all together: a method's own work is a handful of small ops per layer. Run lazily,
+    each layer's ops wait for its first call, between the network's large matrix
+    products, and pay for cold caches and the Python path of a parametrization call
+    each time; the NeRF field MLP's step (12 small layers) measured several percent slower
+    that way than with the same ops run first, back to back (docs/performance.md).
+    Parametrizations that share a batch key (:meth:`WeightMethod.batch_key`; row WC with
+    p = 2) run as one call, one autograd node; the others are computed one by one on
+    entry. Values and gradients are bitwise those of the lazy path; a layer the forward
+    does not call gets no gradient, as before.
+
+    Example::
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from wcnorm.methods import apply_weight_method
+        >>> model = apply_weight_method(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), "wc")
+        >>> with effective_weights(model):
+        ...     loss = model(torch.randn(3, 4)).square().sum()
+        >>> loss.backward()
+        >>> model[0].parametrizations.weight.original.grad.shape
+        torch.Size([8, 4])
+    """
+    with parametrize.cached():
+        if not batched:
+            yield
+            return
+        cache = getattr(parametrize, "_cache", None)  # torch's cache of the effective weights
+        batches = defaultdict(list)
+        for module in model.modules():
+            if not parametrize.is_parametrized(module):
+                continue
+            for tensor in module.parametrizations:
+                method = _batchable(module, tensor) if isinstance(cache, dict) else None
+                if method is None:
+                    getattr(module, tensor)  # computed, and cached, through the parametrization
+                elif (id(module), tensor) not in cache:  # an enclosing cached() may hold it already
+                    batches[type(method), method.batch_key()].append((module, tensor))
+        for (cls, key), members in batches.items():
+            outs = cls.forward_batch(key, [m.parametrizations[t].original for m, t in members])
+            for (module, tensor), out in zip(members, outs):
+                parametrize._cache[(id(module), tensor)] = out  # the key get_parametrized reads
+        yield

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from ..errors import DivergedError, Interrupted
+from ..methods.weight_method import effective_weights
 from ..modules import unwrap
 from ..outputs import load_checkpoint, save_checkpoint, write_metrics
 from ..tasks import Task
@@ -93,6 +93,9 @@ class Trainer:
         # that a later command can tell whether last.pt is its run's.
         self.identity = identity
         self.last_loss: torch.Tensor | None = None  # the last step's loss, on the device
+        # The effective weights all together before each step's forward (effective_weights);
+        # False: each at its layer's first call, the lazy path the bench compares against.
+        self.batch_weights = True
         # Mid-epoch checkpoints: every so many steps, and when SIGTERM/SIGINT asks to stop.
         self.checkpoint_every = int(checkpoint_every) if checkpoint_every else None
         self.stop_signal: str | None = None  # set by the signal handler, read by the step loop
@@ -156,9 +159,10 @@ class Trainer:
 
     def train_step(self, *batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on `batch`; returns the loss and the task's sums."""
-        # Every parametrized weight (WC, WS, WN) computed once per step and reused by every
-        # call of its layer within the step; a no-op for a model without parametrizations.
-        with self.autocast(), parametrize.cached():
+        # Every parametrized weight (WC, WS, WN) computed once per step, all together before
+        # the forward, and reused by every call of its layer within the step; a no-op for a
+        # model without parametrizations.
+        with self.autocast(), effective_weights(self.model, batched=self.batch_weights):
             loss, sums = self.task.loss(self.model, batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -261,7 +265,7 @@ class Trainer:
         # whose held-out shards differ by one batch cannot wait on each other.
         model = self.model.module if isinstance(self.model, nn.parallel.DistributedDataParallel) else self.model
         model.eval()
-        with parametrize.cached():  # the effective weights once per evaluation, not once per chunk
+        with effective_weights(model):  # the effective weights once per evaluation, not once per chunk
             return self.task.evaluate(model, autocast=self.autocast, reduce=self._reduce,
                                       epoch=self.epoch if epoch is None else epoch)
 
