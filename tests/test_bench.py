@@ -72,7 +72,8 @@ def test_tiny_end_to_end(tmp_path, capsys):
             ("fields", "wc_over_none"), ("fields", "none_over_none"), ("fields", "wc_lazy_over_none"),
             ("wc", "wc_kernels_over_bn_step"),
             ("fields", "wc_kernels_over_none_step"),
-            ("enorm", "cycle_fused_over_step"), ("enorm", "ops_per_cycle_fused")} <= metrics
+            ("enorm", "cycle_fused_over_step"), ("enorm", "ops_per_cycle_fused"),
+            ("enorm", "weight_pass_over_step"), ("enorm", "step_with_weight_pass_over_step")} <= metrics
     assert {r["model"] for r in rows if r["part"] == "fields"} == {"nerf", "occupancy"}
     assert "wcnorm/reference" in capsys.readouterr().out  # the table was printed
 

@@ -126,7 +126,9 @@ def enorm_overhead(spec: str, plan: Plan, device, *, norm: str = "enorm", compil
     The step runs without its cycle (ENorm off in the run's config) and the cycle is
     built apart, from the preset's `norm.enorm` node. Also times step + cycle back to
     back: the cost as training sees it (with the host free to queue the cycle behind
-    the step on CUDA)."""
+    the step on CUDA). And the floor of any cycle run after the optimizer's step: one
+    in-place pass over every parameter (a foreach multiply by 1: one read and one write
+    of each), alone and after the step."""
     name, px = parse_spec(spec, plan.px)
     batch = plan.batch_of(name)
     run = build_run(name, px, batch=batch, device=device, norm=norm, compile=compile,
@@ -134,7 +136,14 @@ def enorm_overhead(spec: str, plan: Plan, device, *, norm: str = "enorm", compil
     enorm = build_enorm(run.cfg.norm.enorm, run.model, run.optimizer)
     fused = build_enorm(OmegaConf.merge(run.cfg.norm.enorm, {"fused": True}), run.model, run.optimizer)
     step = fixed_step(run.trainer)
-    fns = {"step": step, "cycle": enorm.step, "both": lambda: (step(), enorm.step())}
+    params = [p for p in run.model.parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def weight_pass():  # one read and one write of each parameter, as an in-place update makes
+        torch._foreach_mul_(params, 1.0)
+
+    fns = {"step": step, "cycle": enorm.step, "both": lambda: (step(), enorm.step()),
+           "pass": weight_pass, "both_pass": lambda: (step(), weight_pass())}
     if fused.fused:  # a chain: its one-visit cycle, timed with the others
         fns.update(cycle_fused=fused.step, both_fused=lambda: (step(), fused.step()))
     if torch.device(device).type == "cuda":  # the same cycle replayed as one CUDA graph
@@ -144,7 +153,8 @@ def enorm_overhead(spec: str, plan: Plan, device, *, norm: str = "enorm", compil
     out = {"ratio": median_ratio(t["cycle"], t["step"]), "loop_ratio": median_ratio(t["both"], t["step"]),
            "ops": count_ops(enorm.step),
            "step_ms": 1e3 * statistics.median(t["step"]), "cycle_ms": 1e3 * statistics.median(t["cycle"]),
-           "groups": len(enorm.groups), "units": enorm.num_units, "batch": batch, "px": px}
+           "groups": len(enorm.groups), "units": enorm.num_units, "batch": batch, "px": px,
+           "pass_ratio": median_ratio(t["pass"], t["step"]), "pass_loop_ratio": median_ratio(t["both_pass"], t["step"])}
     if "cycle_fused" in t:
         out.update(fused_ratio=median_ratio(t["cycle_fused"], t["step"]),
                    fused_loop_ratio=median_ratio(t["both_fused"], t["step"]),

@@ -105,7 +105,9 @@ def run_enorm(args, plan, device, cache) -> list[dict]:
                      row("cycle_ms", r["cycle_ms"], "ms", note),
                      row("cycle_over_step", r["ratio"], "x"),
                      row("ops_per_cycle", r["ops"], "ops", OPS_NOTE),
-                     row("step_with_cycle_over_step", r["loop_ratio"], "x")]
+                     row("step_with_cycle_over_step", r["loop_ratio"], "x"),
+                     row("weight_pass_over_step", r["pass_ratio"], "x", PASS_NOTE),
+                     row("step_with_weight_pass_over_step", r["pass_loop_ratio"], "x", PASS_NOTE)]
             if "fused_ms" in r:
                 fused = "fused=True: the chain's cycle, one visit per weight"
                 rows += [row("cycle_fused_ms", r["fused_ms"], "ms", fused),
@@ -204,6 +206,8 @@ def run_compile(args, plan, device, cache) -> list[dict]:
 
 
 KERNELS_NOTE = "E(W) W forward and backward on the model's own weights, alone"
+PASS_NOTE = ("one read and one write of every parameter (foreach multiply by 1): "
+             "the floor of any cycle run after the optimizer's step")
 LAZY_NOTE = "WC with each effective weight computed at its layer's first call (Trainer.batch_weights=False)"
 CONTROL_NOTE = "A/A control: a second step without WC over the first, in the same rotation (1 but for noise)"
 

@@ -243,7 +243,10 @@ def effective_weights(model: nn.Module, *, batched: bool = True) -> Iterator[Non
     Parametrizations that share a batch key (:meth:`WeightMethod.batch_key`; row WC with
     p = 2) run as one call, one autograd node; the others are computed one by one on
     entry. Values and gradients are bitwise those of the lazy path; a layer the forward
-    does not call gets no gradient, as before.
+    does not call gets no gradient, as before. A batch's results are placed in torch's
+    own cache (``parametrize._cache``, keyed as ``get_parametrized`` reads it; the tests
+    check that a layer then returns them); a torch without that cache gets every weight
+    computed up front through its parametrization instead.
 
     Example::
 
