@@ -134,6 +134,15 @@ def test_compiled_training_matches_eager_with_wc_and_enorm(cfg_factory, tmp_path
         assert compiled["final_test_loss"] == pytest.approx(eager["final_test_loss"], rel=1e-3)
 
 
+def test_the_effective_weights_are_batched_in_eager_runs_and_traced_in_compiled_ones(cfg_factory):
+    """Eager, a step computes every WC weight before the forward (effective_weights);
+    compiled, the parametrizations stay lazy, inside the graph the compiler fuses."""
+    for compile_ in (False, True):
+        run = assemble(cfg_factory(*FAST, "norm=bn_wc", f"trainer.compile={str(compile_).lower()}"),
+                       torch.device("cpu"))
+        assert run.trainer.batch_weights is not compile_
+
+
 @pytest.mark.slow  # trains several runs
 def test_the_fast_path_switches_work_on_cpu_too(cfg_factory):
     """channels_last, device-resident data and the no-sync step loop (sync every step)."""
