@@ -134,6 +134,7 @@ def test_compiled_training_matches_eager_with_wc_and_enorm(cfg_factory, tmp_path
         assert compiled["final_test_loss"] == pytest.approx(eager["final_test_loss"], rel=1e-3)
 
 
+@pytest.mark.slow  # builds two runs
 def test_the_effective_weights_are_batched_in_eager_runs_and_traced_in_compiled_ones(cfg_factory):
     """Eager, a step computes every WC weight before the forward (effective_weights);
     compiled, the parametrizations stay lazy, inside the graph the compiler fuses."""

@@ -190,9 +190,9 @@ def assemble(cfg: DictConfig, device: torch.device, *, run_dir=None, ctx: DistCo
         run_dir=run_dir, amp_dtype=resolve_amp(t.amp, device),
         grad_clip=t.grad_clip, callbacks=callbacks, progress=ctx.is_main and progress,
         stop_after=t.stop_after, is_main=ctx.is_main, all_reduce=ctx.all_reduce,
-        checkpoint_every=t.get("checkpoint_every"))
-    # Compiled, the parametrizations are traced into the model's graph, where the compiler
-    # fuses WC's ops with the layers': left lazy, not computed eagerly before the forward.
-    trainer.batch_weights = not t.compile
+        checkpoint_every=t.get("checkpoint_every"),
+        # Compiled, the parametrizations are traced into the model's graph, where the compiler
+        # fuses WC's ops with the layers': left lazy, not computed eagerly before the forward.
+        batch_weights=not t.compile)
     return Run(cfg, device, task, model, optimizer, scheduler, cfg.norm.weight, enorm, conditioning,
                callbacks, trainer)

@@ -79,7 +79,7 @@ class Trainer:
                  grad_clip: float | None = None, callbacks=(),
                  progress: bool = False, stop_after: int | None = None, is_main: bool = True,
                  all_reduce=None, sync_every: int = 50, identity: dict | None = None,
-                 checkpoint_every: int | None = None):
+                 checkpoint_every: int | None = None, batch_weights: bool = True):
         self.model, self.optimizer, self.scheduler, self.task = model, optimizer, scheduler, task
         self.train_loader = task.train_loader
         self.device, self.epochs, self.run_dir = torch.device(device), int(epochs), run_dir
@@ -95,7 +95,7 @@ class Trainer:
         self.last_loss: torch.Tensor | None = None  # the last step's loss, on the device
         # The effective weights all together before each step's forward (effective_weights);
         # False: each at its layer's first call, the lazy path the bench compares against.
-        self.batch_weights = True
+        self.batch_weights = batch_weights
         # Mid-epoch checkpoints: every so many steps, and when SIGTERM/SIGINT asks to stop.
         self.checkpoint_every = int(checkpoint_every) if checkpoint_every else None
         self.stop_signal: str | None = None  # set by the signal handler, read by the step loop
